@@ -1,0 +1,154 @@
+"""Run folders: the contract between fitting, evaluation, export, the viewer and batch.
+
+Layout (everything written atomically: temp file in the same folder, then ``os.replace``)::
+
+    RUN/
+      run.json            status ("running" | "complete" | "failed"), kind, versions, timings
+      config.json         the resolved configuration
+      checkpoints/        ckpt_<step>.pt (params, optimiser and strategy state, RNG)
+      splat.ply           final model (capture runs)
+      renders/<split>/    renders named after the image files
+      compare/<split>/    render | ground truth | error, side by side
+      metrics.json        scores (written last)
+      log.jsonl           one JSON object per logged step
+
+A run folder whose ``run.json`` does not say ``complete`` is not a finished result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recon.errors import InputError
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers never see a partial file."""
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    return obj
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` (dataclasses, paths and tensors allowed) as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """``torch.save`` through a temp file, so an interrupted save never replaces a good one."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file, raising :class:`InputError` naming the file when missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"not valid JSON ({err})") from None
+
+
+class RunDir:
+    """A run folder on disk (see module docstring)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # paths -----------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    # status ----------------------------------------------------------------
+    def status(self) -> dict:
+        f = self.root / RUN_FILE
+        return read_json(f) if f.is_file() else {}
+
+    def is_complete(self) -> bool:
+        return self.status().get("status") == "complete"
+
+    def mark(self, status: str, **info: Any) -> None:
+        """Update ``run.json`` with a status and extra fields (kept from earlier calls)."""
+        data = self.status()
+        data.update(info)
+        data["status"] = status
+        data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_json(self.root / RUN_FILE, data)
+
+    # checkpoints -----------------------------------------------------------
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoints / f"ckpt_{step:07d}.pt"
+
+    def latest_checkpoint(self) -> Path | None:
+        if not self.checkpoints.is_dir():
+            return None
+        found = sorted(self.checkpoints.glob("ckpt_*.pt"))
+        return found[-1] if found else None
+
+    def save_checkpoint(self, step: int, state: dict, keep: int = 2) -> Path:
+        """Save ``state`` for ``step`` atomically and keep only the newest ``keep`` checkpoints."""
+        path = self.checkpoint_path(step)
+        atomic_torch_save(path, state)
+        for old in sorted(self.checkpoints.glob("ckpt_*.pt"))[:-keep]:
+            old.unlink()
+        return path
+
+    def append_log(self, record: dict) -> None:
+        """Append one JSON line to ``log.jsonl`` (best effort; a crash loses at most this line)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "log.jsonl", "a") as f:
+            f.write(json.dumps(_jsonable(record)) + "\n")
+
+    def read_log(self) -> list[dict]:
+        f = self.root / "log.jsonl"
+        if not f.is_file():
+            return []
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]

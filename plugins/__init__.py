@@ -1,0 +1,1 @@
+"""Adapters from ``recon`` to other frameworks; no reconstruction logic lives here."""

@@ -1,0 +1,15 @@
+"""nerfstudio plugins for sparse-recon.
+
+Registered from ``pyproject.toml`` (entry points, so ``ns-train`` / ``ns-eval`` / ``ns-export`` /
+``ns-viewer`` find them):
+
+* method ``recon-splat`` (:mod:`.methods`): Gaussian splatting rendered by
+  :func:`recon.splat.rasterize.rasterization` (our numba rasteriser on CPU, gsplat on CUDA) and
+  densified by :class:`recon.splat.strategy.DensifyStrategy`;
+* dataparser ``recon-fewview`` (:mod:`.dataparser`): a nerfstudio capture cut down to K training
+  views spread by :func:`recon.io.views.farthest_point_views`.
+
+This package only imports nerfstudio lazily from its submodules: nerfstudio loads the dataparser
+entry point while it is still building its own config tables, so :mod:`.dataparser` must not
+import nerfstudio's datamanagers or method configs.
+"""

@@ -1,0 +1,192 @@
+"""nerfstudio's command-line tools on recon-splat / recon-fewview (CPU, tiny fox capture).
+
+One real ``ns-train`` run (a subprocess, with the viewer on a free localhost port) feeds the
+export / eval / resume / viewer tests. ``ns-export`` and ``ns-eval`` run in this process through
+the same tyro entry the console scripts use, to save their ~20 s import each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import tyro
+import yaml
+
+from recon.io.ply import read_splat_ply
+from recon.metrics import lpips_status
+
+METHODS = ("recon-splat",)  # recon-ct joins when the CT Gaussians exist
+DATAPARSERS = ("recon-fewview",)
+ITERATIONS = 30
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_ok(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+            return response.status == 200 and len(response.read()) > 0
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], log: Path):
+    """Popen ``cmd`` with output to ``log``; always ends that one process afterwards."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def wait_for(predicate, proc, log: Path, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"process exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}:\n{log.read_text()[-3000:]}")
+
+
+def run_entrypoint(entrypoint, argv: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint()
+    assert exit_info.value.code in (0, None)
+
+
+@pytest.mark.slow  # imports every nerfstudio method: ~20 s on a busy 2-core machine
+def test_ns_train_help_lists_methods_and_dataparsers(monkeypatch, capsys):
+    from nerfstudio.scripts.train import entrypoint
+
+    run_entrypoint(entrypoint, ["ns-train", "--help"], monkeypatch)
+    listing = capsys.readouterr().out
+    for name in METHODS:
+        assert name in listing
+    run_entrypoint(entrypoint, ["ns-train", "recon-splat", "--help"], monkeypatch)
+    listing = capsys.readouterr().out
+    for name in DATAPARSERS:
+        assert name in listing
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_fox, tmp_path_factory):
+    """``ns-train recon-splat`` for 30 steps with the viewer; returns (run dir, viewer answered)."""
+    out = tmp_path_factory.mktemp("ns_runs")
+    port = free_port()
+    log = out / "train.log"
+    cmd = [
+        str(BIN / "ns-train"), "recon-splat", "--data", str(tiny_fox), "--output-dir", str(out),
+        "--experiment-name", "fox", "--timestamp", "run", "--max-num-iterations", str(ITERATIONS),
+        "--vis", "viewer+tensorboard", "--viewer.websocket-host", "127.0.0.1",
+        "--viewer.websocket-port", str(port), "--steps-per-eval-image", "10",
+        "--steps-per-eval-all-images", "20", "--pipeline.datamanager.init-points", "2000",
+        "recon-fewview", "--train-views", "4", "--downscale-factor", "8",
+    ]  # fmt: skip
+    run_dir = out / "fox" / "recon-splat" / "run"
+    with running(cmd, log) as proc:
+        wait_for(lambda: http_ok(port), proc, log, 240, "the viewer's HTTP port")
+        answered_while_training = not (run_dir / "nerfstudio_models").exists() or "Training Finished" not in log.read_text()
+        # the viewer keeps the process alive after training (quit_on_train_completion=False)
+        wait_for(lambda: "Training Finished" in log.read_text(), proc, log, 300, "the end of training")
+        assert http_ok(port), "viewer stopped answering after training"
+    return run_dir, answered_while_training
+
+
+@pytest.mark.slow
+def test_ns_train_viewer_and_outputs(trained_run):
+    run_dir, answered_while_training = trained_run
+    assert answered_while_training
+    assert (run_dir / "config.yml").is_file() and (run_dir / "dataparser_transforms.json").is_file()
+    ckpt = run_dir / "nerfstudio_models" / f"step-{ITERATIONS - 1:09d}.ckpt"
+    state = torch.load(ckpt, map_location="cpu")  # weights_only: plain tensors and floats
+    means = state["pipeline"]["_model.gauss_params.means"]
+    assert means.ndim == 2 and means.shape[1] == 3 and torch.isfinite(means).all()
+    config = yaml.load((run_dir / "config.yml").read_text(), Loader=yaml.Loader)
+    assert config.method_name == "recon-splat"
+    assert config.machine.device_type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.slow
+def test_ns_export_gaussian_splat_reads_back(trained_run, tmp_path):
+    from nerfstudio.scripts.exporter import Commands
+
+    run_dir, _ = trained_run
+    tyro.cli(Commands, args=["gaussian-splat", "--load-config", str(run_dir / "config.yml"),
+                             "--output-dir", str(tmp_path)]).main()  # fmt: skip
+    splats = read_splat_ply(tmp_path / "splat.ply")
+    state = torch.load(run_dir / "nerfstudio_models" / f"step-{ITERATIONS - 1:09d}.ckpt", map_location="cpu")
+    model = {k.split(".")[-1]: v for k, v in state["pipeline"].items() if k.startswith("_model.gauss_params.")}
+    keep = model["opacities"][:, 0] >= -5.5373  # ns-export drops Gaussians with opacity < 1/255
+    torch.testing.assert_close(splats["means"], model["means"][keep])
+    torch.testing.assert_close(splats["sh0"][:, 0], model["features_dc"][keep])
+    torch.testing.assert_close(splats["shN"], model["features_rest"][keep])
+    torch.testing.assert_close(splats["opacities"], model["opacities"][keep, 0])
+
+
+@pytest.mark.slow
+def test_ns_eval_writes_psnr(trained_run, tmp_path):
+    from nerfstudio.scripts.eval import ComputePSNR
+
+    run_dir, _ = trained_run
+    out = tmp_path / "eval.json"
+    tyro.cli(ComputePSNR, args=["--load-config", str(run_dir / "config.yml"), "--output-path", str(out)]).main()
+    results = json.loads(out.read_text())["results"]
+    assert 5.0 < results["psnr"] < 40.0 and 0.0 < results["ssim"] <= 1.0
+    assert ("lpips" in results) == lpips_status().available
+
+
+@pytest.mark.slow
+def test_resume_optimises_the_loaded_gaussians(trained_run, tmp_path):
+    """``ns-train ... --load-dir``: the optimisers must follow the checkpoint's Parameters."""
+    from nerfstudio.engine.trainer import Trainer
+
+    run_dir, _ = trained_run
+    config = yaml.load((run_dir / "config.yml").read_text(), Loader=yaml.Loader)
+    config.load_dir = run_dir / "nerfstudio_models"
+    config.output_dir, config.vis, config.timestamp = tmp_path, "tensorboard", "resumed"
+    trainer = Trainer(config)
+    trainer.setup()
+    model = trainer.pipeline.model
+    saved = torch.load(config.load_dir / f"step-{ITERATIONS - 1:09d}.ckpt", map_location="cpu")
+    torch.testing.assert_close(model.means.detach(), saved["pipeline"]["_model.gauss_params.means"])
+    for name, opt in trainer.optimizers.optimizers.items():
+        assert opt.param_groups[0]["params"][0] is model.gauss_params[name]
+    before = model.means.detach().clone()
+    trainer.train_iteration(ITERATIONS)
+    assert not torch.equal(before, model.means.detach())
+
+
+@pytest.mark.slow
+def test_ns_viewer_reopens_finished_run(trained_run):
+    run_dir, _ = trained_run
+    port = free_port()
+    log = run_dir.parent / "viewer.log"
+    cmd = [str(BIN / "ns-viewer"), "--load-config", str(run_dir / "config.yml"),
+           "--viewer.websocket-host", "127.0.0.1", "--viewer.websocket-port", str(port)]  # fmt: skip
+    with running(cmd, log) as proc:
+        wait_for(lambda: http_ok(port), proc, log, 240, "ns-viewer's HTTP port")

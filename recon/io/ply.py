@@ -185,7 +185,7 @@ def _to_numpy(x: Tensor | np.ndarray) -> np.ndarray:
 def _splat_arrays(params: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
     """Check names/shapes and return float32 numpy copies; ValueError naming what is off."""
     names = ("means", "quats", "scales", "opacities", "sh0", "shN")
-    if not isinstance(params, Mapping):
+    if not isinstance(params, (Mapping, torch.nn.ParameterDict)):
         raise ValueError(f"params_or_model: expected a mapping of tensors or a model with .params, got {type(params).__name__}")
     missing = [k for k in names if k not in params]
     if missing:

@@ -1,0 +1,38 @@
+# sparse-recon: `make demo` (install + fit the shared fox capture) and `make test` (install + whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data
+DEMO_OUT ?= runs/fox-demo
+DEMO_ITERS ?= 2000
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@if command -v apt-get >/dev/null && ! ldconfig -p | grep -q libusb-1.0.so.0; then \
+	  echo "installing Debian package libusb-1.0-0 (open3d needs it)"; \
+	  (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) >/dev/null || \
+	  echo "warning: could not install libusb-1.0-0; open3d will not import"; fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/recon fit $(DATA)/object/fox --train-views 8 --eval-views 8 --downscale 4 \
+	  --iterations $(DEMO_ITERS) --out $(DEMO_OUT) --overwrite
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider --timeout 1200
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) scripts/bench_raster.py
+
+clean:
+	rm -rf runs .pytest_cache

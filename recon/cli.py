@@ -1,0 +1,144 @@
+"""The ``recon`` command line: ``recon fit``, ``recon eval``, ``recon export``.
+
+Library errors of type :class:`recon.errors.InputError` are printed as one line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import tyro
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from recon.errors import InputError
+
+console = Console(stderr=True)
+
+
+def make_progress() -> Progress:
+    """A rich progress bar with step count, rate, elapsed time and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _scores_table(title: str, metrics: dict) -> Table:
+    table = Table(title=title)
+    for col in ("split", "views", "PSNR", "SSIM", "LPIPS"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split in ("train", "eval"):
+        if split not in metrics:
+            continue
+        m = metrics[split]["mean"]
+        lp = f"{m['lpips']:.3f}" if "lpips" in m else "n/a"
+        table.add_row(split, str(m["n_views"]), f"{m['psnr']:.2f}", f"{m['ssim']:.4f}", lp)
+    return table
+
+
+from recon.pipelines.capture import CaptureFitConfig  # noqa: E402
+
+
+@dataclass
+class Fit(CaptureFitConfig):
+    """Fit Gaussian splats to a few posed photos; writes renders, scores and splat.ply to --out."""
+
+    def run(self) -> None:
+        trainer = self.setup()
+        with make_progress() as bar:
+            task = bar.add_task("fitting", total=self.iterations, info="")
+
+            def on_step(step: int, total: int, stats: dict) -> None:
+                if step % 10 == 0 or step == total:
+                    bar.update(
+                        task, completed=step, info=f"loss {stats['loss']:.4f}  {stats['n_gaussians']:,} Gaussians"
+                    )
+
+            bar.update(task, completed=trainer.step)
+            metrics = trainer.fit(progress=on_step)
+        console.print(_scores_table(f"{self.out}", metrics))
+        if metrics.get("eval", {}).get("lpips", "").startswith("unavailable"):
+            console.print(f"LPIPS {metrics['eval']['lpips']}")
+        out = Path(self.out)
+        console.print(f"renders:  {out / 'renders'}  (comparisons in {out / 'compare'})")
+        console.print(f"scores:   {out / 'metrics.json'}")
+        console.print(f"PLY:      {out / 'splat.ply'}")
+
+
+@dataclass
+class Eval:
+    """Render and score cameras given in the run's world frame (a transforms.json with images)."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """A complete run folder written by ``recon fit``."""
+    cameras: Path
+    """transforms.json (or any capture recon reads) with the cameras and their images."""
+    out: Path | None = None
+    """Output folder (default RUN/eval_<cameras stem>)."""
+
+    def run(self) -> None:
+        from recon.pipelines.capture import eval_cameras
+
+        scores = eval_cameras(self.run_dir, self.cameras, self.out)
+        m = scores["mean"]
+        console.print(f"{m['n_views']} views: PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.4f}  (LPIPS {scores['lpips']})")
+
+
+@dataclass
+class Export:
+    """Export a run's model (PLY in the standard 3DGS layout)."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """A run folder written by ``recon fit``."""
+    format: Literal["ply"] = "ply"
+    """Output format."""
+    out: Path | None = None
+    """Output file (default RUN/export/splat.ply)."""
+
+    def run(self) -> None:
+        from recon.pipelines.export import export_run
+
+        path = export_run(self.run_dir, self.format, self.out)
+        console.print(f"wrote {path}")
+
+
+Commands = Union[
+    Annotated[Fit, tyro.conf.subcommand("fit")],
+    Annotated[Eval, tyro.conf.subcommand("eval")],
+    Annotated[Export, tyro.conf.subcommand("export")],
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run one command. Returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    cmd = tyro.cli(Commands, args=argv, prog="recon")
+    try:
+        cmd.run()
+    except InputError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        return 2
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,4 +1,4 @@
-"""The ``recon`` command line: ``recon fit``, ``recon eval``, ``recon export``.
+"""The ``recon`` command line: ``recon fit``, ``recon eval``, ``recon export``, ``recon poses``.
 
 Library errors of type :class:`recon.errors.InputError` are printed as one line and exit 2;
 anything else is a bug and keeps its traceback.
@@ -117,10 +117,49 @@ class Export:
         console.print(f"wrote {path}")
 
 
+@dataclass
+class Poses:
+    """Estimate camera poses of a folder of photos with COLMAP (pycolmap, CPU SIFT) -> transforms.json."""
+
+    images: tyro.conf.Positional[Path]
+    """Folder of photos (or the capture folder holding them)."""
+    out: Path = Path("transforms.json")
+    """transforms.json to write (nerfstudio layout; sparse_pc.ply beside it)."""
+    max_image_size: int = 1600
+    """Longest image side used for feature extraction."""
+    matcher: Literal["exhaustive", "sequential"] = "exhaustive"
+    """Exhaustive for small sets (3-30 photos), sequential for video frames."""
+    camera_model: Literal["SIMPLE_RADIAL", "OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "RADIAL"] = "SIMPLE_RADIAL"
+    """COLMAP camera model shared by all photos."""
+    seed: int = 0
+    """Seed of COLMAP's random choices (same input, same poses)."""
+
+    def run(self) -> None:
+        from recon.poses import estimate_poses
+
+        console.print(f"estimating poses of {self.images} (SIFT, {self.matcher} matching)...")
+        report = estimate_poses(
+            self.images, self.out, max_image_size=self.max_image_size, matcher=self.matcher,
+            camera_model=self.camera_model, seed=self.seed,
+        )
+        table = Table(title="poses")
+        table.add_column("")
+        table.add_column("value", justify="right")
+        table.add_row("registered", f"{report.n_registered}/{report.n_images}")
+        table.add_row("reprojection error (px)", f"{report.mean_reproj_error_px:.3f}")
+        table.add_row("3D points", f"{report.n_points:,}")
+        table.add_row("time (s)", f"{report.seconds:.1f}")
+        console.print(table)
+        if report.unregistered:
+            console.print(f"[yellow]not registered:[/yellow] {', '.join(report.unregistered)}")
+        console.print(f"wrote {report.transforms_path}" + (f" and {report.ply_path}" if report.ply_path else ""))
+
+
 Commands = Union[
     Annotated[Fit, tyro.conf.subcommand("fit")],
     Annotated[Eval, tyro.conf.subcommand("eval")],
     Annotated[Export, tyro.conf.subcommand("export")],
+    Annotated[Poses, tyro.conf.subcommand("poses")],
 ]
 
 

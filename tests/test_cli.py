@@ -97,3 +97,9 @@ def test_console_script_help():
     assert out.returncode == 0
     for cmd in ("fit", "eval", "export"):
         assert cmd in out.stdout
+
+
+def test_poses_empty_folder(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    _expect_error(["poses", str(tmp_path / "photos"), "--out", str(tmp_path / "t.json")], capsys, "photos")
+    assert not (tmp_path / "t.json").exists()

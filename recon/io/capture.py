@@ -455,6 +455,9 @@ def load_transforms_json(
     w2c = opengl_c2w_to_w2c(torch.from_numpy(np.stack(c2ws)))
     cameras = CameraSet(w2c, intrinsics)
     logger.info("read %d views from %s (%s)", len(cameras), path, format)
+    points = colors = None
+    if meta.get("ply_file_path"):
+        points, colors = _read_point_ply(root / meta["ply_file_path"], path)
     return Capture(
         root=root,
         image_paths=image_paths,
@@ -462,9 +465,30 @@ def load_transforms_json(
         mask_paths=mask_paths,
         names=_unique_names(image_paths, root),
         format=format,
+        points=points,
+        point_colors=colors,
         scene_aabb=_aabb_from_meta(meta, path),
         source=path,
     )
+
+
+def _read_point_ply(ply_path: Path, listed_in: Path) -> tuple[Tensor, Tensor | None]:
+    """SfM points (``[P, 3]``) and colours (``[P, 3]`` in 0..1, or None) of nerfstudio's ``ply_file_path``."""
+    from plyfile import PlyData
+
+    if not ply_path.is_file():
+        raise InputError(ply_path, f"point cloud listed as ply_file_path in {listed_in} not found")
+    try:
+        vertex = PlyData.read(str(ply_path))["vertex"]
+        xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float32)
+    except Exception as err:  # plyfile raises several types for malformed files
+        raise InputError(ply_path, f"not a readable point-cloud PLY ({err})") from None
+    names = vertex.data.dtype.names
+    colors = None
+    if all(c in names for c in ("red", "green", "blue")):
+        rgb = np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1).astype(np.float32)
+        colors = torch.from_numpy(rgb / 255.0)
+    return torch.from_numpy(xyz), colors
 
 
 def _check_files_exist(paths: list[Path], kind: str, listed_in: Path) -> None:

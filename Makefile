@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= ../shared/data
 DEMO_OUT ?= runs/fox-demo
-DEMO_ITERS ?= 2000
+DEMO_ITERS ?= 1000
 
 .PHONY: install demo test test-fast bench clean
 

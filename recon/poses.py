@@ -36,6 +36,7 @@ from torch import Tensor
 
 from recon.cameras import CameraSet, camera_centres, check_pose
 from recon.errors import InputError
+from recon.io.atomic import atomic_write_json
 from recon.io.capture import (
     IMAGE_EXTENSIONS,
     SUPPORTED_CAMERA_MODELS,
@@ -358,15 +359,7 @@ def _write_json_with_ply(
         return
     meta = json.loads(out.read_text(encoding="utf-8"))
     meta["ply_file_path"] = ply_name
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(out, meta)
 
 
 # --------------------------------------------------------------------------------------------

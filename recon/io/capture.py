@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,6 +46,7 @@ from recon.cameras import (
     w2c_to_opengl_c2w,
 )
 from recon.errors import InputError
+from recon.io.atomic import atomic_write_json
 from recon.io.images import image_size
 
 logger = logging.getLogger(__name__)
@@ -791,15 +791,6 @@ def write_transforms_json(
             ).as_posix()
         frames.append(frame)
     meta["frames"] = frames
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, meta)
     logger.info("wrote %d cameras to %s", n, path)
     return path

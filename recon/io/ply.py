@@ -18,12 +18,10 @@ with the names of :attr:`recon.splat.model.GaussianModel.params` (or anything wi
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +29,7 @@ from plyfile import PlyData, PlyElement
 from torch import Tensor
 
 from recon.errors import InputError
+from recon.io.atomic import atomic_write
 
 __all__ = ["read_splat_ply", "write_points_ply", "write_splat_ply"]
 
@@ -43,8 +42,6 @@ _REQUIRED = (
     + [f"rot_{i}" for i in range(4)]
 )
 _F_REST = re.compile(r"f_rest_(\d+)$")
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once at import: mkstemp files are 0600, outputs should honour umask
 
 
 def write_splat_ply(path: str | Path, params_or_model: Mapping[str, Tensor] | Any) -> Path:
@@ -88,7 +85,7 @@ def write_splat_ply(path: str | Path, params_or_model: Mapping[str, Tensor] | An
         for j, prop in enumerate(props):
             vertex[prop] = flat[key][:, j]
     ply = PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<")
-    return _atomic_write(Path(path), ply.write)
+    return atomic_write(Path(path), ply.write)
 
 
 def read_splat_ply(path: str | Path) -> dict[str, Tensor]:
@@ -172,7 +169,7 @@ def write_points_ply(
         for j, channel in enumerate(("red", "green", "blue")):
             vertex[channel] = rgb[:, j]
     ply = PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<")
-    return _atomic_write(Path(path), ply.write)
+    return atomic_write(Path(path), ply.write)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -216,18 +213,3 @@ def _read_vertex(path: Path) -> PlyElement:
     return ply["vertex"]
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Write through a temp file in the destination folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -17,10 +17,7 @@ A run folder whose ``run.json`` does not say ``complete`` is not a finished resu
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,9 @@ from typing import Any
 import torch
 
 from recon.errors import InputError
+from recon.io.atomic import atomic_write, atomic_write_bytes, atomic_write_json, to_jsonable
+
+__all__ = ["RunDir", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "read_json"]
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
@@ -35,51 +35,9 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers never see a partial file."""
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    return obj
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` (dataclasses, paths and tensors allowed) as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
-
-
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` through a temp file, so an interrupted save never replaces a good one."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_json(path: Path) -> Any:
@@ -145,7 +103,7 @@ class RunDir:
         """Append one JSON line to ``log.jsonl`` (best effort; a crash loses at most this line)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / "log.jsonl", "a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
+            f.write(json.dumps(to_jsonable(record)) + "\n")
 
     def read_log(self) -> list[dict]:
         f = self.root / "log.jsonl"

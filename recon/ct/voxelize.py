@@ -1,0 +1,237 @@
+"""Differentiable voxeliser: 3D Gaussians with densities -> a [Z, Y, X] density volume.
+
+Each Gaussian ``i`` (centre ``mu_i`` in world mm, covariance ``Sigma_i = R S^2 R^T`` from a wxyz
+quaternion and activated scales in mm, density ``rho_i`` in 1/mm) contributes at every voxel
+centre ``p`` (R2-Gaussian's voxeliser: densities are summed, not alpha-composited)::
+
+    vol(p) = sum_i rho_i exp(-q_i / 2),   q_i = (p - mu_i)^T Sigma_i^{-1} (p - mu_i),
+
+over its local support ``q_i <= k^2`` (``k = support_sigmas``, default 3: the 3-sigma ellipsoid,
+as R2-Gaussian; a 3D Gaussian keeps 97.1 % of its mass inside it, 99.3 % inside 3.5 sigma).
+
+Backends (chosen in :func:`_resolve_backend` only): ``"numba"`` CPU kernels
+(:mod:`recon.ct._voxelize_numba`, forward scatter with per-thread volumes, backward gather per
+Gaussian) and ``"torch"``, the plain-PyTorch reference twin (dense: every Gaussian at every
+voxel of the grid in chunks, masked by the same support rule; O(N * voxels), for tests, small
+grids and CUDA). ``"auto"``: numba for CPU tensors when numba is installed, else torch.
+Gradients flow to the centres, quaternions, scales and densities (through the precision
+matrix, in torch) with either backend; tests compare them.
+
+Grids: :class:`VoxelGrid` is the voxel lattice of a :class:`~recon.ct.geometry.CTGeometry`
+(same voxel-centre convention) or a crop of it (:meth:`VoxelGrid.crop`, used for random TV
+patches).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from recon.ct import _voxelize_numba as _nb
+from recon.ct.geometry import CTGeometry
+from recon.errors import InputError
+from recon.splat.projection import quat_to_rotmat
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BACKENDS", "VoxelGrid", "voxelize", "precision_matrices", "tv_3d"]
+
+BACKENDS = ("auto", "numba", "torch")
+_TORCH_CHUNK_ELEMS = 1 << 22  # Gaussians x voxels evaluated at once by the torch twin
+
+
+@dataclass(frozen=True)
+class VoxelGrid:
+    """A regular lattice of voxel centres: ``shape`` (Z, Y, X), spacing ``voxel_mm`` (z, y, x)
+    and the world position ``first_mm`` (x, y, z) of the centre of voxel (0, 0, 0)."""
+
+    shape: tuple[int, int, int]
+    voxel_mm: tuple[float, float, float]
+    first_mm: tuple[float, float, float]
+
+    @classmethod
+    def from_geometry(cls, geometry: CTGeometry) -> "VoxelGrid":
+        """The reconstruction grid of ``geometry`` (voxel centres as in :mod:`recon.ct.geometry`)."""
+        zc, yc, xc = geometry.voxel_centers_mm()
+        return cls(tuple(geometry.n_voxel), tuple(geometry.voxel_mm), (float(xc[0]), float(yc[0]), float(zc[0])))
+
+    def crop(self, start: Sequence[int], size: Sequence[int]) -> "VoxelGrid":
+        """Sub-grid of ``size`` (z, y, x) voxels starting at index ``start`` (k, j, i)."""
+        start, size = tuple(int(s) for s in start), tuple(int(s) for s in size)
+        if len(start) != 3 or len(size) != 3:
+            raise InputError("VoxelGrid.crop", f"expected 3 start indices and 3 sizes, got {start}, {size}")
+        if any(s < 0 or n < 1 or s + n > m for s, n, m in zip(start, size, self.shape)):
+            raise InputError("VoxelGrid.crop", f"crop start {start} size {size} does not fit in shape {self.shape}")
+        dz, dy, dx = self.voxel_mm
+        x0, y0, z0 = self.first_mm
+        return VoxelGrid(size, self.voxel_mm, (x0 + start[2] * dx, y0 + start[1] * dy, z0 + start[0] * dz))
+
+    def centers_mm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """1D world coordinates (z [Z], y [Y], x [X]) of the voxel centres."""
+        Z, Y, X = self.shape
+        dz, dy, dx = self.voxel_mm
+        x0, y0, z0 = self.first_mm
+        return z0 + dz * np.arange(Z), y0 + dy * np.arange(Y), x0 + dx * np.arange(X)
+
+
+def precision_matrices(
+    quats: Tensor,  # [N, 4] wxyz, not necessarily normalised
+    scales: Tensor,  # [N, 3] activated scales (mm)
+) -> tuple[Tensor, Tensor]:
+    """Precision ``R S^-2 R^T`` as 6 numbers (xx, xy, xz, yy, yz, zz) [N, 6] and the diagonal
+    of the covariance ``R S^2 R^T`` [N, 3] (x, y, z)."""
+    R = quat_to_rotmat(quats)  # [N, 3, 3]
+    inv = R * (1.0 / (scales * scales))[:, None, :]
+    P = inv @ R.transpose(-1, -2)
+    cov_diag = ((R * R) * (scales * scales)[:, None, :]).sum(-1)  # [N, 3]
+    prec6 = torch.stack([P[:, 0, 0], P[:, 0, 1], P[:, 0, 2], P[:, 1, 1], P[:, 1, 2], P[:, 2, 2]], dim=-1)
+    return prec6, cov_diag
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise InputError("backend", f"expected one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "numba" if (device.type == "cpu" and _nb.AVAILABLE) else "torch"
+    if backend == "numba":
+        if not _nb.AVAILABLE:
+            raise InputError("backend", "numba is not installed (pip install numba), use backend='torch'")
+        if device.type != "cpu":
+            raise InputError("backend", f"backend='numba' needs CPU tensors, got {device}")
+    return backend
+
+
+def _grid_arrays(grid: VoxelGrid, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    dz, dy, dx = grid.voxel_mm
+    return np.asarray(grid.first_mm, dtype=dtype), np.asarray((dx, dy, dz), dtype=dtype)
+
+
+def _spatial_order(means: np.ndarray, grid: VoxelGrid, brick: int = 8) -> np.ndarray:
+    """Permutation sorting Gaussians by the ``brick``-voxel block holding their centre
+    (lexicographic z, y, x): neighbours in the list touch the same cache lines. ~3x faster than
+    random order on 128^3 grids."""
+    first = np.asarray(grid.first_mm)
+    step = np.asarray(grid.voxel_mm[::-1])
+    idx = np.floor((means - first) / (step * brick)).astype(np.int64)
+    nb = (np.asarray(grid.shape[::-1]) + brick - 1) // brick + 2
+    idx = np.clip(idx + 1, 0, nb - 1)  # centres outside the grid go to the border bricks
+    key = (idx[:, 2] * nb[1] + idx[:, 1]) * nb[0] + idx[:, 0]
+    return np.argsort(key, kind="stable")
+
+
+class _VoxelizeNumba(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, prec6, dens, half, grid: VoxelGrid, cut2: float):
+        np_dtype = np.float32 if means.dtype == torch.float32 else np.float64
+        m = means.detach().numpy()
+        order = _spatial_order(m, grid)
+        m = np.ascontiguousarray(m[order])
+        p = np.ascontiguousarray(prec6.detach().numpy()[order])
+        d = np.ascontiguousarray(dens.detach().numpy()[order])
+        h = np.ascontiguousarray(half.detach().numpy()[order])
+        first, step = _grid_arrays(grid, np_dtype)
+        import numba
+
+        T = int(numba.get_num_threads())
+        out = np.zeros((T, *grid.shape), dtype=np_dtype)
+        _nb.voxelize_forward(m, p, d, h, first, step, out, np_dtype(cut2), T)
+        vol = torch.from_numpy(out.sum(0) if T > 1 else out[0])
+        ctx.sorted = (m, p, d, h, order)
+        ctx.grid, ctx.cut2 = grid, cut2
+        return vol
+
+    @staticmethod
+    def backward(ctx, grad):
+        m, p, d, h, order = ctx.sorted
+        np_dtype = m.dtype.type
+        first, step = _grid_arrays(ctx.grid, np_dtype)
+        N = m.shape[0]
+        g_means = np.zeros((N, 3), dtype=np_dtype)
+        g_prec = np.zeros((N, 6), dtype=np_dtype)
+        g_dens = np.zeros((N,), dtype=np_dtype)
+        g = np.ascontiguousarray(grad.detach().cpu().numpy().astype(np_dtype, copy=False))
+        _nb.voxelize_backward(m, p, d, h, first, step, g, np_dtype(ctx.cut2), g_means, g_prec, g_dens)
+        inv = np.empty_like(order)
+        inv[order] = np.arange(N)
+        back = lambda a: torch.from_numpy(np.ascontiguousarray(a[inv]))  # noqa: E731
+        return back(g_means), back(g_prec), back(g_dens), None, None, None
+
+
+def _voxelize_torch(means: Tensor, prec6: Tensor, dens: Tensor, grid: VoxelGrid, cut2: float) -> Tensor:
+    """Reference twin: every Gaussian at every voxel (chunked), same support rule."""
+    zc, yc, xc = (torch.as_tensor(c, dtype=means.dtype, device=means.device) for c in grid.centers_mm())
+    Z, Y, X = grid.shape
+    pts = torch.stack(torch.meshgrid(xc, yc, zc, indexing="ij"), dim=-1)  # [X, Y, Z, 3] (x, y, z)
+    pts = pts.permute(2, 1, 0, 3).reshape(-1, 3)  # [Z*Y*X, 3] in z, y, x order
+    vol = torch.zeros(pts.shape[0], dtype=means.dtype, device=means.device)
+    chunk = max(1, _TORCH_CHUNK_ELEMS // max(1, pts.shape[0]))
+    for s in range(0, means.shape[0], chunk):
+        mu, p, rho = means[s : s + chunk], prec6[s : s + chunk], dens[s : s + chunk]
+        d = pts[None, :, :] - mu[:, None, :]  # [n, V, 3]
+        dx, dy, dz = d.unbind(-1)
+        pxx, pxy, pxz, pyy, pyz, pzz = (p[:, i, None] for i in range(6))
+        q = pxx * dx * dx + pyy * dy * dy + pzz * dz * dz + 2.0 * (pxy * dx * dy + pxz * dx * dz + pyz * dy * dz)
+        inside = q <= cut2
+        w = torch.where(inside, torch.exp(-0.5 * torch.where(inside, q, torch.zeros_like(q))), torch.zeros_like(q))
+        vol = vol + (rho[:, None] * w).sum(0)
+    return vol.reshape(Z, Y, X)
+
+
+def voxelize(
+    means: Tensor,  # [N, 3] world (x, y, z) mm
+    quats: Tensor,  # [N, 4] wxyz
+    scales: Tensor,  # [N, 3] activated scales, mm
+    densities: Tensor,  # [N] activated densities, 1/mm
+    grid: VoxelGrid | CTGeometry,
+    *,
+    support_sigmas: float = 3.0,
+    backend: str = "auto",
+) -> Tensor:  # [Z, Y, X]
+    """Sum of the Gaussians' densities at the voxel centres of ``grid`` -> [Z, Y, X].
+
+    Differentiable with respect to ``means``, ``quats``, ``scales`` and ``densities``. Each
+    Gaussian is evaluated inside its ``support_sigmas`` ellipsoid only (module docstring).
+    ``backend``: "auto", "numba" (CPU) or "torch" (reference twin, any device).
+    """
+    if isinstance(grid, CTGeometry):
+        grid = VoxelGrid.from_geometry(grid)
+    if not isinstance(grid, VoxelGrid):
+        raise InputError("grid", f"expected a VoxelGrid or CTGeometry, got {type(grid).__name__}")
+    if not isinstance(means, Tensor) or means.dim() != 2 or means.shape[1] != 3:
+        raise InputError("means", f"expected a tensor of shape [N, 3], got {getattr(means, 'shape', type(means).__name__)}")
+    N = means.shape[0]
+    for name, x, shape in (("quats", quats, (N, 4)), ("scales", scales, (N, 3)), ("densities", densities, (N,))):
+        if not isinstance(x, Tensor) or tuple(x.shape) != shape:
+            raise InputError(name, f"expected shape {list(shape)}, got {getattr(x, 'shape', type(x).__name__)}")
+        if x.dtype != means.dtype or x.device != means.device:
+            raise InputError(name, f"expected {means.dtype} on {means.device} like means, got {x.dtype} on {x.device}")
+    if not means.dtype.is_floating_point:
+        raise InputError("means", f"expected a floating-point tensor, got {means.dtype}")
+    if not support_sigmas > 0:
+        raise InputError("support_sigmas", f"must be > 0, got {support_sigmas}")
+    backend = _resolve_backend(backend, means.device)
+    cut2 = float(support_sigmas) ** 2
+    prec6, cov_diag = precision_matrices(quats, scales)
+    if N == 0:
+        return torch.zeros(grid.shape, dtype=means.dtype, device=means.device) + 0.0 * densities.sum()
+    if backend == "torch":
+        return _voxelize_torch(means, prec6, densities, grid, cut2)
+    half = float(support_sigmas) * torch.sqrt(cov_diag.detach())
+    return _VoxelizeNumba.apply(means, prec6, densities, half, grid, cut2)
+
+
+def tv_3d(volume: Tensor, eps: float = 0.0) -> Tensor:  # [Z, Y, X] or [B, Z, Y, X] -> scalar
+    """Anisotropic 3D total variation, mean absolute forward difference over the three axes
+    (R2-Gaussian's TV loss); ``eps`` > 0 smooths ``|d|`` as ``sqrt(d^2 + eps^2) - eps``."""
+    if volume.dim() not in (3, 4):
+        raise InputError("volume", f"expected [Z, Y, X] or [B, Z, Y, X], got {list(volume.shape)}")
+    total = volume.new_zeros(())
+    for axis in (-3, -2, -1):
+        d = torch.diff(volume, dim=axis)
+        total = total + (torch.sqrt(d * d + eps * eps) - eps).mean() if eps > 0 else total + d.abs().mean()
+    return total

@@ -44,9 +44,10 @@ Training (:class:`GaussianTrainer`)
 Loss per step: L1 + ``lambda_dssim`` D-SSIM on the projections of a batch of views (R2-Gaussian:
 0.25) + ``lambda_tv`` 3D total variation of a voxelised patch (random ``tv_patch`` cube) or of
 the whole volume (voxel path). Adam; learning rates decay exponentially. Density control
-(R2-Gaussian): every ``densify_every`` steps Gaussians whose mean projected-position gradient
-exceeds ``densify_grad`` are cloned (small) or split in two (large), the new pairs sharing the
-density so that the attenuation stays about the same; Gaussians with tiny densities are pruned.
+(R2-Gaussian): every ``densify_every`` steps the ``densify_fraction`` of Gaussians with the
+largest mean projected-position gradient are cloned (small; both copies get half the density,
+so the field is unchanged) or split in two (large; samples with scales / 1.6 and 0.6x the
+density); Gaussians with tiny densities or huge scales are pruned.
 Projections are handled in units of ``scale = max(projections)`` (R2-Gaussian normalises its
 data), so learning rates and thresholds do not depend on the scanner's units.
 """
@@ -431,8 +432,10 @@ class GaussianFitConfig:
     """Last step of density control."""
     densify_every: int = 50
     """Steps between density-control passes."""
-    densify_grad: float = 2e-4
-    """Mean projected-position gradient (normalised projection units per pixel) above which a Gaussian is cloned/split."""
+    densify_fraction: float = 0.02
+    """Fraction of the Gaussians cloned/split per density-control pass: those with the largest
+    mean projected-position gradient (R2-Gaussian thresholds the gradient; a fraction does not
+    depend on the render path, image size or loss scale)."""
     densify_scale: float = 1.5
     """Gaussians larger than this many voxels are split, smaller ones cloned."""
     max_gaussians: int = 200_000
@@ -458,6 +461,7 @@ class GaussianFitConfig:
             ("lr_final_ratio", 0 < self.lr_final_ratio <= 1, "in (0, 1]"),
             ("max_gaussians", self.max_gaussians >= self.n_gaussians, ">= n_gaussians"),
             ("densify_every", self.densify_every >= 1, ">= 1"),
+            ("densify_fraction", 0.0 <= self.densify_fraction <= 1.0, "in [0, 1]"),
             ("init_sart_iterations", self.init_sart_iterations >= 0, ">= 0"),
             ("init_fit_steps", self.init_fit_steps >= 0, ">= 0"),
         ]
@@ -738,12 +742,13 @@ class GaussianTrainer:
         grads = self._grad_accum / self._grad_count.clamp_min(1.0)
         vox = float(min(self.geometry.voxel_mm))
         scales = torch.exp(params["scales"]).max(dim=-1).values
-        cand = grads >= cfg.densify_grad
         room = max(0, cfg.max_gaussians - n0)
-        if int(cand.sum()) > room:
-            keep = torch.topk(torch.where(cand, grads, torch.full_like(grads, -1.0)), room).indices if room else torch.zeros(0, dtype=torch.long)
-            cand = torch.zeros_like(cand)
-            cand[keep] = True
+        k = min(room, int(round(cfg.densify_fraction * n0)))
+        cand = torch.zeros(n0, dtype=torch.bool)
+        seen = self._grad_count > 0
+        if k > 0 and bool(seen.any()):
+            k = min(k, int(seen.sum()))
+            cand[torch.topk(torch.where(seen, grads, torch.full_like(grads, -1.0)), k).indices] = True
         state = {"grad_accum": self._grad_accum, "grad_count": self._grad_count}
         clone = cand & (scales <= cfg.densify_scale * vox)
         split = cand & (scales > cfg.densify_scale * vox)

@@ -33,14 +33,14 @@ import os
 # it loads, so it has to be set before torch / numba are imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ct" / "lidc_idri_0001_ds2.npz"
@@ -63,7 +63,7 @@ def run_method(name: str, data: Path, out: Path, args) -> dict:
     from recon.ct.gaussians import GaussianFitConfig
     from recon.pipelines.ct import CTFit
 
-    kw: dict = dict(out=out, overwrite=True, seed=args.seed)
+    kw: dict = {"out": out, "overwrite": True, "seed": args.seed}
     if name == "fdk-ramlak":
         cmd = CTFit(data, method="fdk", filter="ram-lak", **kw)
     elif name == "fdk-hann":
@@ -100,12 +100,12 @@ def comparison_png(path: Path, runs: dict[str, Path], reference: np.ndarray) -> 
     cols = [("reference", reference)] + [(k, np.load(p / "volume.npy")) for k, p in runs.items()]
     rows = []
     for plane in ("axial", "coronal", "sagittal"):
-        tiles = []
-        for _name, vol in cols:
-            tiles += [_slices(vol)[plane], np.full((vol.shape[1] if plane == "axial" else vol.shape[0], 2), hi)]
-        rows.append(np.concatenate(tiles[:-1], axis=1))
-        rows.append(np.full((2, rows[-1].shape[1]), hi))
-    img = (np.concatenate(rows[:-1], axis=0) - lo) / (hi - lo)
+        tiles = [_slices(vol)[plane] for _name, vol in cols]
+        sep = np.full((tiles[0].shape[0], 2), hi)
+        rows.append(np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1])), constant_values=hi) for r in rows]
+    img = (np.concatenate(rows, axis=0)[:-2] - lo) / (hi - lo)
     save_image(path, np.clip(img, 0, 1).astype(np.float32))
 
 

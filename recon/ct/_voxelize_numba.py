@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 
-
 try:  # numba is a project dependency, but keep the pure-torch path importable without it
     from numba import njit, prange
 
@@ -43,22 +42,18 @@ if AVAILABLE:
         r = math.sqrt(disc)
         lo = (-b - r) / a + mx  # world x of the two crossings
         hi = (-b + r) / a + mx
-        i0 = int(math.floor((lo - x0) / sx)) - 1
-        i1 = int(math.ceil((hi - x0) / sx)) + 1
-        if i0 < 0:
-            i0 = 0
-        if i1 > nx - 1:
-            i1 = nx - 1
+        i0 = int(math.floor((lo - x0) / sx)) - 1  # noqa: RUF046 (numba: keep the int)
+        i1 = int(math.ceil((hi - x0) / sx)) + 1  # noqa: RUF046
+        i0 = max(i0, 0)
+        i1 = min(i1, nx - 1)
         return i0, i1
 
     @njit(cache=True, nogil=True, inline="always")
     def _axis_range(m, half, f, s, nn):  # pragma: no cover - compiled
-        i0 = int(math.floor((m - half - f) / s))
-        i1 = int(math.ceil((m + half - f) / s))
-        if i0 < 0:
-            i0 = 0
-        if i1 > nn - 1:
-            i1 = nn - 1
+        i0 = int(math.floor((m - half - f) / s))  # noqa: RUF046
+        i1 = int(math.ceil((m + half - f) / s))  # noqa: RUF046
+        i0 = max(i0, 0)
+        i1 = min(i1, nn - 1)
         return i0, i1
 
     @njit(parallel=True, cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -180,3 +175,79 @@ if AVAILABLE:
             g_means[n, 0] = a_mx
             g_means[n, 1] = a_my
             g_means[n, 2] = a_mz
+
+
+if AVAILABLE:
+
+    @njit(parallel=True, cache=True, nogil=True, fastmath=True, error_model="numpy")
+    def precision_forward(quats, scales, k_sigma, prec, half):  # pragma: no cover - compiled
+        """quats [N, 4] wxyz (normalised here), scales [N, 3] -> prec [N, 6] (xx, xy, xz, yy, yz,
+        zz of R S^-2 R^T) and half [N, 3] = k_sigma * sqrt(diag(R S^2 R^T)) (written)."""
+        N = quats.shape[0]
+        for n in prange(N):
+            w, x, y, z = quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]
+            inv = 1.0 / max(math.sqrt(w * w + x * x + y * y + z * z), 1e-12)
+            w, x, y, z = w * inv, x * inv, y * inv, z * inv
+            r00, r01, r02 = 1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - w * z), 2.0 * (x * z + w * y)
+            r10, r11, r12 = 2.0 * (x * y + w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - w * x)
+            r20, r21, r22 = 2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y)
+            s0, s1, s2 = scales[n, 0], scales[n, 1], scales[n, 2]
+            d0, d1, d2 = 1.0 / (s0 * s0), 1.0 / (s1 * s1), 1.0 / (s2 * s2)
+            prec[n, 0] = r00 * r00 * d0 + r01 * r01 * d1 + r02 * r02 * d2
+            prec[n, 1] = r00 * r10 * d0 + r01 * r11 * d1 + r02 * r12 * d2
+            prec[n, 2] = r00 * r20 * d0 + r01 * r21 * d1 + r02 * r22 * d2
+            prec[n, 3] = r10 * r10 * d0 + r11 * r11 * d1 + r12 * r12 * d2
+            prec[n, 4] = r10 * r20 * d0 + r11 * r21 * d1 + r12 * r22 * d2
+            prec[n, 5] = r20 * r20 * d0 + r21 * r21 * d1 + r22 * r22 * d2
+            v0, v1, v2 = s0 * s0, s1 * s1, s2 * s2
+            half[n, 0] = k_sigma * math.sqrt(r00 * r00 * v0 + r01 * r01 * v1 + r02 * r02 * v2)
+            half[n, 1] = k_sigma * math.sqrt(r10 * r10 * v0 + r11 * r11 * v1 + r12 * r12 * v2)
+            half[n, 2] = k_sigma * math.sqrt(r20 * r20 * v0 + r21 * r21 * v1 + r22 * r22 * v2)
+
+    @njit(parallel=True, cache=True, nogil=True, fastmath=True, error_model="numpy")
+    def precision_backward(quats, scales, g_prec, g_quats, g_scales):  # pragma: no cover - compiled
+        """Chain rule of :func:`precision_forward`: dL/dprec [N, 6] (off-diagonals as the single
+        shared entry) -> dL/dquats [N, 4] (through the normalisation), dL/dscales [N, 3]."""
+        N = quats.shape[0]
+        for n in prange(N):
+            qw, qx, qy, qz = quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]
+            qn = max(math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), 1e-12)
+            w, x, y, z = qw / qn, qx / qn, qy / qn, qz / qn
+            r00, r01, r02 = 1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - w * z), 2.0 * (x * z + w * y)
+            r10, r11, r12 = 2.0 * (x * y + w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - w * x)
+            r20, r21, r22 = 2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y)
+            s0, s1, s2 = scales[n, 0], scales[n, 1], scales[n, 2]
+            d0, d1, d2 = 1.0 / (s0 * s0), 1.0 / (s1 * s1), 1.0 / (s2 * s2)
+            # symmetric dL/dP
+            g00, g11, g22 = g_prec[n, 0], g_prec[n, 3], g_prec[n, 5]
+            g01, g02, g12 = 0.5 * g_prec[n, 1], 0.5 * g_prec[n, 2], 0.5 * g_prec[n, 4]
+            # (G R)
+            a00 = g00 * r00 + g01 * r10 + g02 * r20
+            a01 = g00 * r01 + g01 * r11 + g02 * r21
+            a02 = g00 * r02 + g01 * r12 + g02 * r22
+            a10 = g01 * r00 + g11 * r10 + g12 * r20
+            a11 = g01 * r01 + g11 * r11 + g12 * r21
+            a12 = g01 * r02 + g11 * r12 + g12 * r22
+            a20 = g02 * r00 + g12 * r10 + g22 * r20
+            a21 = g02 * r01 + g12 * r11 + g22 * r21
+            a22 = g02 * r02 + g12 * r12 + g22 * r22
+            # dL/dd_k = (R^T G R)_kk ; d_k = s_k^-2
+            dd0 = r00 * a00 + r10 * a10 + r20 * a20
+            dd1 = r01 * a01 + r11 * a11 + r21 * a21
+            dd2 = r02 * a02 + r12 * a12 + r22 * a22
+            g_scales[n, 0] = dd0 * (-2.0 * d0 / s0)
+            g_scales[n, 1] = dd1 * (-2.0 * d1 / s1)
+            g_scales[n, 2] = dd2 * (-2.0 * d2 / s2)
+            # dL/dR = 2 G R D
+            e00, e01, e02 = 2.0 * a00 * d0, 2.0 * a01 * d1, 2.0 * a02 * d2
+            e10, e11, e12 = 2.0 * a10 * d0, 2.0 * a11 * d1, 2.0 * a12 * d2
+            e20, e21, e22 = 2.0 * a20 * d0, 2.0 * a21 * d1, 2.0 * a22 * d2
+            dw = 2.0 * (-z * e01 + y * e02 + z * e10 - x * e12 - y * e20 + x * e21)
+            dx = 2.0 * (y * e01 + z * e02 + y * e10 - 2.0 * x * e11 - w * e12 + z * e20 + w * e21 - 2.0 * x * e22)
+            dy = 2.0 * (-2.0 * y * e00 + x * e01 + w * e02 + x * e10 + z * e12 - w * e20 + z * e21 - 2.0 * y * e22)
+            dz = 2.0 * (-2.0 * z * e00 - w * e01 + x * e02 + w * e10 - 2.0 * z * e11 + y * e12 + x * e20 + y * e21)
+            dot = w * dw + x * dx + y * dy + z * dz
+            g_quats[n, 0] = (dw - w * dot) / qn
+            g_quats[n, 1] = (dx - x * dot) / qn
+            g_quats[n, 2] = (dy - y * dot) / qn
+            g_quats[n, 3] = (dz - z * dot) / qn

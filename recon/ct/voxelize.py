@@ -25,8 +25,8 @@ patches).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from recon.splat.projection import quat_to_rotmat
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "VoxelGrid", "voxelize", "precision_matrices", "tv_3d"]
+__all__ = ["BACKENDS", "VoxelGrid", "precision_matrices", "tv_3d", "voxelize"]
 
 BACKENDS = ("auto", "numba", "torch")
 _TORCH_CHUNK_ELEMS = 1 << 22  # Gaussians x voxels evaluated at once by the torch twin
@@ -55,12 +55,12 @@ class VoxelGrid:
     first_mm: tuple[float, float, float]
 
     @classmethod
-    def from_geometry(cls, geometry: CTGeometry) -> "VoxelGrid":
+    def from_geometry(cls, geometry: CTGeometry) -> VoxelGrid:
         """The reconstruction grid of ``geometry`` (voxel centres as in :mod:`recon.ct.geometry`)."""
         zc, yc, xc = geometry.voxel_centers_mm()
         return cls(tuple(geometry.n_voxel), tuple(geometry.voxel_mm), (float(xc[0]), float(yc[0]), float(zc[0])))
 
-    def crop(self, start: Sequence[int], size: Sequence[int]) -> "VoxelGrid":
+    def crop(self, start: Sequence[int], size: Sequence[int]) -> VoxelGrid:
         """Sub-grid of ``size`` (z, y, x) voxels starting at index ``start`` (k, j, i)."""
         start, size = tuple(int(s) for s in start), tuple(int(s) for s in size)
         if len(start) != 3 or len(size) != 3:
@@ -86,10 +86,12 @@ def precision_matrices(
     """Precision ``R S^-2 R^T`` as 6 numbers (xx, xy, xz, yy, yz, zz) [N, 6] and the diagonal
     of the covariance ``R S^2 R^T`` [N, 3] (x, y, z)."""
     R = quat_to_rotmat(quats)  # [N, 3, 3]
-    inv = R * (1.0 / (scales * scales))[:, None, :]
-    P = inv @ R.transpose(-1, -2)
-    cov_diag = ((R * R) * (scales * scales)[:, None, :]).sum(-1)  # [N, 3]
-    prec6 = torch.stack([P[:, 0, 0], P[:, 0, 1], P[:, 0, 2], P[:, 1, 1], P[:, 1, 2], P[:, 2, 2]], dim=-1)
+    inv_s2 = 1.0 / (scales * scales)  # [N, 3]
+    rows = R.unbind(1)  # R[:, a, :], [N, 3] each
+    # elementwise rather than batched 3x3 matmuls: ~5x faster forward + backward for 1e5+ Gaussians
+    prec6 = torch.stack([(rows[a] * rows[b] * inv_s2).sum(-1) for a, b in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))], dim=-1)
+    s2 = scales * scales
+    cov_diag = torch.stack([(rows[a] * rows[a] * s2).sum(-1) for a in range(3)], dim=-1)
     return prec6, cov_diag
 
 
@@ -125,29 +127,37 @@ def _spatial_order(means: np.ndarray, grid: VoxelGrid, brick: int = 8) -> np.nda
 
 
 class _VoxelizeNumba(torch.autograd.Function):
+    """Numba path end to end: precision matrices, voxelisation and their gradients (the torch
+    twin computes the precision matrices with autograd instead; tests compare both)."""
+
     @staticmethod
-    def forward(ctx, means, prec6, dens, half, grid: VoxelGrid, cut2: float):
+    def forward(ctx, means, quats, scales, dens, grid: VoxelGrid, support_sigmas: float):
         np_dtype = np.float32 if means.dtype == torch.float32 else np.float64
         m = means.detach().numpy()
         order = _spatial_order(m, grid)
         m = np.ascontiguousarray(m[order])
-        p = np.ascontiguousarray(prec6.detach().numpy()[order])
+        q = np.ascontiguousarray(quats.detach().numpy()[order])
+        s = np.ascontiguousarray(scales.detach().numpy()[order])
         d = np.ascontiguousarray(dens.detach().numpy()[order])
-        h = np.ascontiguousarray(half.detach().numpy()[order])
+        N = m.shape[0]
+        p = np.empty((N, 6), dtype=np_dtype)
+        h = np.empty((N, 3), dtype=np_dtype)
+        _nb.precision_forward(q, s, np_dtype(support_sigmas), p, h)
         first, step = _grid_arrays(grid, np_dtype)
         import numba
 
         T = int(numba.get_num_threads())
         out = np.zeros((T, *grid.shape), dtype=np_dtype)
-        _nb.voxelize_forward(m, p, d, h, first, step, out, np_dtype(cut2), T)
+        cut2 = np_dtype(support_sigmas * support_sigmas)
+        _nb.voxelize_forward(m, p, d, h, first, step, out, cut2, T)
         vol = torch.from_numpy(out.sum(0) if T > 1 else out[0])
-        ctx.sorted = (m, p, d, h, order)
+        ctx.sorted = (m, q, s, d, p, h, order)
         ctx.grid, ctx.cut2 = grid, cut2
         return vol
 
     @staticmethod
     def backward(ctx, grad):
-        m, p, d, h, order = ctx.sorted
+        m, q, s, d, p, h, order = ctx.sorted
         np_dtype = m.dtype.type
         first, step = _grid_arrays(ctx.grid, np_dtype)
         N = m.shape[0]
@@ -155,11 +165,14 @@ class _VoxelizeNumba(torch.autograd.Function):
         g_prec = np.zeros((N, 6), dtype=np_dtype)
         g_dens = np.zeros((N,), dtype=np_dtype)
         g = np.ascontiguousarray(grad.detach().cpu().numpy().astype(np_dtype, copy=False))
-        _nb.voxelize_backward(m, p, d, h, first, step, g, np_dtype(ctx.cut2), g_means, g_prec, g_dens)
+        _nb.voxelize_backward(m, p, d, h, first, step, g, ctx.cut2, g_means, g_prec, g_dens)
+        g_quats = np.empty((N, 4), dtype=np_dtype)
+        g_scales = np.empty((N, 3), dtype=np_dtype)
+        _nb.precision_backward(q, s, g_prec, g_quats, g_scales)
         inv = np.empty_like(order)
         inv[order] = np.arange(N)
-        back = lambda a: torch.from_numpy(np.ascontiguousarray(a[inv]))  # noqa: E731
-        return back(g_means), back(g_prec), back(g_dens), None, None, None
+        back = lambda a: torch.from_numpy(np.ascontiguousarray(a[inv]))
+        return back(g_means), back(g_quats), back(g_scales), back(g_dens), None, None
 
 
 def _voxelize_torch(means: Tensor, prec6: Tensor, dens: Tensor, grid: VoxelGrid, cut2: float) -> Tensor:
@@ -215,14 +228,12 @@ def voxelize(
     if not support_sigmas > 0:
         raise InputError("support_sigmas", f"must be > 0, got {support_sigmas}")
     backend = _resolve_backend(backend, means.device)
-    cut2 = float(support_sigmas) ** 2
-    prec6, cov_diag = precision_matrices(quats, scales)
     if N == 0:
         return torch.zeros(grid.shape, dtype=means.dtype, device=means.device) + 0.0 * densities.sum()
     if backend == "torch":
-        return _voxelize_torch(means, prec6, densities, grid, cut2)
-    half = float(support_sigmas) * torch.sqrt(cov_diag.detach())
-    return _VoxelizeNumba.apply(means, prec6, densities, half, grid, cut2)
+        prec6, _cov_diag = precision_matrices(quats, scales)
+        return _voxelize_torch(means, prec6, densities, grid, float(support_sigmas) ** 2)
+    return _VoxelizeNumba.apply(means, quats, scales, densities, grid, float(support_sigmas))
 
 
 def tv_3d(volume: Tensor, eps: float = 0.0) -> Tensor:  # [Z, Y, X] or [B, Z, Y, X] -> scalar

@@ -27,15 +27,23 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import tyro
 
-from recon.ct.formats import CTData, read_naf_pickle, read_projection_stack, read_r2gaussian, read_volume, write_nifti
+from recon.ct.formats import (
+    CTData,
+    read_naf_pickle,
+    read_projection_stack,
+    read_r2gaussian,
+    read_volume,
+    write_nifti,
+)
 from recon.ct.gaussians import GaussianFitConfig, GaussianProgress, GaussianTrainer
 from recon.ct.geometry import CTGeometry, circular_angles
 from recon.ct.metrics import psnr_3d, ssim_3d
@@ -45,7 +53,7 @@ from recon.io.run import RunDir, atomic_torch_save, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CTFit", "CTSimulate", "load_ct_data", "load_volume_file", "ProgressFn"]
+__all__ = ["CTFit", "CTSimulate", "ProgressFn", "load_ct_data", "load_volume_file"]
 
 ProgressFn = Callable[[int, int, dict], None]
 """``progress(step, total, info)`` after every iteration / step (info: loss, n_gaussians, ...)."""
@@ -151,7 +159,7 @@ def write_slice_pngs(folder: Path, volume: np.ndarray, reference: np.ndarray | N
     for name, img in rec_s.items():
         tiles = [img] if ref_s is None else [img, np.full((img.shape[0], 2), hi), ref_s[name]]
         strip = (np.concatenate(tiles, axis=1) - lo) / (hi - lo)
-        rows = max(1, int(round(strip.shape[0] * aspect[name])))
+        rows = max(1, round(strip.shape[0] * aspect[name]))
         if rows != strip.shape[0]:
             idx = np.clip(((np.arange(rows) + 0.5) * strip.shape[0] / rows).astype(int), 0, strip.shape[0] - 1)
             strip = strip[idx]
@@ -289,6 +297,10 @@ class CTFit:
         if self.method in ("fdk", "fbp") or (self.method == "gaussian"):
             self._short_scan_mode(data.geometry)  # raises for short scans with short_scan='error'
         _check_out_dir(Path(self.out), self.resume, self.overwrite)
+        if self.resume and (Path(self.out) / "config.json").is_file():
+            previous = json.loads((Path(self.out) / "config.json").read_text())
+            if previous.get("method") != self.method:
+                raise InputError("--resume", f"{self.out} holds a {previous.get('method')} run, not {self.method}")
         return data, reference
 
     def _short_scan_mode(self, geometry: CTGeometry) -> str:
@@ -382,10 +394,10 @@ class CTFit:
         if self.iterations is not None:
             cfg = dataclasses.replace(cfg, iterations=self.iterations)
         ckpt = run.latest_checkpoint() if self.resume else None
-        trainer = GaussianTrainer(data.projections, data.geometry, cfg)
+        state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt is not None else None
+        trainer = GaussianTrainer(data.projections, data.geometry, cfg, state=state)
         if ckpt is not None:
-            trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False))
-            logger.info("resumed Gaussian fit at step %d", trainer.step)
+            logger.info("resumed Gaussian fit at step %d from %s", trainer.step, ckpt)
         previous = trainer.elapsed_s
 
         def cb(p: GaussianProgress) -> None:
@@ -519,14 +531,14 @@ class CTSimulate:
         """The scanner: R2-Gaussian's proportions scaled to the volume's largest extent."""
         extent = max(n * d for n, d in zip(n_voxel, voxel_mm))
         pitch = 2.0 * extent / self.detector
-        kw: dict[str, Any] = dict(
-            mode=self.mode,
-            n_detector=(self.detector, self.detector),
-            detector_pixel_mm=(pitch, pitch),
-            n_voxel=tuple(n_voxel),
-            voxel_mm=tuple(voxel_mm),
-            angles_rad=circular_angles(self.views, self.total_angle_deg),
-        )
+        kw: dict[str, Any] = {
+            "mode": self.mode,
+            "n_detector": (self.detector, self.detector),
+            "detector_pixel_mm": (pitch, pitch),
+            "n_voxel": tuple(n_voxel),
+            "voxel_mm": tuple(voxel_mm),
+            "angles_rad": circular_angles(self.views, self.total_angle_deg),
+        }
         if self.mode == "cone":
             kw.update(dso_mm=self.dso_extent * extent, dsd_mm=self.dsd_extent * extent)
         return CTGeometry(**kw)

@@ -107,7 +107,7 @@ def test_gradcheck(backend):
     grid = VoxelGrid((5, 6, 7), (1.0, 1.0, 1.0), (-3.0, -2.5, -2.0))
     inputs = tuple(t.clone().requires_grad_() for t in (means, quats, scales, dens))
     # 8-sigma support: the cut-off jump exp(-32) is far below finite-difference resolution
-    fn = lambda m, q, s, d: voxelize(m, q, s, d, grid, support_sigmas=8.0, backend=backend)  # noqa: E731
+    fn = lambda m, q, s, d: voxelize(m, q, s, d, grid, support_sigmas=8.0, backend=backend)
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 

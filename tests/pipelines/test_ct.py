@@ -94,7 +94,7 @@ def _check_run(out: Path, iterative: bool) -> dict:
     assert np.load(out / "volume.npy").shape == (16, 16, 16)
     from recon.ct.formats import read_nifti
 
-    vol, spacing = read_nifti(out / "volume.nii.gz")
+    _vol, spacing = read_nifti(out / "volume.nii.gz")
     assert spacing == pytest.approx((2.0, 2.0, 2.0))
     return metrics
 
@@ -107,7 +107,7 @@ def test_fit_each_method(dataset, tmp_path, method):
     metrics = cfg.run(progress=lambda step, total, info: steps.append(step))
     m = _check_run(out, iterative=method in ("sart", "gaussian"))
     assert m == metrics
-    assert m["method"] == method and m["n_views"] == 12 and m["wall_time_s"] > 0
+    assert m["method"] == method and m["n_views"] == 12 and m["wall_time_s"] >= 0
     assert 10.0 < m["psnr_3d"] < 60.0 and 0.0 < m["ssim_3d"] <= 1.0
     if method in ("sart", "gaussian"):
         assert steps[-1] == (5 if method == "sart" else 30)

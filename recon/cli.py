@@ -1,4 +1,5 @@
-"""The ``recon`` command line: ``recon fit``, ``recon eval``, ``recon export``, ``recon poses``.
+"""The ``recon`` command line: ``recon fit``, ``recon eval``, ``recon export``, ``recon poses``,
+``recon ct fit`` and ``recon ct simulate``.
 
 Library errors of type :class:`recon.errors.InputError` are printed as one line and exit 2;
 anything else is a bug and keeps its traceback.
@@ -155,11 +156,73 @@ class Poses:
         console.print(f"wrote {report.transforms_path}" + (f" and {report.ply_path}" if report.ply_path else ""))
 
 
+from recon.pipelines.ct import CTFit, CTSimulate  # noqa: E402
+
+
+@dataclass
+class CtFit(CTFit):
+    """Reconstruct a volume from CT projections (fdk, fbp, sart or radiative gaussian) into --out."""
+
+    def run(self) -> dict:  # type: ignore[override]
+        with make_progress() as bar:
+            task = bar.add_task(f"ct {self.method}", total=None, info="")
+
+            def on_step(step: int, total: int, info: dict) -> None:
+                text = "  ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4g}" for k, v in info.items() if isinstance(v, (int, float)))
+                bar.update(task, completed=step, total=total, info=text)
+
+            metrics = super().run(progress=on_step)
+        table = Table(title=f"{self.out}")
+        table.add_column("")
+        table.add_column("value", justify="right")
+        table.add_row("method", str(metrics["method"]))
+        table.add_row("views", str(metrics["n_views"]))
+        table.add_row("volume (z, y, x)", " x ".join(str(n) for n in metrics["volume_shape"]))
+        if "psnr_3d" in metrics:
+            table.add_row("3D PSNR (dB)", f"{metrics['psnr_3d']:.2f}")
+            table.add_row("3D SSIM", f"{metrics['ssim_3d']:.4f}")
+        table.add_row("wall time (s)", f"{metrics['wall_time_s']:.1f}")
+        console.print(table)
+        out = Path(self.out)
+        console.print(f"volume:  {out / 'volume.nii.gz'}  ({out / 'volume.npy'})")
+        console.print(f"slices:  {out / 'slices'}")
+        console.print(f"scores:  {out / 'metrics.json'}")
+        return metrics
+
+
+@dataclass
+class CtSimulate(CTSimulate):
+    """Simulate a noisy sparse-view cone-beam scan of a volume (R2-Gaussian dataset layout)."""
+
+    def run(self) -> dict:  # type: ignore[override]
+        with console.status(f"simulating {self.views} views of {self.volume}..."):
+            info = super().run()
+        console.print(f"wrote {self.out} ({self.views} training views, {self.n_test} test views)")
+        return info
+
+
+CtCommands = Union[
+    Annotated[CtFit, tyro.conf.subcommand("fit")],
+    Annotated[CtSimulate, tyro.conf.subcommand("simulate")],
+]
+
+
+@dataclass
+class Ct:
+    """Sparse-view CT / CBCT: ``recon ct fit`` reconstructs, ``recon ct simulate`` makes test scans."""
+
+    command: tyro.conf.OmitSubcommandPrefixes[CtCommands]
+
+    def run(self) -> None:
+        self.command.run()
+
+
 Commands = Union[
     Annotated[Fit, tyro.conf.subcommand("fit")],
     Annotated[Eval, tyro.conf.subcommand("eval")],
     Annotated[Export, tyro.conf.subcommand("export")],
     Annotated[Poses, tyro.conf.subcommand("poses")],
+    Annotated[Ct, tyro.conf.subcommand("ct")],
 ]
 
 

@@ -28,7 +28,7 @@ from .convert import camera_set_from_nerfstudio
 from .dataparser import FewViewDataParserConfig
 from .recon_defaults import capture_fit_default
 
-__all__ = ["ReconDatamanagerConfig", "ReconDatamanager"]
+__all__ = ["ReconDatamanagerConfig", "ReconDatamanager", "DeviceCacheMixin"]
 
 
 @dataclass
@@ -47,7 +47,22 @@ class ReconDatamanagerConfig(FullImageDatamanagerConfig):
     """Seed of the photo-consistent sampling."""
 
 
-class ReconDatamanager(FullImageDatamanager[InputDataset]):
+class DeviceCacheMixin:
+    """Caches images on the training device unless it is CUDA (no pinned memory without a GPU).
+
+    nerfstudio's "gpu" branch keeps images on ``self.device``; its "cpu" branch pins memory,
+    which needs a CUDA driver. Put before ``FullImageDatamanager`` in the bases.
+    """
+
+    device: Union[torch.device, str]
+
+    def _load_images(self, split: Literal["train", "eval"], cache_images_device: Literal["cpu", "gpu"]):
+        if cache_images_device == "cpu" and torch.device(self.device).type != "cuda":
+            cache_images_device = "gpu"
+        return super()._load_images(split, cache_images_device)  # type: ignore[misc]
+
+
+class ReconDatamanager(DeviceCacheMixin, FullImageDatamanager[InputDataset]):
     """See the module docstring."""
 
     config: ReconDatamanagerConfig
@@ -66,13 +81,6 @@ class ReconDatamanager(FullImageDatamanager[InputDataset]):
         super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, **kwargs)
         if test_mode != "inference":
             self._set_seed_points()
-
-    def _load_images(self, split: Literal["train", "eval"], cache_images_device: Literal["cpu", "gpu"]):
-        if cache_images_device == "cpu" and torch.device(self.device).type != "cuda":
-            # nerfstudio's "gpu" branch keeps images on self.device, here not a GPU; its "cpu"
-            # branch pins memory, which needs a CUDA driver.
-            cache_images_device = "gpu"
-        return super()._load_images(split, cache_images_device)
 
     def _set_seed_points(self) -> None:
         outputs = self.train_dataparser_outputs

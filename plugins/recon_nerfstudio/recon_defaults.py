@@ -1,7 +1,8 @@
-"""Defaults shared with ``recon fit`` (:class:`recon.pipelines.capture.CaptureFitConfig`).
+"""Defaults shared with ``recon fit`` and ``recon ct fit``.
 
-The plugins read them from recon's config instead of restating the numbers, so ``ns-train
-recon-splat`` and ``recon fit`` train with the same schedule unless told otherwise.
+The plugins read them from recon's configs (:class:`recon.pipelines.capture.CaptureFitConfig`,
+:class:`recon.ct.gaussians.GaussianFitConfig`) instead of restating the numbers, so ``ns-train
+recon-splat`` / ``recon-ct`` and recon's commands train with the same settings unless told otherwise.
 """
 
 from __future__ import annotations
@@ -9,18 +10,28 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from recon.ct.gaussians import GaussianFitConfig
 from recon.pipelines.capture import CaptureFitConfig
 
-__all__ = ["capture_fit_default"]
+__all__ = ["capture_fit_default", "ct_fit_default"]
 
 
-def capture_fit_default(name: str) -> Any:
-    """Default value of ``CaptureFitConfig.<name>`` (a fresh object for factory defaults)."""
-    for f in dataclasses.fields(CaptureFitConfig):
+def _default(cls: type, name: str) -> Any:
+    for f in dataclasses.fields(cls):
         if f.name == name:
             if f.default is not dataclasses.MISSING:
                 return f.default
             if f.default_factory is not dataclasses.MISSING:
                 return f.default_factory()
-            raise ValueError(f"CaptureFitConfig.{name} has no default")
-    raise ValueError(f"CaptureFitConfig has no field {name!r}")
+            raise ValueError(f"{cls.__name__}.{name} has no default")
+    raise ValueError(f"{cls.__name__} has no field {name!r}")
+
+
+def capture_fit_default(name: str) -> Any:
+    """Default value of ``CaptureFitConfig.<name>`` (a fresh object for factory defaults)."""
+    return _default(CaptureFitConfig, name)
+
+
+def ct_fit_default(name: str) -> Any:
+    """Default value of ``GaussianFitConfig.<name>`` (``recon ct fit --gaussian.<name>``)."""
+    return _default(GaussianFitConfig, name)

@@ -28,7 +28,6 @@ from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.models.splatfacto import SplatfactoModel
 from nerfstudio.utils.colors import get_color
@@ -42,7 +41,9 @@ from recon.splat.sh import num_sh_bases
 from recon.splat.strategy import DensifyStrategy
 
 from .convert import viewmats_from_c2w
+from .optim_utils import adopt_parameters
 from .recon_defaults import capture_fit_default
+from .schedulers import bind_schedules
 
 __all__ = ["ReconSplatModelConfig", "ReconSplatModel", "GAUSS_PARAM_NAMES"]
 
@@ -146,32 +147,16 @@ class ReconSplatModel(SplatfactoModel):
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         optimizers = training_callback_attributes.optimizers
         assert optimizers is not None
-        self._adopt_parameters(optimizers)
+        adopt_parameters(optimizers, self.gauss_params, GAUSS_PARAM_NAMES)
+        trainer = training_callback_attributes.trainer
+        if trainer is not None:  # the means' decay follows --max-num-iterations
+            bind_schedules(optimizers, trainer.config.max_num_iterations)
         self.strategy_state = self.strategy.initialize_state(scene_scale=self._scene_scale(training_callback_attributes))
         self.strategy.check_sanity(self.gauss_params, {k: optimizers.optimizers[k] for k in GAUSS_PARAM_NAMES})
         return [
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.step_cb, args=[optimizers]),
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.step_post_backward),
         ]
-
-    def _adopt_parameters(self, optimizers: Optimizers) -> None:
-        """Point each optimiser at the model's current Parameter, keeping its state.
-
-        nerfstudio builds the optimisers before it loads a checkpoint (``--load-dir``), and loading
-        replaces the Parameters (their number of rows changes); without this a resumed run would
-        optimise the discarded tensors.
-        """
-        for name in GAUSS_PARAM_NAMES:
-            opt = optimizers.optimizers[name]
-            group = opt.param_groups[0]
-            old, new = group["params"][0], self.gauss_params[name]
-            if old is new:
-                continue
-            state = opt.state.pop(old, None)
-            group["params"][0] = new
-            if state is not None:
-                opt.state[new] = state
-            optimizers.parameters[name] = [new]
 
     @staticmethod
     def _scene_scale(attrs: TrainingCallbackAttributes) -> float:

@@ -550,8 +550,7 @@ class GaussianTrainer:
         with torch_threads(num_threads):
             self._init_model(init_volume)
         self.optimizers = self._make_optimizers()
-        self._grad_accum = torch.zeros(self.model.num_gaussians)
-        self._grad_count = torch.zeros(self.model.num_gaussians)
+        self._reset_gradient_stats()
 
     # ------------------------------------------------------------------ setup
     def _init_volume(self) -> Tensor:
@@ -677,7 +676,8 @@ class GaussianTrainer:
             for g in self.optimizers[name].param_groups:
                 g["lr"] = lr * decay
 
-    def _projection_loss(self, pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
+    def projection_loss(self, pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:  # [C, H, W] each
+        """L1 + ``lambda_dssim`` D-SSIM between rendered and measured projections; returns (loss, l1)."""
         l1 = (pred - gt).abs().mean()
         loss = l1
         if self.config.lambda_dssim > 0:
@@ -706,25 +706,26 @@ class GaussianTrainer:
             means2d = meta["means2d"]
             means2d.retain_grad()
             if cfg.lambda_tv > 0:
-                tv = tv_3d(self._random_patch(act) * unit)
-        loss, l1 = self._projection_loss(pred, gt)
+                tv = tv_3d(self.tv_patch(act) * unit)
+        loss, l1 = self.projection_loss(pred, gt)
         total = loss + cfg.lambda_tv * tv
         total.backward()
-        self._accumulate(means2d, len(views))
+        self.accumulate_gradients(means2d, len(views))
         for opt in self.optimizers.values():
             opt.step()
             opt.zero_grad(set_to_none=True)
         self.step += 1
         if cfg.densify_from <= self.step <= cfg.densify_until and self.step % cfg.densify_every == 0 and self.step < cfg.iterations:
-            self._density_control()
+            self.density_control()
         return {"loss": float(total.detach()), "l1": float(l1.detach()), "tv": float(tv.detach())}
 
-    def _random_patch(self, act: dict[str, Tensor]) -> Tensor:
+    def tv_patch(self, act: dict[str, Tensor]) -> Tensor:
+        """The Gaussians voxelised on a random ``tv_patch``-sized sub-grid (for the TV term) [z, y, x]."""
         size = [min(self.config.tv_patch, n) for n in self.grid.shape]
         start = [int(self._rng.integers(0, n - s + 1)) for n, s in zip(self.grid.shape, size)]
         return voxelize(**act, grid=self.grid.crop(start, size), support_sigmas=self.config.support_sigmas)
 
-    def _accumulate(self, means2d: Tensor | None, n_views: int) -> None:
+    def accumulate_gradients(self, means2d: Tensor | None, n_views: int) -> None:  # means2d [C, N, 2]
         """Running mean of the projected-position gradient norm (pixels), per Gaussian."""
         cfg = self.config
         if not (cfg.densify_from - cfg.densify_every < self.step + 1 <= cfg.densify_until):
@@ -741,13 +742,19 @@ class GaussianTrainer:
             self._grad_accum += grad.norm(dim=-1).detach() * self._iso_pixel_mm() / n_views
             self._grad_count += (grad.abs().sum(-1) > 0).float()
 
+    def _reset_gradient_stats(self) -> None:
+        n, device = self.model.num_gaussians, self.model.params["means"].device
+        self._grad_accum = torch.zeros(n, device=device)
+        self._grad_count = torch.zeros(n, device=device)
+
     def _iso_pixel_mm(self) -> float:
         g = self.geometry
         mag = (g.dsd_mm / g.dso_mm) if (g.mode != "parallel" and g.dsd_mm and g.dso_mm) else 1.0
         return float(g.detector_pixel_mm[1]) / mag
 
     @torch.no_grad()
-    def _density_control(self) -> None:
+    def density_control(self) -> None:
+        """Clone/split the Gaussians with the largest mean positional gradients, prune faint and huge ones."""
         cfg = self.config
         params, opts = self.model.params, self.optimizers
         n0 = self.model.num_gaussians
@@ -756,7 +763,8 @@ class GaussianTrainer:
         scales = torch.exp(params["scales"]).max(dim=-1).values
         room = max(0, cfg.max_gaussians - n0)
         k = min(room, round(cfg.densify_fraction * n0))
-        cand = torch.zeros(n0, dtype=torch.bool)
+        device = params["means"].device
+        cand = torch.zeros(n0, dtype=torch.bool, device=device)
         seen = self._grad_count > 0
         if k > 0 and bool(seen.any()):
             k = min(k, int(seen.sum()))
@@ -770,7 +778,7 @@ class GaussianTrainer:
             half = self.model.inverse_density(self.model.activate_density(params["densities"][clone]) * 0.5)
             params["densities"].data[clone] = half
             _duplicate(params, opts, state, clone)
-            split = torch.cat([split, torch.zeros(n_clone, dtype=torch.bool)])
+            split = torch.cat([split, torch.zeros(n_clone, dtype=torch.bool, device=device)])
         if n_split:
             # two samples with scales / 1.6 and 0.6x the density keep the local attenuation about equal
             d = self.model.activate_density(params["densities"][split])
@@ -782,8 +790,7 @@ class GaussianTrainer:
         n_prune = int(prune.sum())
         if n_prune and n_prune < self.model.num_gaussians:
             _remove(params, opts, state, prune)
-        self._grad_accum = torch.zeros(self.model.num_gaussians)
-        self._grad_count = torch.zeros(self.model.num_gaussians)
+        self._reset_gradient_stats()
         logger.debug("density control at step %d: %d cloned, %d split, %d pruned -> %d", self.step, n_clone, n_split, n_prune, self.model.num_gaussians)
 
     def fit(

@@ -278,7 +278,7 @@ def test_density_control_clones_splits_and_prunes(phantom24):
     trainer._grad_accum = torch.zeros(n)
     trainer._grad_accum[:10] = 1.0
     trainer._grad_count = torch.ones(n)
-    trainer._density_control()
+    trainer.density_control()
     assert trainer.model.num_gaussians == n + 5 + 5 - n_low
     assert trainer._grad_accum.shape == (trainer.model.num_gaussians,)
     for opt in trainer.optimizers.values():
@@ -288,7 +288,7 @@ def test_density_control_clones_splits_and_prunes(phantom24):
     # the cap: 500 + 30 candidates is above max_gaussians=520 -> only the top 20 grow
     trainer._grad_accum = torch.ones(trainer.model.num_gaussians)
     trainer._grad_count = torch.ones(trainer.model.num_gaussians)
-    trainer._density_control()
+    trainer.density_control()
     assert trainer.model.num_gaussians <= 520 + 1  # pruning may not offset growth
 
 

@@ -1,4 +1,5 @@
-"""A tiny nerfstudio capture cut from the shared fox: 6 frames, pre-downscaled 8x (135 x 240)."""
+"""Tiny inputs: a nerfstudio capture cut from the shared fox (6 frames, pre-downscaled 8x, 135 x 240)
+and a simulated CT scan (16^3 phantom, 12 + 2 views on a 32^2 detector)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,24 @@ def tiny_fox(tmp_path_factory) -> Path:
     if not (FOX / "transforms.json").exists():
         pytest.fail(f"shared data missing: {FOX} (the project expects ../shared/data beside it)")
     return make_tiny_fox(FOX, tmp_path_factory.mktemp("tiny_fox"))
+
+
+def make_ct_scan(out: Path) -> Path:
+    """A 16^3 Shepp-Logan phantom (HU, 2 mm voxels) simulated as 12 cone-beam views + 2 test views, 32^2 detector."""
+    import numpy as np
+
+    from recon.ct.phantoms import shepp_logan_3d
+    from recon.pipelines.ct import CTSimulate
+
+    vol = shepp_logan_3d((16, 16, 16)).astype(np.float32)
+    hu = -1000.0 + 1200.0 * vol / vol.max()
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "phantom.npz", volume=hu, spacing_mm_zyx=np.array([2.0, 2.0, 2.0], np.float32))
+    CTSimulate(out / "phantom.npz", views=12, out=out / "scan", n_test=2, detector=32).run()
+    return out / "scan"
+
+
+@pytest.fixture(scope="session")
+def ct_scan(tmp_path_factory) -> Path:
+    """R2-Gaussian folder of the tiny simulated CT scan (:func:`make_ct_scan`)."""
+    return make_ct_scan(tmp_path_factory.mktemp("ct"))

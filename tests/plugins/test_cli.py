@@ -24,8 +24,8 @@ import yaml
 from recon.io.ply import read_splat_ply
 from recon.metrics import lpips_status
 
-METHODS = ("recon-splat",)  # recon-ct joins when the CT Gaussians exist
-DATAPARSERS = ("recon-fewview",)
+METHODS = ("recon-splat", "recon-ct")
+DATAPARSERS = ("recon-fewview", "recon-ct-data")
 ITERATIONS = 30
 BIN = Path(sys.executable).parent
 
@@ -87,10 +87,11 @@ def test_ns_train_help_lists_methods_and_dataparsers(monkeypatch, capsys):
     listing = capsys.readouterr().out
     for name in METHODS:
         assert name in listing
-    run_entrypoint(entrypoint, ["ns-train", "recon-splat", "--help"], monkeypatch)
-    listing = capsys.readouterr().out
-    for name in DATAPARSERS:
-        assert name in listing
+    for method in METHODS:
+        run_entrypoint(entrypoint, ["ns-train", method, "--help"], monkeypatch)
+        listing = capsys.readouterr().out
+        for name in DATAPARSERS:
+            assert name in listing
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,7 @@ def test_ns_train_viewer_and_outputs(trained_run):
     state = torch.load(ckpt, map_location="cpu")  # weights_only: plain tensors and floats
     means = state["pipeline"]["_model.gauss_params.means"]
     assert means.ndim == 2 and means.shape[1] == 3 and torch.isfinite(means).all()
+    assert state["schedulers"]["means"]["lr_lambdas"][0]["max_steps"] == ITERATIONS  # --max-num-iterations
     config = yaml.load((run_dir / "config.yml").read_text(), Loader=yaml.Loader)
     assert config.method_name == "recon-splat"
     assert config.machine.device_type == ("cuda" if torch.cuda.is_available() else "cpu")

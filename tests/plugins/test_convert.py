@@ -1,4 +1,4 @@
-"""plugins.recon_nerfstudio.convert: nerfstudio OpenGL c2w <-> recon OpenCV w2c."""
+"""plugins.recon_nerfstudio.convert: nerfstudio OpenGL c2w <-> recon OpenCV w2c, and X-ray pinholes."""
 
 from __future__ import annotations
 
@@ -65,3 +65,56 @@ def test_camera_set_rejects_other_models():
                    camera_type=CameraType.FISHEYE)  # fmt: skip
     with pytest.raises(ValueError, match="perspective"):
         camera_set_from_nerfstudio(cams)
+
+
+# ---------------------------------------------------------------------- CT (X-ray pinholes)
+def _ct_geometry(mode: str):
+    from recon.ct.geometry import CTGeometry, circular_angles
+
+    distances = {"dsd_mm": 100.0, "dso_mm": 60.0} if mode == "cone" else {}
+    return CTGeometry(mode=mode, n_detector=(8, 12), detector_pixel_mm=(1.0, 1.5), n_voxel=(4, 4, 4),
+                      voxel_mm=(1.0, 1.0, 1.0), angles_rad=circular_angles(5, 200.0), offset_detector_mm=(0.5, -1.0),
+                      **distances)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["cone", "parallel"])
+def test_xray_cameras_round_trip(mode):
+    from plugins.recon_nerfstudio.convert import cameras_from_xray, xray_cameras_from_nerfstudio
+    from recon.ct.gaussians import xray_cameras
+
+    ref = xray_cameras(_ct_geometry(mode))
+    cams = cameras_from_xray(ref, 0.25)
+    assert cams.shape == (5,) and int(cams.width[0]) == 12 and int(cams.height[0]) == 8
+    torch.testing.assert_close(cams.get_intrinsics_matrices(), ref.Ks)
+    # OpenGL: the camera looks down its -z, i.e. its third column points from the volume to the source
+    back_dir = cams.camera_to_worlds[:, :, 2]
+    torch.testing.assert_close(back_dir, -ref.viewmats[:, 2, :3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(cams.camera_to_worlds[:, :, 3], ref.centers * 0.25, rtol=1e-6, atol=1e-5)
+    back = xray_cameras_from_nerfstudio(cams, 0.25)
+    assert (back.width, back.height, back.views) == (12, 8, (0, 1, 2, 3, 4))
+    torch.testing.assert_close(back.Ks, ref.Ks)
+    torch.testing.assert_close(back.viewmats[:, :3, :3], ref.viewmats[:, :3, :3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(back.centers, ref.centers, rtol=1e-6, atol=1e-4)
+    one = cams[3:4]
+    one.metadata = {"cam_idx": 3}
+    assert xray_cameras_from_nerfstudio(one, 0.25).views == (3,)
+
+
+def test_xray_cameras_bad_input():
+    from plugins.recon_nerfstudio.convert import cameras_from_xray, xray_cameras_from_nerfstudio
+    from recon.ct.gaussians import xray_cameras
+
+    ref = xray_cameras(_ct_geometry("cone"))
+    with pytest.raises(ValueError, match="XrayCameras"):
+        cameras_from_xray("cameras", 1.0)
+    with pytest.raises(ValueError, match="world_scale"):
+        cameras_from_xray(ref, 0.0)
+    cams = cameras_from_xray(ref, 1.0)
+    with pytest.raises(ValueError, match="world_scale"):
+        xray_cameras_from_nerfstudio(cams, -1.0)
+    with pytest.raises(ValueError, match="one batch dimension"):
+        xray_cameras_from_nerfstudio(cams.reshape((5, 1)), 1.0)
+    mixed = Cameras(camera_to_worlds=cams.camera_to_worlds[:2], fx=1.0, fy=1.0, cx=1.0, cy=1.0,
+                    width=torch.tensor([[4], [6]]), height=4)  # fmt: skip
+    with pytest.raises(ValueError, match="one image size"):
+        xray_cameras_from_nerfstudio(mixed, 1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -156,6 +157,21 @@ def test_viewer_style_render_with_crop_box(pipeline):
     out = model.get_outputs_for_camera(camera, obb_box=empty)
     torch.testing.assert_close(out["rgb"], torch.tensor([0.2, 0.3, 0.4]).expand(64, 96, 3))
     model.set_crop(None)
+
+
+def test_means_decay_follows_max_num_iterations(pipeline):
+    """``--max-num-iterations`` sets the decay horizon (the method config gives none)."""
+    config = fox_config(pipeline.datamanager.config.data)
+    assert config.optimizers["means"]["scheduler"].max_steps is None
+    optimizers = Optimizers(copy.deepcopy(config.optimizers), pipeline.get_param_groups())
+    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=40))
+    attrs = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=trainer)
+    pipeline.get_training_callbacks(attrs)
+    assert optimizers.schedulers["means"].lr_lambdas[0].max_steps == 40
+    lr0 = optimizers.optimizers["means"].param_groups[0]["lr"]
+    for step in range(40):
+        optimizers.scheduler_step_all(step)
+    assert optimizers.optimizers["means"].param_groups[0]["lr"] == pytest.approx(lr0 * 0.01)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (gsplat backend)")

@@ -3,6 +3,13 @@
 ``CaptureFitConfig.setup()`` validates every input before anything is written, then
 ``CaptureTrainer.fit()`` trains with L1 + D-SSIM, densifies, checkpoints, and writes the run
 folder (see :mod:`recon.io.run`).
+
+Few-view options, all off in the default ``plain`` preset (which trains 3DGS as published):
+visual-hull initialisation from masks (``--init hull --masks ...``), k-NN floater pruning
+(``--prune-outliers``), the regularisers of :class:`recon.splat.regularizers.RegularizerConfig`
+(``--reg.*``: opacity/scale penalties, depth smoothness, Gaussian dropout, pseudo views,
+co-regularisation of two fields) and per-view pose refinement (``--refine-poses``).
+``--preset fewview`` switches on the combination in :data:`PRESETS`.
 """
 
 from __future__ import annotations
@@ -11,9 +18,10 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,10 +36,25 @@ from recon.io.ply import write_splat_ply
 from recon.io.run import RunDir, atomic_write_json
 from recon.io.views import split_views
 from recon.metrics import score_images, ssim
-from recon.splat.init import photo_consistent_points, scene_bounds
+from recon.pose_refine import PoseRefineConfig, PoseRefiner
+from recon.splat.hull import compute_masks, hull_points
+from recon.splat.init import photo_consistent_points, scene_bounds, statistical_outliers
 from recon.splat.model import GaussianModel
 from recon.splat.rasterize import rasterization
+from recon.splat.regularizers import (
+    PseudoViewSampler,
+    RegularizerConfig,
+    coreg_loss,
+    edge_aware_depth_tv,
+    gaussian_dropout,
+    opacity_loss,
+    scale_loss,
+    scale_ratio_loss,
+)
 from recon.splat.strategy import DensifyStrategy
+
+# the strategy's own row removal, so Adam moments and densification stats stay in step
+from recon.splat.strategy import _remove as _remove_gaussians
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +71,25 @@ def _default_densify() -> DensifyStrategy:
     )
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "fewview": {
+        "reg.opacity_reg": 0.01,
+        "reg.scale_reg": 0.01,
+        "reg.scale_ratio_reg": 0.01,
+        "reg.depth_smooth": 0.1,
+        "reg.dropout": 0.1,
+        "reg.pseudo_every": 4,
+    },
+}
+"""Named sets of option values (``--preset``), dotted names for ``reg.*``. ``plain`` is 3DGS as
+published; ``fewview`` is the combination of few-view remedies expected to generalise best on
+3-8 views without doubling the cost. Left to the ablation (``scripts/ablate_fewview.py``):
+co-regularisation (2x cost), pose refinement, hull init (needs masks), and outlier pruning (on
+photo-consistent or random initial points, which are spread evenly, it removes sparse but
+genuine background points; it is meant for SfM points and floaters)."""
+
+
 @dataclass
 class CaptureFitConfig:
     """Fit Gaussian splats to a few posed photos."""
@@ -56,6 +98,9 @@ class CaptureFitConfig:
     """Capture: a folder or file nerfstudio/instant-ngp ``transforms.json``, Blender, COLMAP or LLFF."""
     out: Path = Path("runs/capture")
     """Run folder to write (see ``recon.io.run``)."""
+    preset: Literal["plain", "fewview"] = "plain"
+    """Named option set (``PRESETS``): 'plain' 3DGS, or 'fewview' regularisers. Options given
+    explicitly win over the preset, except an option set to its plain default value."""
     train_views: tuple[int, ...] = (8,)
     """One number K (K views spread over the capture) or an explicit list of view indices."""
     eval_views: int = 8
@@ -70,15 +115,40 @@ class CaptureFitConfig:
     """Maximum spherical-harmonics degree of the colours."""
     sh_degree_interval: int = 500
     """Raise the SH degree used by one every this many steps."""
-    init: Literal["auto", "sfm", "photo", "random"] = "auto"
-    """Initial centres: SfM points if the capture has them ('auto'), photo-consistent samples, or uniform random."""
+    init: Literal["auto", "sfm", "photo", "random", "hull"] = "auto"
+    """Initial centres: SfM points if the capture has them ('auto'), photo-consistent samples,
+    uniform random, or the visual hull of the training masks ('hull', needs --masks)."""
     init_points: int = 20_000
-    """Number of initial Gaussians for 'photo' and 'random'."""
+    """Number of initial Gaussians for 'photo', 'random' and 'hull'."""
     init_opacity: float = 0.1
     """Initial opacity of every Gaussian."""
     init_scale: float = 0.5
     """Multiplier of the nearest-neighbour initial scale (0.5 halves the initial footprints: on fox
     at 270x480 a training step is ~2.7x faster than at 1.0)."""
+    masks: Literal["none", "files", "grabcut", "threshold"] = "none"
+    """Foreground masks of the training views for --init hull: the capture's mask files or alpha
+    ('files'), or computed with OpenCV: GrabCut from a centred rectangle, or an Otsu threshold of
+    the colour difference from the image border."""
+    hull_resolution: int = 64
+    """Voxels per side of the carved grid (inside the scene bounds)."""
+    hull_fraction: float = 0.5
+    """Fraction of --init-points placed on the hull; the rest are photo-consistent points
+    anywhere, for the background that the masks cut away (1: hull only)."""
+    prune_outliers: bool = False
+    """Remove floaters: k-NN statistical outliers among the initial points and, every
+    --outlier-every steps, among the Gaussians' centres (on evenly spread photo/random initial
+    points it also removes sparse background points)."""
+    outlier_k: int = 16
+    """Neighbours for the outlier test."""
+    outlier_std_ratio: float = 3.0
+    """A point is an outlier when its mean neighbour distance exceeds mean + this x std."""
+    outlier_every: int = 500
+    """Prune outlying Gaussians every this many steps (0: only the initial points)."""
+    refine_poses: bool = False
+    """Optimise an SE(3) correction per training view jointly with the Gaussians (the first
+    training view is held fixed to pin the frame; evaluation views are never refined)."""
+    pose_lr: float = 1e-4
+    """Initial learning rate of the pose corrections (decays 100x over the run)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Background colour (RGB in [0, 1]) behind the Gaussians."""
     ssim_lambda: float = 0.2
@@ -97,6 +167,13 @@ class CaptureFitConfig:
     """'auto' uses CUDA (gsplat) when available, else the CPU rasteriser."""
     densify: DensifyStrategy = field(default_factory=_default_densify)
     """Densification and pruning (gsplat DefaultStrategy semantics)."""
+    reg: RegularizerConfig = field(default_factory=RegularizerConfig)
+    """Few-view regularisers (all off in the plain preset)."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise InputError("--preset", f"unknown preset {self.preset!r} (expected one of {sorted(PRESETS)})")
+        apply_overrides(self, PRESETS[self.preset], only_defaults=True)
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -116,9 +193,62 @@ class CaptureFitConfig:
             raise InputError("--background", f"RGB values must be in [0, 1], got {self.background}")
         if not 0.0 <= self.ssim_lambda <= 1.0:
             raise InputError("--ssim-lambda", f"must be in [0, 1], got {self.ssim_lambda}")
+        if self.init == "hull" and self.masks == "none":
+            raise InputError("--init", "hull needs masks (expected --masks files, grabcut or threshold)")
+        if self.masks != "none" and self.init != "hull":
+            raise InputError("--masks", f"masks are used only by --init hull, got --init {self.init}")
+        if not 0.0 < self.hull_fraction <= 1.0:
+            raise InputError("--hull-fraction", f"must be in (0, 1], got {self.hull_fraction}")
+        if self.hull_resolution < 4:
+            raise InputError("--hull-resolution", f"must be >= 4, got {self.hull_resolution}")
+        if self.outlier_k < 1 or self.outlier_std_ratio < 0 or self.outlier_every < 0:
+            raise InputError(
+                "--outlier-k/--outlier-std-ratio/--outlier-every",
+                f"must be >= 1, >= 0, >= 0, got {self.outlier_k}, {self.outlier_std_ratio}, {self.outlier_every}",
+            )
+        if not self.pose_lr > 0:
+            raise InputError("--pose-lr", f"must be > 0, got {self.pose_lr}")
+        problems = self.reg.validate()
+        if problems:
+            where, _, what = problems[0].partition(": ")
+            raise InputError(where, what)
 
-    def setup(self) -> "CaptureTrainer":
+    def setup(self) -> CaptureTrainer:
         return CaptureTrainer(self)
+
+
+def apply_overrides(cfg: CaptureFitConfig, overrides: Mapping[str, Any], only_defaults: bool = False) -> CaptureFitConfig:
+    """Set options of ``cfg`` in place from ``{"name": value, "reg.name": value}``; returns ``cfg``.
+
+    With ``only_defaults``, an option is changed only while it still has its plain default
+    value (how presets leave explicitly given options alone). Unknown names raise ValueError.
+    """
+    top = {f.name: f for f in dataclasses.fields(CaptureFitConfig)}
+    sub = {f.name: f for f in dataclasses.fields(RegularizerConfig)}
+    reg_default = RegularizerConfig()
+    reg_changes = {}
+    for key, value in overrides.items():
+        group, _, name = key.rpartition(".")
+        if group == "reg" and name in sub:
+            if not only_defaults or getattr(cfg.reg, name) == getattr(reg_default, name):
+                reg_changes[name] = value
+        elif group == "" and name in top and name not in ("reg", "densify", "data", "preset"):
+            f = top[name]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if not only_defaults or getattr(cfg, name) == default:
+                setattr(cfg, name, value)
+        else:
+            raise ValueError(f"override {key!r}: not an option of CaptureFitConfig (or reg.*)")
+    if reg_changes:
+        cfg.reg = dataclasses.replace(cfg.reg, **reg_changes)
+    return cfg
+
+
+for _name, _values in PRESETS.items():  # a typo in a preset fails at import, not in a run
+    _unknown = [k for k in _values if k.rpartition(".")[2] not in
+                {f.name for f in dataclasses.fields(RegularizerConfig if k.startswith("reg.") else CaptureFitConfig)}]
+    assert not _unknown, f"PRESETS[{_name!r}]: unknown options {_unknown}"
+del _name, _values, _unknown
 
 
 def train_view_spec(train_views: tuple[int, ...]) -> int | list[int]:
@@ -148,6 +278,8 @@ class ViewSet:
     names: list[str]
     images: Tensor  # [V, H, W, 3]
     cameras: CameraSet
+    masks: Tensor | None = None  # [V, H, W, 1]
+    """Masks from the capture's mask files or alpha channels (1 = keep), if it has any."""
 
     @property
     def height(self) -> int:
@@ -160,8 +292,31 @@ class ViewSet:
 
 def load_split(capture: Capture, indices: list[int], downscale: float) -> ViewSet:
     """Load and undistort the images of ``indices`` at ``downscale``."""
-    images, _masks, cams = load_views(capture, indices, downscale=downscale)
-    return ViewSet(list(indices), [capture.names[i] for i in indices], images, cams)
+    images, masks, cams = load_views(capture, indices, downscale=downscale)
+    return ViewSet(list(indices), [capture.names[i] for i in indices], images, cams, masks)
+
+
+def _rasterize(
+    inputs: Mapping[str, Tensor],
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    sh_degree: int,
+    background: Tensor,  # [3]
+    render_mode: str = "RGB",
+) -> tuple[Tensor, Tensor, dict]:
+    dev = inputs["means"].device
+    return rasterization(
+        **inputs,
+        viewmats=viewmats.to(dev),
+        Ks=Ks.to(dev),
+        width=width,
+        height=height,
+        sh_degree=sh_degree,
+        backgrounds=background.to(dev).expand(len(viewmats), 3),
+        render_mode=render_mode,
+    )
 
 
 def render(
@@ -175,20 +330,7 @@ def render(
 ) -> tuple[Tensor, Tensor, dict]:
     """Render cameras (all or ``indices``) of ``cameras``: ``[C,H,W,3]`` colours, ``[C,H,W,1]`` alphas, meta."""
     idx = list(range(len(cameras))) if indices is None else indices
-    dev = model.params["means"].device
-    viewmats = cameras.w2c[idx].to(dev)
-    Ks = cameras.Ks()[idx].to(dev)
-    inputs = model.activated(sh_degree)
-    colors, alphas, meta = rasterization(
-        **inputs,
-        viewmats=viewmats,
-        Ks=Ks,
-        width=width,
-        height=height,
-        sh_degree=sh_degree,
-        backgrounds=background.to(dev).expand(len(idx), 3),
-    )
-    return colors, alphas, meta
+    return _rasterize(model.activated(sh_degree), cameras.w2c[idx], cameras.Ks()[idx], width, height, sh_degree, background)
 
 
 @torch.no_grad()
@@ -216,8 +358,21 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class _Field:
+    """One Gaussian field with its optimisers and densification state."""
+
+    model: GaussianModel
+    optimizers: dict[str, torch.optim.Optimizer]
+    state: dict[str, Any]
+
+
 class CaptureTrainer:
-    """Owns the data, model, optimisers and densification state of one capture fit."""
+    """Owns the data, model(s), optimisers and densification state of one capture fit.
+
+    ``fields[0]`` is the model that is saved and scored; ``fields[1]`` exists only for
+    co-regularisation (``reg.coreg > 0``).
+    """
 
     def __init__(self, config: CaptureFitConfig):
         config.validate()
@@ -237,17 +392,43 @@ class CaptureTrainer:
         self.scene_scale = float(
             (self.train.cameras.centres() - self.train.cameras.centres().mean(0)).norm(dim=-1).max() * 1.1
         )
-        self.model = self._init_model().to(self.device)
-        self.optimizers = self.model.make_optimizers(scene_scale=self.scene_scale, means_lr=config.means_lr)
+        reg = config.reg
+        if reg.pseudo_every > 0 and len(train_idx) < 2:
+            raise InputError("--reg.pseudo-every", f"pseudo views need >= 2 training views, got {len(train_idx)}")
+        self.train_masks = self._masks() if config.init == "hull" else None
         self.strategy = config.densify
         stop = int(0.8 * config.iterations)
         if self.strategy.refine_stop_iter > stop:
             logger.info("densification stops at step %d (80%% of --iterations)", stop)
             self.strategy = dataclasses.replace(self.strategy, refine_stop_iter=stop)
-        self.strategy.check_sanity(self.model.params, self.optimizers)
-        self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
+        self.fields: list[_Field] = []
+        for i in range(2 if reg.coreg > 0 else 1):
+            model = self._init_model(seed=config.seed + i).to(self.device)
+            optimizers = model.make_optimizers(scene_scale=self.scene_scale, means_lr=config.means_lr)
+            self.strategy.check_sanity(model.params, optimizers)
+            self.fields.append(_Field(model, optimizers, self.strategy.initialize_state(scene_scale=self.scene_scale)))
+        self.pseudo_sampler = PseudoViewSampler(noise=reg.pseudo_noise)
+        self.pseudo_state = self.pseudo_sampler.initialize_state(self.train.cameras.w2c) if reg.pseudo_every > 0 else None
+        self.pose_refiner: PoseRefiner | None = None
+        if config.refine_poses:
+            self.pose_refiner = PoseRefineConfig(lr=config.pose_lr, lr_final=config.pose_lr / 100).setup(len(train_idx))
+            self.pose_refiner.to(self.device)
+            self.pose_optimizer, self.pose_scheduler = self.pose_refiner.make_optimizer(config.iterations)
         self.step = 0
         self.elapsed_s = 0.0
+
+    # the saved model is field 0 --------------------------------------------
+    @property
+    def model(self) -> GaussianModel:
+        return self.fields[0].model
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self.fields[0].optimizers
+
+    @property
+    def strategy_state(self) -> dict[str, Any]:
+        return self.fields[0].state
 
     # setup -----------------------------------------------------------------
     def _check_out_dir(self) -> None:
@@ -261,10 +442,35 @@ class CaptureTrainer:
         if not self.config.overwrite:
             raise InputError(out, "run folder exists and is not empty (use --resume to continue or --overwrite)")
 
-    def _init_model(self) -> GaussianModel:
+    def _masks(self) -> Tensor:
+        """Foreground masks ``[V, H, W]`` bool of the training views, per ``--masks``."""
         cfg = self.config
-        gen = torch.Generator().manual_seed(cfg.seed)
+        if cfg.masks == "files":
+            if self.train.masks is None:
+                raise InputError(cfg.data, "--masks files but the capture has no mask files or alpha channels")
+            return self.train.masks[..., 0] > 0.5
+        # GrabCut needs a few hundred pixels across: segment at ~480 px on the long side, or at
+        # the training resolution when that is larger, then resize to the training resolution.
+        full = self.capture.cameras.intrinsics[self.train.indices[0]]
+        ds = min(cfg.downscale, max(1.0, max(full.width, full.height) / 480))
+        images = self.train.images if ds == cfg.downscale else load_split(self.capture, self.train.indices, ds).images
+        masks = compute_masks(images, cfg.masks)  # type: ignore[arg-type]
+        if masks.shape[1:] != self.train.images.shape[1:3]:
+            size = tuple(self.train.images.shape[1:3])
+            masks = torch.nn.functional.interpolate(masks[:, None].float(), size=size, mode="area")[:, 0] > 0.5
+        cover = masks.float().mean((1, 2))
+        useless = (cover < 0.01) | (cover > 0.99)
+        for i in torch.nonzero(useless).flatten().tolist():
+            logger.warning("%s mask of %s covers %.0f%% of it: not used for carving", cfg.masks, self.train.names[i], 100 * float(cover[i]))
+            masks[i] = True
+        logger.info("%s masks cover %.0f%% of the training pixels", cfg.masks, 100 * float(cover.mean()))
+        return masks
+
+    def _init_model(self, seed: int | None = None) -> GaussianModel:
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
         mode = cfg.init
+        cams, images = self.train.cameras, self.train.images
         if mode in ("auto", "sfm") and self.capture.points is not None and len(self.capture.points) > 0:
             pts, cols = self.capture.points.float(), self.capture.point_colors
             if cols is None:
@@ -273,13 +479,30 @@ class CaptureTrainer:
         elif mode == "sfm":
             raise InputError(cfg.data, "--init sfm but the capture has no SfM points")
         elif mode == "random":
-            bounds = scene_bounds(self.train.cameras)
+            bounds = scene_bounds(cams)
             pts = bounds[0] + torch.rand(cfg.init_points, 3, generator=gen) * (bounds[1] - bounds[0])
             cols = torch.rand(cfg.init_points, 3, generator=gen)
             how = f"{cfg.init_points} uniform random points"
+        elif mode == "hull":
+            assert self.train_masks is not None
+            n_hull = max(2, round(cfg.hull_fraction * cfg.init_points))
+            try:
+                pts, cols = hull_points(cams, images, self.train_masks, n_hull, resolution=cfg.hull_resolution, generator=gen)
+            except ValueError as err:
+                raise InputError(f"--masks {cfg.masks}", str(err)) from None
+            how = f"{n_hull} visual-hull points ({cfg.masks} masks)"
+            if n_hull < cfg.init_points:
+                bp, bc = photo_consistent_points(cams, images, cfg.init_points - n_hull, generator=gen)
+                pts, cols = torch.cat([pts, bp]), torch.cat([cols, bc])
+                how += f" + {cfg.init_points - n_hull} photo-consistent points"
         else:
-            pts, cols = photo_consistent_points(self.train.cameras, self.train.images, cfg.init_points, generator=gen)
+            pts, cols = photo_consistent_points(cams, images, cfg.init_points, generator=gen)
             how = f"{cfg.init_points} photo-consistent points"
+        if cfg.prune_outliers:
+            out = statistical_outliers(pts, cfg.outlier_k, cfg.outlier_std_ratio)
+            if int(out.sum()) and int((~out).sum()) >= 2:
+                pts, cols = pts[~out], cols[~out]
+                how += f", {int(out.sum())} outliers removed"
         logger.info("initialising from %s", how)
         self.init_description = how
         return GaussianModel.from_points(
@@ -288,25 +511,51 @@ class CaptureTrainer:
 
     # checkpoints -----------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
+        f0 = self.fields[0]
+        state = {
             "step": self.step,
             "elapsed_s": self.elapsed_s,
-            "model": self.model.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "strategy_state": self.strategy_state,
+            "model": f0.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in f0.optimizers.items()},
+            "strategy_state": f0.state,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "train_indices": self.train.indices,
         }
+        if len(self.fields) > 1:
+            f1 = self.fields[1]
+            state["partner"] = {
+                "model": f1.model.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in f1.optimizers.items()},
+                "strategy_state": f1.state,
+            }
+        if self.pose_refiner is not None:
+            state["pose_refiner"] = {
+                "params": self.pose_refiner.state_dict(),
+                "optimizer": self.pose_optimizer.state_dict(),
+                "scheduler": self.pose_scheduler.state_dict(),
+            }
+        return state
+
+    def _load_field(self, f: _Field, saved: dict) -> None:
+        f.model.load_state_dict(saved["model"])
+        f.optimizers = f.model.make_optimizers(scene_scale=self.scene_scale, means_lr=self.config.means_lr)
+        for k, opt in f.optimizers.items():
+            opt.load_state_dict(saved["optimizers"][k])
+        f.state = saved["strategy_state"]
 
     def load_checkpoint(self, path: Path) -> None:
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
         if ckpt["train_indices"] != self.train.indices:
             raise InputError(path, f"checkpoint was trained on views {ckpt['train_indices']}, not {self.train.indices}")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizers = self.model.make_optimizers(scene_scale=self.scene_scale, means_lr=self.config.means_lr)
-        for k, opt in self.optimizers.items():
-            opt.load_state_dict(ckpt["optimizers"][k])
-        self.strategy_state = ckpt["strategy_state"]
+        if ("partner" in ckpt) != (len(self.fields) > 1) or ("pose_refiner" in ckpt) != (self.pose_refiner is not None):
+            raise InputError(path, "checkpoint was written with other --reg.coreg / --refine-poses settings")
+        self._load_field(self.fields[0], ckpt)
+        if len(self.fields) > 1:
+            self._load_field(self.fields[1], ckpt["partner"])
+        if self.pose_refiner is not None:
+            self.pose_refiner.load_state_dict(ckpt["pose_refiner"]["params"])
+            self.pose_optimizer.load_state_dict(ckpt["pose_refiner"]["optimizer"])
+            self.pose_scheduler.load_state_dict(ckpt["pose_refiner"]["scheduler"])
         self.step = int(ckpt["step"])
         self.elapsed_s = float(ckpt.get("elapsed_s", 0.0))
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -319,26 +568,103 @@ class CaptureTrainer:
         """Exponential decay of the centres' learning rate to 1% at the last step."""
         return 0.01 ** (step / max(1, self.config.iterations))
 
+    def _is_pseudo_step(self, step: int) -> bool:
+        reg = self.config.reg
+        return reg.pseudo_every > 0 and step >= int(reg.pseudo_start * self.config.iterations) and step % reg.pseudo_every == 0
+
     def train_step(self, step: int, view: int) -> dict:
-        cfg = self.config
+        cfg, reg = self.config, self.config.reg
         sh_deg = min(step // cfg.sh_degree_interval, cfg.sh_degree)
-        colors, _alphas, info = render(
-            self.model, self.train.cameras, self.train.width, self.train.height, sh_deg, self.background, [view]
-        )
+        w, h = self.train.width, self.train.height
+        viewmats = self.train.cameras.w2c[[view]].to(self.device)
+        if self.pose_refiner is not None:
+            viewmats = self.pose_refiner.apply(viewmats, [view])
+        Ks = self.train.cameras.Ks()[[view]]
         gt = self.train.images[view : view + 1].to(self.device)
-        self.strategy.step_pre_backward(self.model.params, self.optimizers, self.strategy_state, step, info)
-        pred = colors[..., :3]
-        l1 = (pred - gt).abs().mean()
-        d_ssim = 1.0 - ssim(pred, gt)
-        loss = (1.0 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * d_ssim.mean()
-        loss.backward()
-        for group in self.optimizers["means"].param_groups:
-            group["lr"] = cfg.means_lr * self.scene_scale * self._means_lr_factor(step)
-        for opt in self.optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        self.strategy.step_post_backward(self.model.params, self.optimizers, self.strategy_state, step, info)
-        return {"loss": float(loss.detach()), "l1": float(l1.detach()), "n_gaussians": self.model.num_gaussians, "sh_degree": sh_deg}
+        mode = "RGB+ED" if reg.depth_smooth > 0 else "RGB"
+        pseudo = self.pseudo_sampler.sample(self.pseudo_state, 1) if self._is_pseudo_step(step) else None
+        total: Tensor | float = 0.0
+        infos, pseudo_rgb = [], []
+        stats: dict[str, Any] = {}
+        for fi, f in enumerate(self.fields):
+            act = f.model.activated(sh_deg)
+            inputs = dict(act)
+            if reg.dropout > 0:
+                inputs["opacities"] = gaussian_dropout(act["opacities"], reg.dropout)
+            out, alphas, info = _rasterize(inputs, viewmats, Ks, w, h, sh_deg, self.background, mode)
+            self.strategy.step_pre_backward(f.model.params, f.optimizers, f.state, step, info)
+            infos.append(info)
+            pred = out[..., :3]
+            l1 = (pred - gt).abs().mean()
+            d_ssim = 1.0 - ssim(pred, gt)
+            loss = (1.0 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * d_ssim.mean()
+            terms: dict[str, Tensor] = {}
+            if reg.opacity_reg > 0:
+                terms["opacity_reg"] = reg.opacity_reg * opacity_loss(act["opacities"])
+            if reg.scale_reg > 0:
+                terms["scale_reg"] = reg.scale_reg * scale_loss(act["scales"], self.scene_scale)
+            if reg.scale_ratio_reg > 0:
+                terms["scale_ratio_reg"] = reg.scale_ratio_reg * scale_ratio_loss(act["scales"], reg.max_scale_ratio)
+            if reg.depth_smooth > 0:
+                terms["depth_smooth"] = reg.depth_smooth * edge_aware_depth_tv(
+                    out[..., 3:4], gt, reg.depth_edge_gamma, weight=alphas
+                )
+            if pseudo is not None:
+                p_out, p_alphas, _ = _rasterize(act, pseudo, Ks, w, h, sh_deg, self.background, mode)
+                pseudo_rgb.append(p_out[..., :3])
+                if reg.depth_smooth > 0:
+                    terms["pseudo_depth_smooth"] = reg.depth_smooth * edge_aware_depth_tv(
+                        p_out[..., 3:4], p_out[..., :3], reg.depth_edge_gamma, weight=p_alphas
+                    )
+            if fi == 0:
+                stats["l1"] = float(l1.detach())
+                stats.update({k: float(v.detach()) for k, v in terms.items()})
+            total = total + loss + sum(terms.values())
+        if pseudo is not None and reg.coreg > 0:
+            co = reg.coreg * coreg_loss(pseudo_rgb[0], pseudo_rgb[1], cfg.ssim_lambda)
+            stats["coreg"] = float(co.detach())
+            total = total + co
+        assert isinstance(total, Tensor)
+        total.backward()
+        for f, info in zip(self.fields, infos):
+            for group in f.optimizers["means"].param_groups:
+                group["lr"] = cfg.means_lr * self.scene_scale * self._means_lr_factor(step)
+            for opt in f.optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            self.strategy.step_post_backward(f.model.params, f.optimizers, f.state, step, info)
+        if self.pose_refiner is not None:
+            grad = self.pose_refiner.pose_adjustment.grad
+            if grad is not None:
+                grad[0] = 0.0  # the first training view pins the frame
+            self.pose_optimizer.step()
+            self.pose_scheduler.step()
+            self.pose_optimizer.zero_grad(set_to_none=True)
+        if cfg.prune_outliers and cfg.outlier_every and (step + 1) % cfg.outlier_every == 0:
+            stats["outliers_pruned"] = self.prune_outliers()
+        return {"loss": float(total.detach()), **stats, "n_gaussians": self.model.num_gaussians, "sh_degree": sh_deg}
+
+    @torch.no_grad()
+    def prune_outliers(self) -> int:
+        """Remove Gaussians whose centres are k-NN statistical outliers (in every field); returns how many (field 0)."""
+        cfg = self.config
+        removed = []
+        for f in self.fields:
+            mask = statistical_outliers(f.model.params["means"].detach(), cfg.outlier_k, cfg.outlier_std_ratio)
+            n = int(mask.sum())
+            if n and f.model.num_gaussians - n >= 2:
+                _remove_gaussians(f.model.params, f.optimizers, f.state, mask.to(f.model.params["means"].device))
+            removed.append(n)
+        return removed[0]
+
+    def refined_train_cameras(self) -> CameraSet:
+        """Training cameras with the pose corrections applied (the given ones without refinement)."""
+        cams = self.train.cameras
+        if self.pose_refiner is None:
+            return cams
+        with torch.no_grad():
+            w2c = self.pose_refiner.apply(cams.w2c.to(self.device), list(range(len(cams)))).cpu()
+        return CameraSet(w2c, list(cams.intrinsics))
 
     def fit(self, progress: ProgressFn | None = None) -> dict:
         """Train, then write renders, scores and the PLY. Returns the metrics dict."""
@@ -397,7 +723,8 @@ class CaptureTrainer:
         write_splat_ply(self.run.path("splat.ply"), self.model)
         results: dict = {"train_time_s": round(train_time_s, 2), "iterations": self.step}
         t0 = time.perf_counter()
-        for split, views in (("train", self.train), ("eval", self.eval)):
+        train_views = dataclasses.replace(self.train, cameras=self.refined_train_cameras())
+        for split, views in (("train", train_views), ("eval", self.eval)):
             if views is None:
                 continue
             preds = render_all(self.model, views, sh, self.background)
@@ -407,6 +734,12 @@ class CaptureTrainer:
             (time.perf_counter() - t0) / max(1, len(self.train.names) + (len(self.eval.names) if self.eval else 0)), 3
         )
         results["n_gaussians"] = self.model.num_gaussians
+        if self.pose_refiner is not None:
+            corr = self.pose_refiner.corrections()
+            results["pose_corrections"] = {
+                name: {"rot_deg": round(float(r), 4), "trans": round(float(t), 5)}
+                for name, r, t in zip(self.train.names, corr["rot_deg"].tolist(), corr["trans"].tolist())
+            }
         results["resolution"] = [self.train.width, self.train.height]
         results["device"] = str(self.device)
         plot_loss_curve(self.run)

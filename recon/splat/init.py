@@ -4,6 +4,10 @@
 at, keeps those seen by several views and ranks them by how well their colours agree across
 those views (a cheap, soft space-carving). It needs only poses and images, so it works on
 3-8 views where SfM often fails.
+
+``statistical_outliers`` flags floaters (points far from their k nearest neighbours) in any set
+of initial points or Gaussian centres. Visual-hull initialisation from masks lives in
+:mod:`recon.splat.hull`.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def _sample_colours(points: Tensor, images: Tensor, w2c: Tensor, Ks: Tensor) -> 
     Returns:
         ``colours [V, P, 3]`` and ``visible [V, P]`` (in front of the camera and inside the image).
     """
-    v, h, w, _ = images.shape
+    _, h, w, _ = images.shape
     cam = points[None] @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]  # [V,P,3]
     z = cam[..., 2]
     uv = (cam @ Ks.transpose(1, 2))[..., :2] / z.clamp_min(1e-6)[..., None]
@@ -113,3 +117,44 @@ def photo_consistent_points(
     if n_seen < n_points:
         logger.warning("only %d of %d candidate points are seen by %d views", n_seen, n_cand, min_views)
     return pts[order], col[order].clamp(0, 1)
+
+
+def statistical_outliers(
+    points: Tensor,  # [N, 3]
+    k: int = 16,
+    std_ratio: float = 3.0,
+) -> Tensor:  # [N] bool
+    """Floaters: points whose mean distance to their ``k`` nearest neighbours is unusually large.
+
+    Statistical outlier removal (Rusu et al., "Towards 3D point cloud based object maps for
+    household environments", RAS 2008; Open3D's ``remove_statistical_outlier``): with ``d_i``
+    the mean distance of point ``i`` to its ``k`` nearest other points, point ``i`` is an
+    outlier when ``d_i > mean(d) + std_ratio * std(d)``. Used on initial points and, during
+    training, on the Gaussians' centres (floaters far from everything else).
+
+    Args:
+        points: [N, 3] positions.
+        k: neighbours per point (capped at N - 1).
+        std_ratio: how many standard deviations above the mean distance is too far.
+
+    Returns:
+        bool tensor [N] on the points' device, True for outliers (all False when N <= 2).
+    """
+    if not isinstance(points, Tensor) or points.ndim != 2 or points.shape[-1] != 3:
+        raise ValueError(f"points: expected shape [N, 3], given {getattr(points, 'shape', points)}")
+    if k < 1:
+        raise ValueError(f"k: expected >= 1, given {k}")
+    if not std_ratio >= 0:
+        raise ValueError(f"std_ratio: expected >= 0, given {std_ratio}")
+    n = points.shape[0]
+    if n <= 2:
+        return torch.zeros(n, dtype=torch.bool, device=points.device)
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    pts = points.detach().cpu().double().numpy()
+    kk = min(k, n - 1)
+    dist, _ = cKDTree(pts).query(pts, k=kk + 1)  # column 0 is the point itself
+    mean_d = dist[:, 1:].mean(axis=1)
+    limit = mean_d.mean() + std_ratio * mean_d.std()
+    return torch.from_numpy(np.asarray(mean_d > limit)).to(points.device)

@@ -1,0 +1,196 @@
+"""Few-view ablation on the real fox capture: plain 3DGS, each few-view remedy alone, and the
+``fewview`` preset, at K = 3, 4, 6, 8 training views, scored on the same unseen views.
+
+Views follow ``scripts/bench_fox.py`` (imported, so both scripts always agree): K training views
+by farthest-point sampling on camera centres, nested over K, and 8 shared evaluation views
+among the rest. Regularisers that the ``fewview`` preset holds take their values from
+``PRESETS["fewview"]`` in ``recon.pipelines.capture``, so "X alone" is exactly the X of the
+combined preset; the others (outlier pruning, co-regularisation, pose refinement, hull init)
+are set here.
+
+    python scripts/ablate_fewview.py --ks 3 4 6 8 --iterations 3000 --downscale 4 --out runs/ablate_fewview
+    python scripts/ablate_fewview.py --ks 4 --configs plain fewview --iterations 30 --downscale 16  # smoke test
+
+Resumable: runs already in ``results.json`` with the same iterations, downscale and seed are
+skipped; an interrupted run continues from its last checkpoint. Writes ``results.json``,
+``results.md`` (table) and ``contact_sheet.png`` (one evaluation view per K and configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from recon.io.atomic import atomic_write_bytes, atomic_write_json
+from recon.io.capture import load_capture
+from recon.io.images import load_views, save_image
+from recon.io.run import RunDir, read_json
+from recon.pipelines.capture import PRESETS, CaptureFitConfig, apply_overrides
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fox import protocol_views
+
+ROOT = Path(__file__).resolve().parents[1]
+FEWVIEW = PRESETS["fewview"]
+
+
+def _pick(*keys: str) -> dict:
+    return {k: FEWVIEW[k] for k in keys}
+
+
+CONFIGS: dict[str, dict] = {
+    "plain": {},
+    "opacity_scale": _pick("reg.opacity_reg", "reg.scale_reg", "reg.scale_ratio_reg"),
+    "depth_smooth": _pick("reg.depth_smooth", "reg.pseudo_every"),
+    "dropout": _pick("reg.dropout"),
+    "prune_outliers": {"prune_outliers": True},
+    "coreg": {"reg.coreg": 1.0, "reg.pseudo_every": 1},
+    "refine_poses": {"refine_poses": True},
+    "hull": {"init": "hull", "masks": "grabcut"},
+    "fewview": {"preset": "fewview"},
+}
+"""Configuration name -> option overrides (``preset`` selects a named preset)."""
+
+
+def make_config(name: str, data: Path, out: Path, train: list[int], eval_idx: list[int], args) -> CaptureFitConfig:
+    overrides = dict(CONFIGS[name])
+    preset = overrides.pop("preset", "plain")
+    run = RunDir(out)
+    resume = False
+    if run.latest_checkpoint() is not None and not run.is_complete() and run.path("config.json").is_file():
+        old = read_json(run.path("config.json"))  # continue only a run of these very settings
+        resume = (old.get("downscale"), old.get("seed"), old.get("iterations")) == (args.downscale, args.seed, args.iterations)
+    cfg = CaptureFitConfig(
+        data=data,
+        out=out,
+        preset=preset,
+        train_views=tuple(train),
+        eval_indices=tuple(eval_idx),
+        downscale=args.downscale,
+        iterations=args.iterations,
+        seed=args.seed,
+        resume=resume,
+        overwrite=not resume,
+    )
+    return apply_overrides(cfg, overrides)
+
+
+def contact_sheet(path: Path, args, ks: list[int], names: list[str], rows: dict, eval_idx: list[int]) -> None:
+    """One row per K: the ground truth of the first evaluation view, then each configuration's render."""
+    import cv2
+
+    capture = load_capture(args.data)
+    gt, _, _ = load_views(capture, [eval_idx[0]], downscale=args.downscale)
+    gt_img = gt[0].numpy()
+    stem = Path(capture.names[eval_idx[0]]).stem
+    up = max(1, int(np.ceil(240 / gt_img.shape[1])))  # small renders are enlarged (nearest) to be readable
+
+    def tile(img: np.ndarray, lines: tuple[str, str]) -> np.ndarray:
+        img = cv2.resize(img, None, fx=up, fy=up, interpolation=cv2.INTER_NEAREST) if up > 1 else img
+        band = np.ones((40, img.shape[1], 3), np.float32)
+        for j, text in enumerate(lines):
+            cv2.putText(band, text, (3, 16 + 18 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        return np.vstack([band, img])
+
+    sheet = []
+    for k in ks:
+        tiles = [tile(gt_img, (f"K={k}", f"ground truth {stem}"))]
+        for name in names:
+            row = rows.get(f"K{k}/{name}")
+            render = Path(row["run"]) / "renders" / "eval" / f"{stem}.png" if row else None
+            if render is not None and render.is_file():
+                img = cv2.cvtColor(cv2.imread(str(render)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+                text = (name, f"{row['eval_views_psnr'].get(capture.names[eval_idx[0]], float('nan')):.2f} dB")
+            else:
+                img, text = np.zeros_like(gt_img), (name, "(missing)")
+            tiles.append(tile(img, text))
+        sheet.append(np.hstack(tiles))
+    save_image(path, np.vstack(sheet))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/object/fox")
+    ap.add_argument("--ks", type=int, nargs="+", default=[3, 4, 6, 8])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--n-eval", type=int, default=8)
+    ap.add_argument("--iterations", type=int, default=3000)
+    ap.add_argument("--downscale", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs/ablate_fewview")
+    args = ap.parse_args()
+
+    console = Console()
+    train, eval_idx = protocol_views(args.data, sorted(set(args.ks) | {8}), args.n_eval)
+    results_path = args.out / "results.json"
+    previous = read_json(results_path) if results_path.is_file() else {}
+    rows: dict[str, dict] = previous.get("rows", {})
+    settings = {"iterations": args.iterations, "downscale": args.downscale, "seed": args.seed, "eval_views": eval_idx}
+
+    def save() -> None:
+        machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        atomic_write_json(results_path, {"machine": machine, "configs": CONFIGS, "rows": rows})
+
+    for k in args.ks:
+        for name in args.configs:
+            key = f"K{k}/{name}"
+            done = rows.get(key)
+            if done and all(done.get(s) == v for s, v in settings.items()) and RunDir(Path(done["run"])).is_complete():
+                console.print(f"{key}: done ({done['eval_psnr']:.2f} dB), skipped")
+                continue
+            out = args.out / f"K{k}" / name
+            cfg = make_config(name, args.data, out, train[k], eval_idx, args)
+            t0 = time.perf_counter()
+            metrics = cfg.setup().fit()
+            wall = time.perf_counter() - t0
+            ev, tr = metrics["eval"]["mean"], metrics["train"]["mean"]
+            rows[key] = {
+                "K": k,
+                "config": name,
+                "overrides": CONFIGS[name],
+                **settings,
+                "train_views": train[k],
+                "eval_psnr": round(ev["psnr"], 3),
+                "eval_ssim": round(ev["ssim"], 4),
+                "train_psnr": round(tr["psnr"], 3),
+                "eval_views_psnr": {n: round(v["psnr"], 3) for n, v in metrics["eval"]["views"].items()},
+                "n_gaussians": metrics["n_gaussians"],
+                "train_time_s": metrics["train_time_s"],
+                "wall_s": round(wall, 1),
+                "resolution": metrics["resolution"],
+                "device": metrics["device"],
+                "run": str(out),
+            }
+            save()
+            console.print(f"{key}: eval PSNR {ev['psnr']:.2f}  SSIM {ev['ssim']:.4f}  train PSNR {tr['psnr']:.2f}  ({wall:.0f} s)")
+
+    shown = [r for r in rows.values() if r["K"] in args.ks and r["config"] in args.configs]
+    shown.sort(key=lambda r: (r["K"], list(CONFIGS).index(r["config"])))
+    plain = {r["K"]: r["eval_psnr"] for r in shown if r["config"] == "plain"}
+    table = Table(title=f"fox, downscale {args.downscale:g}, {args.iterations} iterations, {len(eval_idx)} unseen views")
+    header = ("K", "config", "eval PSNR", "vs plain", "eval SSIM", "train PSNR", "Gaussians", "train time (s)")
+    for col in header:
+        table.add_column(col, justify="left" if col == "config" else "right")
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in shown:
+        delta = f"{r['eval_psnr'] - plain[r['K']]:+.2f}" if r["K"] in plain else "n/a"
+        cells = (str(r["K"]), r["config"], f"{r['eval_psnr']:.2f}", delta, f"{r['eval_ssim']:.4f}",
+                 f"{r['train_psnr']:.2f}", f"{r['n_gaussians']:,}", f"{r['train_time_s']:.0f}")
+        table.add_row(*cells)
+        md.append("| " + " | ".join(cells) + " |")
+    console.print(table)
+    atomic_write_bytes(args.out / "results.md", ("\n".join(md) + "\n").encode())
+    contact_sheet(args.out / "contact_sheet.png", args, args.ks, args.configs, rows, eval_idx)
+    console.print(f"wrote {results_path}, results.md and contact_sheet.png in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -54,6 +54,10 @@ class FewViewDataParserConfig(DataParserConfig):
     """How nerfstudio centres the world (computed from all cameras)."""
     auto_scale_poses: bool = True
     """Scale the world so all camera centres fit in +/-1, as nerfstudio does."""
+    train_names: tuple[str, ...] = ()
+    """Explicit training images by file name (overrides --train-views), e.g. to match ``recon fit --train-views i j k``."""
+    eval_names: tuple[str, ...] = ()
+    """Explicit evaluation images by file name (overrides --eval-views); must not overlap the training images."""
     load_3D_points: bool = True
     """Pass the capture's SfM point cloud (``ply_file_path``) on for initialisation when it has one."""
 
@@ -110,12 +114,30 @@ class FewViewDataParser(DataParser):
         """(train, eval) indices into ``outputs`` (all views, nerfstudio's file-name order)."""
         cfg = self.config
         n = len(outputs.image_filenames)
+        if cfg.train_names or cfg.eval_names:
+            return self._named_indices(outputs)
         if isinstance(cfg.eval_views, bool) or not isinstance(cfg.eval_views, int) or cfg.eval_views < -1:
             raise InputError("--eval-views", f"is {cfg.eval_views!r} (expected -1 for all others, 0, or a count)")
         if isinstance(cfg.train_views, bool) or not isinstance(cfg.train_views, int) or not 1 <= cfg.train_views <= n:
             raise InputError("--train-views", f"asks for {cfg.train_views!r} views but the capture has {n} (expected 1..{n})")
         n_eval = n - cfg.train_views if cfg.eval_views == -1 else cfg.eval_views
         return split_views(camera_set_from_nerfstudio(outputs.cameras), cfg.train_views, n_eval)
+
+    def _named_indices(self, outputs: DataparserOutputs) -> tuple[list[int], list[int]]:
+        cfg = self.config
+        position = {p.name: i for i, p in enumerate(outputs.image_filenames)}
+        if not cfg.train_names:
+            raise InputError("--train-names", "is empty but --eval-names is given (expected both, or neither)")
+        for flag, names in (("--train-names", cfg.train_names), ("--eval-names", cfg.eval_names)):
+            unknown = [n for n in names if n not in position]
+            if unknown:
+                raise InputError(flag, f"{unknown[0]} is not an image of {cfg.data} (expected names like {next(iter(position))})")
+        overlap = set(cfg.train_names) & set(cfg.eval_names)
+        if overlap:
+            raise InputError("--eval-names", f"{sorted(overlap)[0]} is also a training image (expected disjoint sets)")
+        train = [position[n] for n in cfg.train_names]
+        evals = [position[n] for n in cfg.eval_names] or [i for i in range(len(position)) if i not in set(train)]
+        return sorted(train), sorted(evals)
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         if split not in ("train", "val", "test"):

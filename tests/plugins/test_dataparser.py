@@ -70,3 +70,16 @@ def test_fixed_split_lists_are_refused(tiny_fox, tmp_path):
         (tmp_path / sub).symlink_to(tiny_fox / sub)
     with pytest.raises(InputError, match="fixed splits"):
         _parser(tmp_path, train_views=2).get_dataparser_outputs("train")
+
+
+def test_explicit_names(tiny_fox):
+    names = sorted(p.name for p in _parser(tiny_fox, train_views=4).get_dataparser_outputs("train").image_filenames)
+    every = sorted(names + _names(_parser(tiny_fox, train_views=4).get_dataparser_outputs("test")))
+    pick_train, pick_eval = tuple(every[:2]), tuple(every[2:3])
+    parser = _parser(tiny_fox, train_names=pick_train, eval_names=pick_eval)
+    assert _names(parser.get_dataparser_outputs("train")) == list(pick_train)
+    assert _names(parser.get_dataparser_outputs("test")) == list(pick_eval)
+    with pytest.raises(InputError, match="nope.jpg"):
+        _parser(tiny_fox, train_names=("nope.jpg",)).get_dataparser_outputs("train")
+    with pytest.raises(InputError, match="also a training image"):
+        _parser(tiny_fox, train_names=pick_train, eval_names=pick_train[:1]).get_dataparser_outputs("train")

@@ -10,6 +10,11 @@ visual-hull initialisation from masks (``--init hull --masks ...``), k-NN floate
 (``--reg.*``: opacity/scale penalties, depth smoothness, Gaussian dropout, pseudo views,
 co-regularisation of two fields) and per-view pose refinement (``--refine-poses``).
 ``--preset fewview`` switches on the combination in :data:`PRESETS`.
+
+``--model anchored`` trains voxel-anchored Gaussians instead (:mod:`recon.splat.anchored`:
+anchor features refined by a sparse U-Net, decoded into k Gaussians per anchor by an MLP; options
+``--anchored.*``) with the same views, loss, checkpoints and outputs; the PLY holds the decoded
+Gaussians. It has no densification, regularisers or pose refinement and refuses those options.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from recon.io.run import RunDir, atomic_write_json
 from recon.io.views import split_views
 from recon.metrics import score_images, ssim
 from recon.pose_refine import PoseRefineConfig, PoseRefiner
+from recon.splat.anchored import AnchoredConfig, AnchoredGaussians, set_learning_rates
 from recon.splat.hull import compute_masks, hull_points
 from recon.splat.init import photo_consistent_points, scene_bounds, statistical_outliers
 from recon.splat.model import GaussianModel
@@ -124,7 +130,8 @@ class CaptureFitConfig:
     """Initial opacity of every Gaussian."""
     init_scale: float = 0.5
     """Multiplier of the nearest-neighbour initial scale (0.5 halves the initial footprints: on fox
-    at 270x480 a training step is ~2.7x faster than at 1.0)."""
+    at 270x480 a training step is ~2.7x faster than at 1.0). With --model anchored: the decoded
+    Gaussians' initial size as a fraction of the voxel size, in (0, 1)."""
     masks: Literal["none", "files", "grabcut", "threshold"] = "none"
     """Foreground masks of the training views for --init hull: the capture's mask files or alpha
     ('files'), or computed with OpenCV: GrabCut from a centred rectangle, or an Otsu threshold of
@@ -163,12 +170,18 @@ class CaptureFitConfig:
     """Continue from the newest checkpoint in ``out``."""
     overwrite: bool = False
     """Replace an existing run folder."""
+    model: Literal["gaussians", "anchored"] = "gaussians"
+    """'gaussians': free Gaussians with densification (3DGS); 'anchored': voxel-anchored
+    Gaussians decoded from sparse U-Net features (Scaffold-GS-like, ``--anchored.*``; no
+    densification, regularisers or pose refinement)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' uses CUDA (gsplat) when available, else the CPU rasteriser."""
     densify: DensifyStrategy = field(default_factory=_default_densify)
     """Densification and pruning (gsplat DefaultStrategy semantics)."""
     reg: RegularizerConfig = field(default_factory=RegularizerConfig)
     """Few-view regularisers (all off in the plain preset)."""
+    anchored: AnchoredConfig = field(default_factory=AnchoredConfig)
+    """Voxel-anchored Gaussians (used with --model anchored)."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -212,6 +225,33 @@ class CaptureFitConfig:
         if problems:
             where, _, what = problems[0].partition(": ")
             raise InputError(where, what)
+        if self.model == "anchored":
+            self._validate_anchored()
+
+    def _validate_anchored(self) -> None:
+        """Refuse options that --model anchored does not use (rather than ignore them)."""
+        problems = self.anchored.validate()
+        if problems:
+            where, _, what = problems[0].partition(": ")
+            raise InputError(where, what)
+        default_reg = RegularizerConfig()
+        active = [f"--reg.{f.name.replace('_', '-')}" for f in dataclasses.fields(RegularizerConfig)
+                  if f.name in ("opacity_reg", "scale_reg", "scale_ratio_reg", "depth_smooth", "dropout",
+                                "pseudo_every", "coreg")
+                  and getattr(self.reg, f.name) != getattr(default_reg, f.name)]
+        if active:
+            via = f" (set by --preset {self.preset})" if self.preset != "plain" else ""
+            raise InputError("--model anchored", f"regularisers are not supported, got {', '.join(active)}{via}")
+        if self.refine_poses:
+            raise InputError("--model anchored", "pose refinement is not supported (drop --refine-poses)")
+        if self.prune_outliers and self.outlier_every:
+            raise InputError("--model anchored", "only the initial points can be outlier-pruned (add --outlier-every 0)")
+        if self.densify != _default_densify():
+            raise InputError("--model anchored", "has no densification (drop the --densify.* options)")
+        if self.means_lr != 1.6e-4:
+            raise InputError("--model anchored", "anchors do not move; --means-lr does not apply")
+        if not 0.0 < self.init_scale < 1.0:
+            raise InputError("--init-scale", f"with --model anchored, a fraction of the voxel size in (0, 1), got {self.init_scale}")
 
     def setup(self) -> CaptureTrainer:
         return CaptureTrainer(self)
@@ -232,7 +272,7 @@ def apply_overrides(cfg: CaptureFitConfig, overrides: Mapping[str, Any], only_de
         if group == "reg" and name in sub:
             if not only_defaults or getattr(cfg.reg, name) == getattr(reg_default, name):
                 reg_changes[name] = value
-        elif group == "" and name in top and name not in ("reg", "densify", "data", "preset"):
+        elif group == "" and name in top and name not in ("reg", "densify", "anchored", "data", "preset"):
             f = top[name]
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             if not only_defaults or getattr(cfg, name) == default:
@@ -362,7 +402,7 @@ def _seed_everything(seed: int) -> None:
 class _Field:
     """One Gaussian field with its optimisers and densification state."""
 
-    model: GaussianModel
+    model: GaussianModel | AnchoredGaussians
     optimizers: dict[str, torch.optim.Optimizer]
     state: dict[str, Any]
 
@@ -398,11 +438,19 @@ class CaptureTrainer:
         self.train_masks = self._masks() if config.init == "hull" else None
         self.strategy = config.densify
         stop = int(0.8 * config.iterations)
-        if self.strategy.refine_stop_iter > stop:
+        if self.strategy.refine_stop_iter > stop and config.model == "gaussians":
             logger.info("densification stops at step %d (80%% of --iterations)", stop)
             self.strategy = dataclasses.replace(self.strategy, refine_stop_iter=stop)
         self.fields: list[_Field] = []
-        for i in range(2 if reg.coreg > 0 else 1):
+        self.anchored = config.model == "anchored"
+        if self.anchored:
+            pts, cols = self._init_points(seed=config.seed)
+            anchored = AnchoredGaussians.from_points(
+                pts, cols, config.anchored, config.sh_degree, config.init_opacity, config.init_scale, seed=config.seed
+            ).to(self.device)
+            self.init_description += f" -> {anchored.num_anchors} anchors (voxel {float(anchored.voxel_size):.4g})"
+            self.fields.append(_Field(anchored, anchored.make_optimizers(), anchored.initialize_state()))  # type: ignore[arg-type]
+        for i in range(0 if self.anchored else 2 if reg.coreg > 0 else 1):
             model = self._init_model(seed=config.seed + i).to(self.device)
             optimizers = model.make_optimizers(scene_scale=self.scene_scale, means_lr=config.means_lr)
             self.strategy.check_sanity(model.params, optimizers)
@@ -419,7 +467,7 @@ class CaptureTrainer:
 
     # the saved model is field 0 --------------------------------------------
     @property
-    def model(self) -> GaussianModel:
+    def model(self) -> GaussianModel | AnchoredGaussians:
         return self.fields[0].model
 
     @property
@@ -468,6 +516,14 @@ class CaptureTrainer:
 
     def _init_model(self, seed: int | None = None) -> GaussianModel:
         cfg = self.config
+        pts, cols = self._init_points(seed)
+        return GaussianModel.from_points(
+            pts, cols, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity, init_scale=cfg.init_scale
+        )
+
+    def _init_points(self, seed: int | None = None) -> tuple[Tensor, Tensor]:
+        """Initial centres [P, 3] and colours [P, 3] per ``--init``; sets ``init_description``."""
+        cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
         mode = cfg.init
         cams, images = self.train.cameras, self.train.images
@@ -505,9 +561,7 @@ class CaptureTrainer:
                 how += f", {int(out.sum())} outliers removed"
         logger.info("initialising from %s", how)
         self.init_description = how
-        return GaussianModel.from_points(
-            pts, cols, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity, init_scale=cfg.init_scale
-        )
+        return pts, cols
 
     # checkpoints -----------------------------------------------------------
     def state_dict(self) -> dict:
@@ -521,6 +575,8 @@ class CaptureTrainer:
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "train_indices": self.train.indices,
         }
+        if self.anchored:
+            state["model_kind"] = "anchored"
         if len(self.fields) > 1:
             f1 = self.fields[1]
             state["partner"] = {
@@ -538,7 +594,10 @@ class CaptureTrainer:
 
     def _load_field(self, f: _Field, saved: dict) -> None:
         f.model.load_state_dict(saved["model"])
-        f.optimizers = f.model.make_optimizers(scene_scale=self.scene_scale, means_lr=self.config.means_lr)
+        if isinstance(f.model, AnchoredGaussians):
+            f.optimizers = f.model.make_optimizers()
+        else:
+            f.optimizers = f.model.make_optimizers(scene_scale=self.scene_scale, means_lr=self.config.means_lr)
         for k, opt in f.optimizers.items():
             opt.load_state_dict(saved["optimizers"][k])
         f.state = saved["strategy_state"]
@@ -549,6 +608,8 @@ class CaptureTrainer:
             raise InputError(path, f"checkpoint was trained on views {ckpt['train_indices']}, not {self.train.indices}")
         if ("partner" in ckpt) != (len(self.fields) > 1) or ("pose_refiner" in ckpt) != (self.pose_refiner is not None):
             raise InputError(path, "checkpoint was written with other --reg.coreg / --refine-poses settings")
+        if ckpt.get("model_kind", "gaussians") != self.config.model:
+            raise InputError(path, f"checkpoint holds a --model {ckpt.get('model_kind', 'gaussians')} fit, not {self.config.model}")
         self._load_field(self.fields[0], ckpt)
         if len(self.fields) > 1:
             self._load_field(self.fields[1], ckpt["partner"])
@@ -573,6 +634,8 @@ class CaptureTrainer:
         return reg.pseudo_every > 0 and step >= int(reg.pseudo_start * self.config.iterations) and step % reg.pseudo_every == 0
 
     def train_step(self, step: int, view: int) -> dict:
+        if self.anchored:
+            return self._train_step_anchored(step, view)
         cfg, reg = self.config, self.config.reg
         sh_deg = min(step // cfg.sh_degree_interval, cfg.sh_degree)
         w, h = self.train.width, self.train.height
@@ -643,6 +706,32 @@ class CaptureTrainer:
         if cfg.prune_outliers and cfg.outlier_every and (step + 1) % cfg.outlier_every == 0:
             stats["outliers_pruned"] = self.prune_outliers()
         return {"loss": float(total.detach()), **stats, "n_gaussians": self.model.num_gaussians, "sh_degree": sh_deg}
+
+    def _train_step_anchored(self, step: int, view: int) -> dict:
+        """One step of --model anchored: decode, cull, render, L1 + D-SSIM, Adam, prune anchors."""
+        cfg = self.config
+        f = self.fields[0]
+        model: AnchoredGaussians = f.model  # type: ignore[assignment]
+        sh_deg = min(step // cfg.sh_degree_interval, cfg.sh_degree)
+        viewmats = self.train.cameras.w2c[[view]].to(self.device)
+        Ks = self.train.cameras.Ks()[[view]]
+        gt = self.train.images[view : view + 1].to(self.device)
+        inputs, kept = model.decode(sh_deg)
+        out, _, _ = _rasterize(inputs, viewmats, Ks, self.train.width, self.train.height, sh_deg, self.background)
+        pred = out[..., :3]
+        l1 = (pred - gt).abs().mean()
+        loss = (1.0 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1.0 - ssim(pred, gt)).mean()
+        loss.backward()
+        set_learning_rates(f.optimizers, step, cfg.iterations)
+        for opt in f.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        pruned = model.step_post_backward(f.optimizers, f.state, step, kept)
+        stats = {"loss": float(loss.detach()), "l1": float(l1.detach())}
+        if pruned:
+            stats["anchors_pruned"] = pruned
+        n_kept = int(inputs["means"].shape[0])
+        return {**stats, "n_gaussians": n_kept, "n_anchors": model.num_anchors, "sh_degree": sh_deg}
 
     @torch.no_grad()
     def prune_outliers(self) -> int:
@@ -720,20 +809,24 @@ class CaptureTrainer:
     def finish(self, train_time_s: float) -> dict:
         """Renders, comparisons, PLY, loss curve and ``metrics.json``; marks the run complete."""
         sh = self.config.sh_degree
-        write_splat_ply(self.run.path("splat.ply"), self.model)
+        # anchored: score and export the decoded Gaussians, so the PLY renders what was scored
+        model = self.model.to_gaussian_model() if isinstance(self.model, AnchoredGaussians) else self.model
+        write_splat_ply(self.run.path("splat.ply"), model)
         results: dict = {"train_time_s": round(train_time_s, 2), "iterations": self.step}
         t0 = time.perf_counter()
         train_views = dataclasses.replace(self.train, cameras=self.refined_train_cameras())
         for split, views in (("train", train_views), ("eval", self.eval)):
             if views is None:
                 continue
-            preds = render_all(self.model, views, sh, self.background)
+            preds = render_all(model, views, sh, self.background)
             write_renders(self.run, split, views.names, preds, views.images)
             results[split] = score_images(preds, views.images, views.names)
         results["render_time_s_per_view"] = round(
             (time.perf_counter() - t0) / max(1, len(self.train.names) + (len(self.eval.names) if self.eval else 0)), 3
         )
-        results["n_gaussians"] = self.model.num_gaussians
+        results["n_gaussians"] = model.num_gaussians
+        if isinstance(self.model, AnchoredGaussians):
+            results["n_anchors"] = self.model.num_anchors
         if self.pose_refiner is not None:
             corr = self.pose_refiner.corrections()
             results["pose_corrections"] = {
@@ -744,7 +837,7 @@ class CaptureTrainer:
         results["device"] = str(self.device)
         plot_loss_curve(self.run)
         atomic_write_json(self.run.path("metrics.json"), results)
-        self.run.mark("complete", n_gaussians=self.model.num_gaussians, train_time_s=round(train_time_s, 2))
+        self.run.mark("complete", n_gaussians=model.num_gaussians, train_time_s=round(train_time_s, 2))
         return results
 
 

@@ -18,14 +18,11 @@ skipped; an interrupted run continues from its last checkpoint. Writes ``results
 
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -36,7 +33,7 @@ from recon.io.run import RunDir, read_json
 from recon.pipelines.capture import PRESETS, CaptureFitConfig, apply_overrides
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fox import protocol_views
+from bench_fox import machine_line, protocol_parser, protocol_views
 
 ROOT = Path(__file__).resolve().parents[1]
 FEWVIEW = PRESETS["fewview"]
@@ -55,6 +52,7 @@ CONFIGS: dict[str, dict] = {
     "coreg": {"reg.coreg": 1.0, "reg.pseudo_every": 1},
     "refine_poses": {"refine_poses": True},
     "hull": {"init": "hull", "masks": "grabcut"},
+    "sh0": {"sh_degree": 0},
     "fewview": {"preset": "fewview"},
 }
 """Configuration name -> option overrides (``preset`` selects a named preset)."""
@@ -117,15 +115,8 @@ def contact_sheet(path: Path, args, ks: list[int], names: list[str], rows: dict,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/object/fox")
-    ap.add_argument("--ks", type=int, nargs="+", default=[3, 4, 6, 8])
+    ap = protocol_parser(__doc__, [3, 4, 6, 8], ROOT / "runs/ablate_fewview")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--n-eval", type=int, default=8)
-    ap.add_argument("--iterations", type=int, default=3000)
-    ap.add_argument("--downscale", type=float, default=4.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs/ablate_fewview")
     args = ap.parse_args()
 
     console = Console()
@@ -136,8 +127,7 @@ def main() -> None:
     settings = {"iterations": args.iterations, "downscale": args.downscale, "seed": args.seed, "eval_views": eval_idx}
 
     def save() -> None:
-        machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        atomic_write_json(results_path, {"machine": machine, "configs": CONFIGS, "rows": rows})
+        atomic_write_json(results_path, {"machine": machine_line(), "configs": CONFIGS, "rows": rows})
 
     for k in args.ks:
         for name in args.configs:

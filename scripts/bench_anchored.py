@@ -17,13 +17,10 @@ model, ``results.json`` and ``results.md`` (a table for docs/benchmarks.md).
 
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -32,7 +29,7 @@ from recon.io.run import RunDir, read_json
 from recon.pipelines.capture import CaptureFitConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fox import protocol_views
+from bench_fox import machine_line, protocol_parser, protocol_views
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("gaussians", "anchored")
@@ -62,16 +59,9 @@ def make_config(model: str, out: Path, train: list[int], eval_idx: list[int], ar
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/object/fox")
-    ap.add_argument("--ks", type=int, nargs="+", default=[4, 8])
+    ap = protocol_parser(__doc__, [4, 8], ROOT / "runs/bench_anchored")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--n-eval", type=int, default=8)
-    ap.add_argument("--iterations", type=int, default=3000)
-    ap.add_argument("--downscale", type=float, default=4.0)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint-every", type=int, default=500)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs/bench_anchored")
     args = ap.parse_args()
 
     console = Console()
@@ -82,8 +72,7 @@ def main() -> None:
     settings = {"iterations": args.iterations, "downscale": args.downscale, "seed": args.seed, "eval_views": eval_idx}
 
     def save() -> None:
-        machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        atomic_write_json(results_path, {"machine": machine, "rows": rows})
+        atomic_write_json(results_path, {"machine": machine_line(), "rows": rows})
 
     for k in args.ks:
         for model in args.models:

@@ -41,16 +41,27 @@ def protocol_views(data: Path, ks: list[int], n_eval: int) -> tuple[dict[int, li
     return train, sorted(rest[i] for i in picked)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def protocol_parser(doc: str, ks: list[int], out: Path) -> argparse.ArgumentParser:
+    """The options every fox-protocol script shares: data, K values, evaluation views, steps,
+    resolution, seed and output folder."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/object/fox")
-    ap.add_argument("--ks", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--ks", type=int, nargs="+", default=ks)
     ap.add_argument("--n-eval", type=int, default=8)
     ap.add_argument("--iterations", type=int, default=3000)
     ap.add_argument("--downscale", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs/bench_fox")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=out)
+    return ap
+
+
+def machine_line() -> str:
+    """Architecture, torch threads and version, for results files."""
+    return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def main() -> None:
+    args = protocol_parser(__doc__, [4, 8], ROOT / "runs/bench_fox").parse_args()
 
     console = Console()
     train, eval_idx = protocol_views(args.data, args.ks, args.n_eval)

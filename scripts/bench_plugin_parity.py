@@ -19,7 +19,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
 import json
 import subprocess
 import sys
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_fox import protocol_views
+from bench_fox import protocol_parser, protocol_views
 
 from recon.io.capture import load_capture
 from recon.io.images import load_views, save_image
@@ -97,15 +96,13 @@ def run_nerfstudio(capture: Path, out: Path, train_names: list[str], eval_names:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/object/fox")
-    ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--n-eval", type=int, default=8)
-    ap.add_argument("--iterations", type=int, default=1000)
-    ap.add_argument("--downscale", type=float, default=4.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs/bench_plugin_parity")
+    ap = protocol_parser(__doc__.split("\n")[0], [8], ROOT / "runs/bench_plugin_parity")
+    ap.set_defaults(iterations=1000)
     args = ap.parse_args()
+    if len(args.ks) != 1:
+        print("--ks: give one K", file=sys.stderr)
+        return 2
+    args.k = args.ks[0]
     if not (args.data / "transforms.json").is_file():
         print(f"missing {args.data / 'transforms.json'} (the shared data folder beside the project)", file=sys.stderr)
         return 2

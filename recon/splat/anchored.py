@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from recon.sparse.collate import sparse_quantize
 from recon.sparse.tensor import CoordinateManager, SparseTensor
-from recon.splat.model import GaussianModel
+from recon.splat.model import GaussianModel, points_and_colors
 from recon.splat.sh import MAX_SH_DEGREE, num_sh_bases
 
 __all__ = ["AnchoredConfig", "AnchoredGaussians", "choose_voxel_size", "set_learning_rates"]
@@ -260,12 +260,7 @@ class AnchoredGaussians(nn.Module):
         ``init_scale`` is the decoded Gaussians' initial size as a fraction of the voxel size.
         """
         cfg = config if config is not None else AnchoredConfig()
-        pts = torch.as_tensor(points, dtype=torch.float32)
-        rgb = torch.as_tensor(colors, dtype=torch.float32)
-        if pts.ndim != 2 or pts.shape[-1] != 3 or pts.shape[0] < 2:
-            raise ValueError(f"points: expected [P, 3] with P >= 2, got {tuple(pts.shape)}")
-        if rgb.shape != pts.shape:
-            raise ValueError(f"colors: expected {tuple(pts.shape)} like points, got {tuple(rgb.shape)}")
+        pts, rgb = points_and_colors(points, colors)
         if not (torch.isfinite(pts).all() and torch.isfinite(rgb).all()):
             raise ValueError("points/colors: expected finite values, got NaN or inf")
         size = cfg.voxel_size if cfg.voxel_size > 0 else choose_voxel_size(pts, cfg.max_anchors)

@@ -29,10 +29,10 @@ from torch import Tensor, nn
 from recon.splat.sh import MAX_SH_DEGREE, num_sh_bases
 
 __all__ = [
-    "GaussianModel",
-    "LearningRates",
     "PARAM_NAMES",
     "SH_C0",
+    "GaussianModel",
+    "LearningRates",
     "means_lr_scheduler",
     "rgb_to_sh",
     "sh_to_rgb",
@@ -127,12 +127,7 @@ class GaussianModel(nn.Module):
         3 nearest neighbours (what INRIA's ``distCUDA2`` and gsplat's ``knn`` init compute),
         floored at 1e-7 so duplicate points do not give log(0). Rotations start at identity.
         """
-        pts = torch.as_tensor(points, dtype=torch.float32)
-        rgb = torch.as_tensor(colors, dtype=torch.float32)
-        if pts.ndim != 2 or pts.shape[-1] != 3 or pts.shape[0] < 2:
-            raise ValueError(f"points: expected [P, 3] with P >= 2, got {tuple(pts.shape)}")
-        if rgb.shape != pts.shape:
-            raise ValueError(f"colors: expected {tuple(pts.shape)} like points, got {tuple(rgb.shape)}")
+        pts, rgb = points_and_colors(points, colors)
         _check_sh_degree(sh_degree, "sh_degree")
         if not 0.0 < init_opacity < 1.0:
             raise ValueError(f"init_opacity: expected a value in (0, 1), got {init_opacity}")
@@ -301,6 +296,17 @@ def _knn_rms_distance(points: Tensor, k: int) -> Tensor:
     dist, _ = cKDTree(pts).query(pts, k=k + 1)  # [P, k+1], column 0 is the point itself
     rms = np.sqrt((dist[:, 1:] ** 2).mean(axis=1))
     return torch.from_numpy(rms).to(torch.float32)
+
+
+def points_and_colors(points, colors) -> tuple[Tensor, Tensor]:  # [P, 3], [P, 3] -> float32 tensors
+    """Initial points and their RGB as float32 tensors, checked: [P, 3] each with P >= 2."""
+    pts = torch.as_tensor(points, dtype=torch.float32)
+    rgb = torch.as_tensor(colors, dtype=torch.float32)
+    if pts.ndim != 2 or pts.shape[-1] != 3 or pts.shape[0] < 2:
+        raise ValueError(f"points: expected [P, 3] with P >= 2, got {tuple(pts.shape)}")
+    if rgb.shape != pts.shape:
+        raise ValueError(f"colors: expected {tuple(pts.shape)} like points, got {tuple(rgb.shape)}")
+    return pts, rgb
 
 
 def _check_sh_degree(degree: int, where: str) -> None:

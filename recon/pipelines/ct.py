@@ -7,7 +7,8 @@ Both commands validate every input before anything is written. A fit writes a ru
     RUN/
       run.json          status: running -> complete (written last)
       config.json       the command's fields
-      volume.npy        [Z, Y, X] attenuation in 1/mm (float32)
+      volume.npy        [Z, Y, X] attenuation in 1/mm (float32); with --refine, the refined one
+      volume_unrefined.npy   --refine: the reconstruction before the refiner
       volume.nii.gz     the same with its voxel spacing and origin (mm)
       slices/{axial,coronal,sagittal}.png   central slices (reconstruction | reference)
       loss.png          iterative methods: loss (SART: residual RMS) per step
@@ -261,6 +262,12 @@ class CTFit:
     """Replace an existing run folder."""
     gaussian: GaussianFitConfig = field(default_factory=GaussianFitConfig)
     """Gaussian method hyperparameters."""
+    refine: bool = False
+    """Refine the reconstruction's non-air voxels with the learned sparse U-Net
+    (recon.ct.refine); volume.npy is then the refined volume, volume_unrefined.npy the input."""
+    refiner_path: Path | None = None
+    """Refiner weights folder (config.json + diffusion_pytorch_model.safetensors); default: the
+    shipped recon/ct/weights/ct_refiner."""
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> tuple[CTData, np.ndarray | None]:
@@ -296,6 +303,12 @@ class CTFit:
             raise InputError(self.reference or self.data, f"reference volume is {list(reference.shape)} but the geometry's grid is {list(data.geometry.n_voxel)} (z, y, x)")
         if self.method in ("fdk", "fbp") or (self.method == "gaussian"):
             self._short_scan_mode(data.geometry)  # raises for short scans with short_scan='error'
+        if self.refiner_path is not None and not self.refine:
+            raise InputError("--refiner-path", "given without --refine (add --refine to use it)")
+        if self.refine:
+            from recon.ct.refine import load_refiner
+
+            self._refiner = load_refiner(self.refiner_path)  # a missing weights folder fails here, before any output
         _check_out_dir(Path(self.out), self.resume, self.overwrite)
         if self.resume and (Path(self.out) / "config.json").is_file():
             previous = json.loads((Path(self.out) / "config.json").read_text())
@@ -336,9 +349,12 @@ class CTFit:
                 volume = self._sart(data, run, progress, extra)
             else:
                 volume = self._gaussian(data, run, progress, extra)
+            unrefined = None
+            if self.refine:
+                unrefined, volume = volume, self._apply_refiner(volume, extra)
             wall = time.perf_counter() - t0 + extra.pop("previous_wall_s", 0.0)
             cpu = time.process_time() - c0
-            return self._finish(run, data, volume, reference, wall, cpu, extra)
+            return self._finish(run, data, volume, reference, wall, cpu, extra, unrefined=unrefined)
         except BaseException as err:
             run.mark("failed" if not isinstance(err, KeyboardInterrupt) else "interrupted", error=repr(err))
             raise
@@ -422,12 +438,36 @@ class CTFit:
         )
         return trainer.volume().numpy()
 
-    def _finish(self, run: RunDir, data: CTData, volume: np.ndarray, reference: np.ndarray | None, wall: float, cpu: float, extra: dict) -> dict:
+    def _apply_refiner(self, volume: np.ndarray, extra: dict) -> np.ndarray:
+        """The learned refiner on the reconstruction's non-air voxels (air unchanged)."""
+        from recon.ct.refine import DEFAULT_WEIGHTS, load_refiner, refine_volume
+
+        model = getattr(self, "_refiner", None)
+        if model is None:
+            model = load_refiner(self.refiner_path)
+        volume = np.ascontiguousarray(volume, dtype=np.float32)
+        logger.info("refining the reconstruction with %s", self.refiner_path or DEFAULT_WEIGHTS)
+        t = time.perf_counter()
+        mask = model.select(volume)
+        refined = refine_volume(volume, model, mask=mask)
+        extra.update(
+            refiner=str(self.refiner_path if self.refiner_path is not None else DEFAULT_WEIGHTS),
+            refine_time_s=round(time.perf_counter() - t, 2),
+            refined_fraction=round(float(mask.mean()), 4),
+        )
+        return refined
+
+    def _finish(
+        self, run: RunDir, data: CTData, volume: np.ndarray, reference: np.ndarray | None, wall: float, cpu: float, extra: dict,
+        unrefined: np.ndarray | None = None,
+    ) -> dict:  # fmt: skip
         geo = data.geometry
         volume = np.ascontiguousarray(volume, dtype=np.float32)
         from recon.ct._util import save_npy
 
         save_npy(run.path("volume.npy"), volume)
+        if unrefined is not None:
+            save_npy(run.path("volume_unrefined.npy"), np.ascontiguousarray(unrefined, dtype=np.float32))
         zc, yc, xc = geo.voxel_centers_mm()
         write_nifti(run.path("volume.nii.gz"), volume, geo.voxel_mm, origin_mm=(float(xc[0]), float(yc[0]), float(zc[0])))
         write_slice_pngs(run.path("slices"), volume, reference, geo.voxel_mm)
@@ -439,10 +479,13 @@ class CTFit:
             "wall_time_s": round(wall, 2),
             "cpu_time_s": round(cpu, 2),
             "filter": self.filter if self.method in ("fdk", "fbp") else None,
+            "refined": bool(unrefined is not None),
             **extra,
         }
         if reference is not None:
             metrics.update(volume_metrics(volume, reference))
+            if unrefined is not None:
+                metrics.update({f"{k}_unrefined": v for k, v in volume_metrics(unrefined, reference).items()})
             metrics["reference_range"] = [float(reference.min()), float(reference.max())]
         atomic_write_json(run.path("metrics.json"), metrics)
         run.mark("complete", wall_time_s=metrics["wall_time_s"], psnr_3d=metrics.get("psnr_3d"))

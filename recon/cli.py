@@ -181,6 +181,8 @@ class CtFit(CTFit):
         if "psnr_3d" in metrics:
             table.add_row("3D PSNR (dB)", f"{metrics['psnr_3d']:.2f}")
             table.add_row("3D SSIM", f"{metrics['ssim_3d']:.4f}")
+        if metrics.get("psnr_3d_unrefined") is not None:
+            table.add_row("3D PSNR before --refine (dB)", f"{metrics['psnr_3d_unrefined']:.2f}")
         table.add_row("wall time (s)", f"{metrics['wall_time_s']:.1f}")
         console.print(table)
         out = Path(self.out)

@@ -149,8 +149,9 @@ class ReconSplatModel(SplatfactoModel):
         assert optimizers is not None
         adopt_parameters(optimizers, self.gauss_params, GAUSS_PARAM_NAMES)
         trainer = training_callback_attributes.trainer
-        if trainer is not None:  # the means' decay follows --max-num-iterations
+        if trainer is not None:  # the means' decay and the densification window follow --max-num-iterations
             bind_schedules(optimizers, trainer.config.max_num_iterations)
+            self.strategy = self.strategy.within(trainer.config.max_num_iterations)  # as recon fit does
         self.strategy_state = self.strategy.initialize_state(scene_scale=self._scene_scale(training_callback_attributes))
         self.strategy.check_sanity(self.gauss_params, {k: optimizers.optimizers[k] for k in GAUSS_PARAM_NAMES})
         return [

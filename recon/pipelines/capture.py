@@ -436,11 +436,9 @@ class CaptureTrainer:
         if reg.pseudo_every > 0 and len(train_idx) < 2:
             raise InputError("--reg.pseudo-every", f"pseudo views need >= 2 training views, got {len(train_idx)}")
         self.train_masks = self._masks() if config.init == "hull" else None
-        self.strategy = config.densify
-        stop = int(0.8 * config.iterations)
-        if self.strategy.refine_stop_iter > stop and config.model == "gaussians":
-            logger.info("densification stops at step %d (80%% of --iterations)", stop)
-            self.strategy = dataclasses.replace(self.strategy, refine_stop_iter=stop)
+        self.strategy = config.densify.within(config.iterations) if config.model == "gaussians" else config.densify
+        if self.strategy.refine_stop_iter != config.densify.refine_stop_iter:
+            logger.info("densification stops at step %d (80%% of --iterations)", self.strategy.refine_stop_iter)
         self.fields: list[_Field] = []
         self.anchored = config.model == "anchored"
         if self.anchored:

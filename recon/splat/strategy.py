@@ -19,6 +19,8 @@ kept Gaussians keep theirs, new rows start at zero, removed rows are dropped.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -122,6 +124,12 @@ class DensifyStrategy:
             raise ValueError(
                 f"key_for_gradient: expected 'means2d' or 'gradient_2dgs', got {self.key_for_gradient!r}"
             )
+
+    def within(self, iterations: int, fraction: float = 0.8) -> DensifyStrategy:
+        """This strategy with refinement stopping by ``fraction`` of a run of ``iterations``
+        steps (so the last Gaussians added still get trained); unchanged when it already does."""
+        stop = int(fraction * iterations)
+        return self if self.refine_stop_iter <= stop else dataclasses.replace(self, refine_stop_iter=stop)
 
     # ------------------------------------------------------------------ hooks
     def initialize_state(self, scene_scale: float = 1.0) -> dict[str, Any]:

@@ -195,3 +195,17 @@ def test_cuda_pipeline_uses_gsplat_and_trains(tiny_fox):
     camera, batch = pipe.datamanager.next_eval_image(0)
     metrics, _ = model.get_image_metrics_and_images(model.get_outputs_for_camera(camera), batch)
     assert 3.0 < metrics["psnr"] < 40.0
+
+
+def test_densification_window_follows_max_num_iterations(tiny_fox):
+    """As ``recon fit``: refinement stops at 80 % of the run (here --max-num-iterations 500)."""
+    from types import SimpleNamespace
+
+    config = fox_config(tiny_fox)
+    pipe = config.pipeline.setup(device="cpu", test_mode="val")
+    optimizers = Optimizers(copy.deepcopy(config.optimizers), pipe.get_param_groups())
+    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=500))
+    attrs = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipe, trainer=trainer)
+    pipe.get_training_callbacks(attrs)
+    assert pipe.model.strategy.refine_stop_iter == 400
+    assert pipe.model.strategy == config.pipeline.model.densify.within(500)

@@ -316,3 +316,11 @@ def test_same_decisions_as_gsplat_140(step, reset_every, capsys):
         torch.testing.assert_close(params[k], theirs[k], atol=1e-6, rtol=1e-6)
         for m in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(opts_ours[k].state[params[k]][m], opts_theirs[k].state[theirs[k]][m])
+
+
+def test_within_caps_the_refine_window():
+    s = DensifyStrategy(refine_start_iter=300, refine_stop_iter=2500)
+    assert s.within(500).refine_stop_iter == 400
+    assert s.within(500).refine_start_iter == 300
+    assert s.within(10_000) is s  # already stops early enough
+    assert s.within(1000, fraction=0.5).refine_stop_iter == 500

@@ -60,7 +60,10 @@ def run_recon(capture: Path, out: Path, train: list[int], evals: list[int], iter
     from recon.pipelines.capture import CaptureFitConfig
 
     if (out / "metrics.json").is_file() and json.loads((out / "run.json").read_text()).get("status") == "complete":
-        return json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+        if (out / "bench_wall.json").is_file():
+            metrics["wall_s"] = json.loads((out / "bench_wall.json").read_text())["wall_s"]
+        return metrics
     cfg = CaptureFitConfig(
         data=capture, out=out, train_views=tuple(train), eval_indices=tuple(evals), downscale=1.0,
         iterations=iterations, seed=seed, overwrite=True,

@@ -83,6 +83,7 @@ def run_nerfstudio(capture: Path, out: Path, train_names: list[str], eval_names:
         cmd = [
             str(bin_dir / "ns-train"), "recon-splat", "--output-dir", str(out), "--experiment-name", "fox",
             "--timestamp", "run", "--max-num-iterations", str(iterations), "--machine.seed", str(seed),
+            "--pipeline.datamanager.init-seed", str(seed),
             "--vis", "tensorboard", "--steps-per-eval-image", str(10 * iterations),
             "--steps-per-eval-all-images", str(10 * iterations), "--steps-per-save", str(iterations),
             "recon-fewview", "--data", str(capture), "--downscale-factor", "1",

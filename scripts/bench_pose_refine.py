@@ -75,6 +75,7 @@ def main() -> int:
     ap = protocol_parser(__doc__, [8], ROOT / "runs/bench_pose_refine")
     ap.add_argument("--rot-deg", type=float, default=3.0)
     ap.add_argument("--trans-frac", type=float, default=0.05)
+    ap.add_argument("--pose-lr", type=float, nargs="+", default=[1e-4], help="one refined run per learning rate")
     ap.set_defaults(iterations=1000, downscale=8.0)
     args = ap.parse_args()
     results_path = args.out / "results.json"
@@ -87,14 +88,18 @@ def main() -> int:
         train = trains[k]
         noisy = perturbed_capture(args.data, args.out / f"K{k}" / "capture_perturbed", train, args.rot_deg, args.trans_frac, args.seed)
         ref_w2c = load_capture(args.data).cameras.w2c[train]
-        for name, data, refine in (("calibrated", args.data, False), ("perturbed", noisy, False), ("perturbed+refine", noisy, True)):
+        runs = [("calibrated", args.data, False, None), ("perturbed", noisy, False, None)]
+        runs += [(f"perturbed+refine lr {lr:g}", noisy, True, lr) for lr in args.pose_lr]
+        for name, data, refine, lr in runs:
             key = f"K{k}/{name}"
+            if key not in results["rows"] and lr == 1e-4 and f"K{k}/perturbed+refine" in results["rows"]:
+                results["rows"][key] = results["rows"].pop(f"K{k}/perturbed+refine")  # the name before --pose-lr
             if key in results["rows"]:
                 continue
             cfg = CaptureFitConfig(
-                data=data, out=args.out / f"K{k}" / name.replace("+", "_"), train_views=tuple(train),
+                data=data, out=args.out / f"K{k}" / name.replace("+", "_").replace(" ", "_"), train_views=tuple(train),
                 eval_indices=tuple(evals), downscale=args.downscale, iterations=args.iterations, seed=args.seed,
-                refine_poses=refine, overwrite=True,
+                refine_poses=refine, pose_lr=lr if lr is not None else 1e-4, overwrite=True,
             )  # fmt: skip
             t0 = time.perf_counter()
             trainer = cfg.setup()

@@ -26,14 +26,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from recon.io.atomic import atomic_write_bytes, atomic_write_json
+from recon.io.atomic import atomic_write_bytes
 from recon.io.capture import load_capture
 from recon.io.images import load_views, save_image
 from recon.io.run import RunDir, read_json
 from recon.pipelines.capture import PRESETS, CaptureFitConfig, apply_overrides
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fox import machine_line, protocol_parser, protocol_views
+from bench_fox import FoxGrid, protocol_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 FEWVIEW = PRESETS["fewview"]
@@ -120,20 +120,13 @@ def main() -> None:
     args = ap.parse_args()
 
     console = Console()
-    train, eval_idx = protocol_views(args.data, sorted(set(args.ks) | {8}), args.n_eval)
-    results_path = args.out / "results.json"
-    previous = read_json(results_path) if results_path.is_file() else {}
-    rows: dict[str, dict] = previous.get("rows", {})
-    settings = {"iterations": args.iterations, "downscale": args.downscale, "seed": args.seed, "eval_views": eval_idx}
-
-    def save() -> None:
-        atomic_write_json(results_path, {"machine": machine_line(), "configs": CONFIGS, "rows": rows})
+    grid = FoxGrid(args, {"configs": CONFIGS})
+    train, eval_idx, rows, results_path = grid.train, grid.eval_idx, grid.rows, grid.path
 
     for k in args.ks:
         for name in args.configs:
             key = f"K{k}/{name}"
-            done = rows.get(key)
-            if done and all(done.get(s) == v for s, v in settings.items()) and RunDir(Path(done["run"])).is_complete():
+            if done := grid.done(key):
                 console.print(f"{key}: done ({done['eval_psnr']:.2f} dB), skipped")
                 continue
             out = args.out / f"K{k}" / name
@@ -142,24 +135,7 @@ def main() -> None:
             metrics = cfg.setup().fit()
             wall = time.perf_counter() - t0
             ev, tr = metrics["eval"]["mean"], metrics["train"]["mean"]
-            rows[key] = {
-                "K": k,
-                "config": name,
-                "overrides": CONFIGS[name],
-                **settings,
-                "train_views": train[k],
-                "eval_psnr": round(ev["psnr"], 3),
-                "eval_ssim": round(ev["ssim"], 4),
-                "train_psnr": round(tr["psnr"], 3),
-                "eval_views_psnr": {n: round(v["psnr"], 3) for n, v in metrics["eval"]["views"].items()},
-                "n_gaussians": metrics["n_gaussians"],
-                "train_time_s": metrics["train_time_s"],
-                "wall_s": round(wall, 1),
-                "resolution": metrics["resolution"],
-                "device": metrics["device"],
-                "run": str(out),
-            }
-            save()
+            grid.record(key, k, out, metrics, wall, config=name, overrides=CONFIGS[name])
             console.print(f"{key}: eval PSNR {ev['psnr']:.2f}  SSIM {ev['ssim']:.4f}  train PSNR {tr['psnr']:.2f}  ({wall:.0f} s)")
 
     shown = [r for r in rows.values() if r["K"] in args.ks and r["config"] in args.configs]

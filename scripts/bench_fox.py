@@ -60,6 +60,51 @@ def machine_line() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+class FoxGrid:
+    """A resumable grid of fox-protocol fits, one row per (K, variant), kept in ``OUT/results.json``.
+
+    ``settings`` (steps, resolution, seed, evaluation views) must match for a stored row to count
+    as done; ``record`` stores the scores every grid reports and saves at once.
+    """
+
+    def __init__(self, args: argparse.Namespace, extra: dict | None = None) -> None:
+        from recon.io.run import read_json
+
+        self.args = args
+        self.train, self.eval_idx = protocol_views(args.data, sorted(set(args.ks) | {8}), args.n_eval)
+        self.path = args.out / "results.json"
+        self.rows: dict[str, dict] = (read_json(self.path) if self.path.is_file() else {}).get("rows", {})
+        self.settings = {"iterations": args.iterations, "downscale": args.downscale, "seed": args.seed, "eval_views": self.eval_idx}
+        self.extra = extra or {}
+
+    def done(self, key: str) -> dict | None:
+        """The stored row of ``key`` if it was run with these settings and its run is complete."""
+        from recon.io.run import RunDir
+
+        row = self.rows.get(key)
+        ok = row and all(row.get(s) == v for s, v in self.settings.items()) and RunDir(Path(row["run"])).is_complete()
+        return row if ok else None
+
+    def current(self, row: dict) -> bool:
+        return all(row.get(s) == v for s, v in self.settings.items())
+
+    def record(self, key: str, k: int, out: Path, metrics: dict, wall: float, **fields) -> dict:
+        """Store the row of one finished fit (``fields`` first, then the shared scores) and save."""
+        from recon.io.atomic import atomic_write_json
+
+        ev, tr = metrics["eval"]["mean"], metrics["train"]["mean"]
+        self.rows[key] = {
+            "K": k, **fields, **self.settings, "train_views": self.train[k],
+            "eval_psnr": round(ev["psnr"], 3), "eval_ssim": round(ev["ssim"], 4), "train_psnr": round(tr["psnr"], 3),
+            "eval_views_psnr": {n: round(v["psnr"], 3) for n, v in metrics["eval"]["views"].items()},
+            "lpips": metrics["eval"].get("lpips"), "n_gaussians": metrics["n_gaussians"],
+            "train_time_s": metrics["train_time_s"], "wall_s": round(wall, 1), "resolution": metrics["resolution"],
+            "device": metrics["device"], "run": str(out),
+        }  # fmt: skip
+        atomic_write_json(self.path, {"machine": machine_line(), **self.extra, "rows": self.rows})
+        return self.rows[key]
+
+
 def main() -> None:
     args = protocol_parser(__doc__, [4, 8], ROOT / "runs/bench_fox").parse_args()
 

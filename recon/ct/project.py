@@ -24,7 +24,12 @@ the only one on CUDA; ``recon.ct._joseph_numba`` implements the same sampling as
 (forward and adjoint; tests compare them). On CPU the default uses ``grid_sample`` forward
 (vectorised gathers) and the numba adjoint: each thread owns a range of planes and scatters
 every ray's samples on them straight into the output, with no per-thread copies or reduction
-(about 3x less CPU than ``grid_sample``'s scatter on the 64^3 / 50-view cone benchmark). The
+(about 3x less CPU than ``grid_sample``'s scatter on the 64^3 / 50-view cone benchmark). When
+the rays of each detector column share their in-plane W coordinate exactly (x- and y-driven
+rays of circular cone and parallel scans: a column's rays lie in one plane containing the
+rotation axis; checked bit for bit when the ray tables are built), the batch-1 adjoint sums a
+column's samples along H first and adds them to two contiguous rows (about 2x less CPU
+again). The
 numba tables are float32 for float32 data, so the default pair's adjoint identity holds to
 float32 rounding (~1e-7 relative); the numba forward and adjoint share the same sample
 computation and are exact transposes.
@@ -125,6 +130,8 @@ class _Group:
     pix: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # (w0, dw, h0, dh)
     step_np: np.ndarray | None = None  # [R], dtype of pix
     ray_index_np: np.ndarray | None = None  # [R] int64
+    # [C + 1] int64 starts of runs of numba-table rays that share (w0, dw) exactly, or None
+    columns: np.ndarray | None = None
 
 
 @dataclass
@@ -138,6 +145,26 @@ class _Plan:
         """Approximate memory held by the ray tables (torch and numpy copies)."""
         # torch: index 8 + step 4-8 + base/slope 16-32; numpy: 4 coords 16-32 + step 4-8 + index 8
         return self.n_rays * 100
+
+
+# The column adjoint pays a per-(column, plane) cost of a few slice rows; below this many rays
+# per column on average (e.g. fan beam: one) the plain adjoint is used.
+_MIN_RAYS_PER_COLUMN = 8
+
+
+def _shared_w_columns(column_id: np.ndarray, w0: np.ndarray, dw: np.ndarray) -> np.ndarray | None:
+    """Starts [C + 1] of the runs of equal ``column_id`` [R] if every run has one (w0, dw)
+    [R] (bit for bit) and runs are long enough to pay off, else None."""
+    if column_id.size == 0:
+        return None
+    cut = np.flatnonzero(column_id[1:] != column_id[:-1]) + 1
+    if column_id.size < _MIN_RAYS_PER_COLUMN * (cut.size + 1):
+        return None
+    starts = np.concatenate([[0], cut, [column_id.size]]).astype(np.int64)
+    first = np.repeat(starts[:-1], np.diff(starts))
+    if not (np.array_equal(w0, w0[first]) and np.array_equal(dw, dw[first])):
+        return None
+    return starts
 
 
 class Projector:
@@ -164,7 +191,8 @@ class Projector:
             reference twin), ``"numba"`` (CPU kernels for both directions) or ``"auto"``: on
             CPU the torch forward (its vectorised bilinear gather; the numba forward is about
             as fast) and the numba adjoint (about 3x less CPU than ``grid_sample``'s scatter,
-            race-free over planes, one parallel region); torch on other devices.
+            and about 2x less again with the column kernel on circular scans; race-free over
+            planes, one parallel region); torch on other devices.
     """
 
     def __init__(
@@ -369,15 +397,21 @@ class Projector:
                         slope=torch.from_numpy(new_slope).to(device=device, dtype=dtype),
                     )
                 )
+            # numba tables, ordered by (view, detector column, row): the rays of one detector
+            # column often share their W coordinate on every plane (exactly, e.g. x- or y-driven
+            # rays of a circular cone scan lie in one vertical plane), which the batch-1 adjoint uses
+            order = np.lexsort((sel // nu % nv, sel % nu, sel // (nv * nu)))  # keys: row, column, view (primary)
+            pix_np = tuple(np.ascontiguousarray(c[order], dtype=np_dtype) for c in (pix0[:, 0], dpix[:, 0], pix0[:, 1], dpix[:, 1]))
             groups.append(
                 _Group(
                     axis=a,
                     ray_index=torch.from_numpy(sel).to(device),
                     step_mm=torch.from_numpy(step).to(device=device, dtype=dtype),
                     chunks=chunks,
-                    pix=tuple(np.ascontiguousarray(c, dtype=np_dtype) for c in (pix0[:, 0], dpix[:, 0], pix0[:, 1], dpix[:, 1])),
-                    step_np=np.ascontiguousarray(step, dtype=np_dtype),
-                    ray_index_np=np.ascontiguousarray(sel.astype(np.int64)),
+                    pix=pix_np,
+                    step_np=np.ascontiguousarray(step[order], dtype=np_dtype),
+                    ray_index_np=np.ascontiguousarray(sel[order].astype(np.int64)),
+                    columns=_shared_w_columns(sel[order] // (nv * nu) * nu + sel[order] % nu, pix_np[0], pix_np[1]),
                 )
             )
         return _Plan(views=key, groups=groups, n_rays=n_rays)
@@ -447,7 +481,8 @@ class Projector:
         Z, Y, X = self.geometry.n_voxel
         full = (B, Z, Y, X)
         use_numba = self._use_numba(projections, "adjoint")
-        accs: dict[int, torch.Tensor | np.ndarray] = {}  # per driving axis: [N, B, H(+2), W(+2)]
+        # per driving axis (numba: per (axis, transposed)): [N, B, H(+2), W(+2)] or [N, 1, W+2, H+2]
+        accs: dict = {}
         start = 0
         for sub in self._sub_keys(key):
             plan = self._plan(sub, projections.device, dtype)
@@ -457,9 +492,15 @@ class Projector:
                 flat_np = np.ascontiguousarray(flat.detach().numpy())
                 for g in plan.groups:
                     perm = _SLICE_PERM[g.axis]
-                    if g.axis not in accs:  # accumulate in the input precision
-                        accs[g.axis] = np.zeros([full[i] + (2 if k >= 2 else 0) for k, i in enumerate(perm)], dtype=flat_np.dtype)
-                    _nb.joseph_adjoint(flat_np, g.ray_index_np, g.step_np, *g.pix, accs[g.axis], _nb.num_threads())
+                    shape = [full[i] + (2 if k >= 2 else 0) for k, i in enumerate(perm)]  # [N, B, H+2, W+2]
+                    if B == 1 and g.columns is not None:  # [N, 1, W+2, H+2]
+                        if (g.axis, True) not in accs:
+                            accs[(g.axis, True)] = np.zeros([shape[0], 1, shape[3], shape[2]], dtype=flat_np.dtype)
+                        _nb.joseph_adjoint_columns(flat_np, g.ray_index_np, g.step_np, *g.pix, g.columns, accs[(g.axis, True)], _nb.num_threads())
+                        continue
+                    if (g.axis, False) not in accs:  # accumulate in the input precision
+                        accs[(g.axis, False)] = np.zeros(shape, dtype=flat_np.dtype)
+                    _nb.joseph_adjoint(flat_np, g.ray_index_np, g.step_np, *g.pix, accs[(g.axis, False)], _nb.num_threads())
                 continue
             for g in plan.groups:
                 perm = _SLICE_PERM[g.axis]
@@ -481,8 +522,9 @@ class Projector:
                     acc[:, :, c.h0 : c.h1, c.w0 : c.w1] += grad_in
         if use_numba:
             out_np = np.zeros(full, dtype=projections.detach().numpy().dtype)
-            for axis, acc in accs.items():
-                out_np += acc[:, :, 1:-1, 1:-1].transpose(_SLICE_INV[axis])
+            for (axis, transposed), acc in accs.items():
+                inner = acc[:, :, 1:-1, 1:-1]
+                out_np += (inner.transpose(0, 1, 3, 2) if transposed else inner).transpose(_SLICE_INV[axis])
             return torch.from_numpy(out_np)
         out = projections.new_zeros(full)
         for axis, acc in accs.items():

@@ -56,7 +56,7 @@ def prepare_capture(data: Path, out: Path, downscale: float) -> Path:
     return out
 
 
-def run_recon(capture: Path, out: Path, train: list[int], evals: list[int], iterations: int, seed: int) -> dict:
+def run_recon(capture: Path, out: Path, train: list[int], evals: list[int], iterations: int, seed: int, device: str = "auto") -> dict:
     from recon.pipelines.capture import CaptureFitConfig
 
     if (out / "metrics.json").is_file() and json.loads((out / "run.json").read_text()).get("status") == "complete":
@@ -66,7 +66,7 @@ def run_recon(capture: Path, out: Path, train: list[int], evals: list[int], iter
         return metrics
     cfg = CaptureFitConfig(
         data=capture, out=out, train_views=tuple(train), eval_indices=tuple(evals), downscale=1.0,
-        iterations=iterations, seed=seed, overwrite=True,
+        iterations=iterations, seed=seed, overwrite=True, device=device,
     )  # fmt: skip
     t0 = time.perf_counter()
     metrics = cfg.setup().fit()
@@ -75,7 +75,7 @@ def run_recon(capture: Path, out: Path, train: list[int], evals: list[int], iter
     return metrics
 
 
-def run_nerfstudio(capture: Path, out: Path, train_names: list[str], eval_names: list[str], iterations: int, seed: int) -> dict:
+def run_nerfstudio(capture: Path, out: Path, train_names: list[str], eval_names: list[str], iterations: int, seed: int, device: str = "auto") -> dict:
     bin_dir = Path(sys.executable).parent
     run_dir = out / "fox" / "recon-splat" / "run"
     result = out / "eval.json"
@@ -84,6 +84,7 @@ def run_nerfstudio(capture: Path, out: Path, train_names: list[str], eval_names:
             str(bin_dir / "ns-train"), "recon-splat", "--output-dir", str(out), "--experiment-name", "fox",
             "--timestamp", "run", "--max-num-iterations", str(iterations), "--machine.seed", str(seed),
             "--pipeline.datamanager.init-seed", str(seed),
+            *([] if device == "auto" else ["--machine.device-type", device]),
             "--vis", "tensorboard", "--steps-per-eval-image", str(10 * iterations),
             "--steps-per-eval-all-images", str(10 * iterations), "--steps-per-save", str(iterations),
             "recon-fewview", "--data", str(capture), "--downscale-factor", "1",
@@ -101,6 +102,8 @@ def run_nerfstudio(capture: Path, out: Path, train_names: list[str], eval_names:
 
 def main() -> int:
     ap = protocol_parser(__doc__.split("\n")[0], [8], ROOT / "runs/bench_plugin_parity")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="both runs on this device (auto: CUDA with gsplat when available, else our CPU rasteriser)")
     ap.set_defaults(iterations=1000)
     args = ap.parse_args()
     if len(args.ks) != 1:
@@ -115,8 +118,8 @@ def main() -> int:
     capture = prepare_capture(args.data, args.out / "capture", args.downscale)
     names = [Path(f["file_path"]).name for f in json.loads((capture / "transforms.json").read_text())["frames"]]
     print(f"K={args.k} train {[names[i] for i in train]}\neval {[names[i] for i in evals]}", flush=True)
-    rec = run_recon(capture, args.out / "recon_fit", train, evals, args.iterations, args.seed)
-    ns = run_nerfstudio(capture, args.out / "ns", [names[i] for i in train], [names[i] for i in evals], args.iterations, args.seed)
+    rec = run_recon(capture, args.out / "recon_fit", train, evals, args.iterations, args.seed, args.device)
+    ns = run_nerfstudio(capture, args.out / "ns", [names[i] for i in train], [names[i] for i in evals], args.iterations, args.seed, args.device)
     r_psnr, r_ssim = rec["eval"]["mean"]["psnr"], rec["eval"]["mean"]["ssim"]
     n_psnr, n_ssim = ns["results"]["psnr"], ns["results"]["ssim"]
     rows = {
@@ -126,6 +129,7 @@ def main() -> int:
         "ns_train": {"psnr": n_psnr, "ssim": n_ssim, "wall_s": ns.get("wall_s")},
         "psnr_difference_db": round(n_psnr - r_psnr, 3),
         "load_average": list(os.getloadavg()),
+        "device": args.device,
     }  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     md = [

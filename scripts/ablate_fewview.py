@@ -52,6 +52,7 @@ CONFIGS: dict[str, dict] = {
     "coreg": {"reg.coreg": 1.0, "reg.pseudo_every": 1},
     "refine_poses": {"refine_poses": True},
     "hull": {"init": "hull", "masks": "grabcut"},
+    "mvs": {"init": "mvs"},
     "sh0": {"sh_degree": 0},
     "fewview": {"preset": "fewview"},
 }

@@ -32,6 +32,7 @@ SWITCHES = {
     "refine_poses": {"refine_poses": True, "pose_lr": 1e-3},
     "hull": {"init": "hull", "masks": "threshold", "hull_resolution": 32},
     "prune_outliers": {"prune_outliers": True, "outlier_every": 5},
+    "mvs": {"init": "mvs", "mvs_resolution": 120},
 }
 
 
@@ -49,6 +50,17 @@ def test_each_switch_fits_and_writes_metrics(small_fox, tmp_path, name):
         assert (config[group][field] if group else config[field]) == value
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in log)
+
+
+def test_mvs_init_uses_stereo_points_and_tops_up(small_fox, tmp_path):
+    trainer = _cfg(small_fox, tmp_path / "m", {"init": "mvs", "mvs_resolution": 120}, init_points=20_000).setup()
+    how = trainer.init_description
+    assert "plane-sweep points" in how and "triangulated" in how and "photo-consistent" in how, how
+    n_stereo = int(how.split(" plane-sweep")[0])
+    assert n_stereo > 100  # the 3 fox views at 120 px overlap: stereo finds points
+    assert trainer.fields[0].model.num_gaussians == 20_000  # topped up to --init-points
+    capped = _cfg(small_fox, tmp_path / "c", {"init": "mvs", "mvs_resolution": 120, "mvs_max_points": 50}, init_points=10).setup()
+    assert "50 kept" in capped.init_description and capped.fields[0].model.num_gaussians == 50
 
 
 def test_regularizer_terms_are_logged(small_fox, tmp_path):
@@ -79,6 +91,7 @@ def test_presets(tmp_path):
     "overrides, needle",
     [
         ({"init": "hull"}, "needs masks"),
+        ({"init": "mvs", "mvs_resolution": 8}, "mvs-resolution"),
         ({"masks": "grabcut"}, "only by --init hull"),
         ({"reg.coreg": 1.0}, "pseudo-every"),
         ({"reg.dropout": 1.5}, "dropout"),

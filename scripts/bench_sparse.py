@@ -8,6 +8,7 @@ Both backends get the same weights (the state dict is the same for every backend
 output difference is printed too. Without MinkowskiEngine the torch timing is printed alone.
 
     python scripts/bench_sparse.py                      # 50k voxels, 5 repeats
+    python scripts/bench_sparse.py --rounds 3 --repeats 3   # backends alternated, wall and CPU time
     python scripts/bench_sparse.py --voxels 20000 --planes 16 32 --layers 1 1 --repeats 3
 """
 
@@ -39,24 +40,31 @@ def sphere_shell(n_voxels: int, thickness: float = 2.0) -> torch.Tensor:  # [N, 
     return torch.cat([torch.zeros(len(shell), 1, dtype=shell.dtype), shell], 1).int()
 
 
-def time_backend(net: MinkUNet, coords: torch.Tensor, feats: torch.Tensor, repeats: int, device: torch.device):
-    """Median seconds of forward + backward over ``repeats`` (after one warm-up), and the output."""
-    times = []
+def time_backend(net: MinkUNet, coords: torch.Tensor, feats: torch.Tensor, repeats: int, device: torch.device,
+                 warmup: bool = True):
+    """Forward + backward ``repeats`` times (after one warm-up call when ``warmup``): wall seconds
+    ``[repeats]``, CPU seconds of this process ``[repeats]``, and the last output."""
+    times, cpu = [], []
     out = None
-    for i in range(repeats + 1):
+    for i in range(repeats + int(warmup)):
         x_feats = feats.clone().requires_grad_(True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         y = net(SparseTensor(x_feats, coords))
         y.F.square().mean().backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i > 0:  # the first call is a warm-up
+        if i >= int(warmup):
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         out = y.F.detach()
         net.zero_grad(set_to_none=True)
-    return statistics.median(times), times, out
+    return times, cpu, out
+
+
+def _spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
 
 
 def main() -> None:
@@ -66,7 +74,9 @@ def main() -> None:
     ap.add_argument("--out-channels", type=int, default=8)
     ap.add_argument("--planes", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 1, 1])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per backend (per round)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate the backends this many times (fairer on a machine with other load)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
@@ -84,20 +94,31 @@ def main() -> None:
                          backend="torch").to(device)
     results: dict = {"voxels": len(coords), "planes": args.planes, "layers": args.layers, "device": str(device),
                      "threads": torch.get_num_threads(), "repeats": args.repeats}
-    t_torch, all_torch, out_torch = time_backend(torch_net, coords, feats, args.repeats, device)
-    results["torch_s"] = round(t_torch, 4)
-    print(f"torch backend:     median {t_torch:.3f} s forward+backward  (repeats {[round(t, 3) for t in all_torch]})")
-
+    me_net = None
     if status["minkowski"] is None:
         me_net = MinkUNet(args.in_channels, args.out_channels, planes=args.planes, layers=args.layers,
                           backend="minkowski").to(device)
         me_net.load_state_dict(torch_net.state_dict())
-        t_me, all_me, out_me = time_backend(me_net, coords, feats, args.repeats, device)
-        results["minkowski_s"] = round(t_me, 4)
-        results["torch_over_minkowski"] = round(t_torch / t_me, 3)
-        results["max_abs_output_diff"] = float((out_torch - out_me).abs().max())
-        print(f"MinkowskiEngine:   median {t_me:.3f} s forward+backward  (repeats {[round(t, 3) for t in all_me]})")
-        print(f"ratio torch / MinkowskiEngine = {t_torch / t_me:.2f}x  "
+    wall: dict[str, list[float]] = {"torch": [], "minkowski": []}
+    cpu: dict[str, list[float]] = {"torch": [], "minkowski": []}
+    outs = {}
+    for r in range(args.rounds):
+        for name, net in (("torch", torch_net), ("minkowski", me_net)):
+            if net is None:
+                continue
+            w, c, outs[name] = time_backend(net, coords, feats, args.repeats, device, warmup=r == 0)
+            wall[name] += w
+            cpu[name] += c
+    t_torch, c_torch = statistics.median(wall["torch"]), statistics.median(cpu["torch"])
+    results.update(rounds=args.rounds, torch_s=round(t_torch, 4), torch_cpu_s=round(c_torch, 4))
+    print(f"torch backend:     wall {_spread(wall['torch'])} s, CPU {_spread(cpu['torch'])} s  forward+backward")
+    if me_net is not None:
+        t_me, c_me = statistics.median(wall["minkowski"]), statistics.median(cpu["minkowski"])
+        results.update(minkowski_s=round(t_me, 4), minkowski_cpu_s=round(c_me, 4),
+                       torch_over_minkowski=round(t_torch / t_me, 3), torch_over_minkowski_cpu=round(c_torch / c_me, 3),
+                       max_abs_output_diff=float((outs["torch"] - outs["minkowski"]).abs().max()))
+        print(f"MinkowskiEngine:   wall {_spread(wall['minkowski'])} s, CPU {_spread(cpu['minkowski'])} s  forward+backward")
+        print(f"ratio torch / MinkowskiEngine = {t_torch / t_me:.2f}x wall, {c_torch / c_me:.2f}x CPU time  "
               f"(max |output difference| {results['max_abs_output_diff']:.2e})")
     else:
         results["minkowski"] = f"not installed: {status['minkowski']}"

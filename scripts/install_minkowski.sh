@@ -60,11 +60,9 @@ EOF
 )"
 [ -n "$PKG_DIR" ] && [ -d "$PKG_DIR" ] || die "MinkowskiEngine was not installed into $VENV"
 log "patching collections.Sequence in $PKG_DIR"
-find "$PKG_DIR" -name '*.py' -print0 | xargs -0 sed -i -E \
-  -e 's/^([[:space:]]*)from collections import Sequence[[:space:]]*$/\1from collections.abc import Sequence/' \
-  -e 's/collections\.Sequence/collections.abc.Sequence/g'
+"$PY" "$ROOT/scripts/patch_minkowski_sequence.py" "$PKG_DIR"
 if grep -rnE 'from collections import .*\bSequence\b' --include='*.py' "$PKG_DIR"; then
-  log "warning: the imports above still take Sequence from collections; patch them by hand"
+  die "the imports above still take Sequence from collections"
 fi
 
 # 4. check

@@ -92,6 +92,27 @@ def test_minkowski_conv_parity(kernel_size, stride):
 
 
 @needs_me
+@pytest.mark.parametrize("kernel_size,stride", [(3, 1), (2, 2)])
+def test_minkowski_conv_gradient_parity(kernel_size, stride):
+    import MinkowskiEngine as ME
+
+    x = random_sparse(batch=2, size=8, channels=3)
+    x_me_feats = x.F.detach().clone().requires_grad_(True)
+    x_me = ME.SparseTensor(features=x_me_feats, coordinates=x.C.int().contiguous(), tensor_stride=x.tensor_stride)
+    ours = rs.MinkowskiConvolution(3, 4, kernel_size, stride=stride, bias=True, dimension=3).double()
+    theirs = ME.MinkowskiConvolution(3, 4, kernel_size=kernel_size, stride=stride, bias=True, dimension=3).double()
+    theirs.load_state_dict(ours.state_dict())
+    y = ours(x)
+    y_me = _rows_like(theirs(x_me), y)
+    upstream = torch.randn_like(y.F)
+    (y.F * upstream).sum().backward()
+    (y_me.F * upstream).sum().backward()
+    torch.testing.assert_close(x_me_feats.grad, x.F.grad, atol=1e-10, rtol=0)  # same input rows
+    torch.testing.assert_close(theirs.kernel.grad, ours.kernel.grad, atol=1e-10, rtol=0)
+    torch.testing.assert_close(theirs.bias.grad, ours.bias.grad, atol=1e-10, rtol=0)
+
+
+@needs_me
 def test_minkowski_transposed_and_pooling_parity():
     import MinkowskiEngine as ME
 
@@ -139,3 +160,30 @@ def test_install_script_parses():
         pytest.skip("bash not available")
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_minkowski_sequence_patch():
+    """The post-install patch rewrites every form of the Python 3.10-removed collections.Sequence."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "patch_minkowski_sequence.py"
+    spec = importlib.util.spec_from_file_location("patch_minkowski_sequence", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    src = (
+        "import math\n"
+        "from collections import Sequence, namedtuple\n"
+        "    from collections import Sequence\n"
+        "from collections import OrderedDict\n"
+        "ok = isinstance(x, collections.Sequence)\n"
+    )
+    assert mod.patch_text(src) == (
+        "import math\n"
+        "from collections import namedtuple\n"
+        "from collections.abc import Sequence\n"
+        "    from collections.abc import Sequence\n"
+        "from collections import OrderedDict\n"
+        "ok = isinstance(x, collections.abc.Sequence)\n"
+    )
+    assert mod.patch_text(mod.patch_text(src)) == mod.patch_text(src)  # idempotent

@@ -1,18 +1,21 @@
-"""Few-view ablation on the real fox capture: plain 3DGS, each few-view remedy alone, and the
-``fewview`` preset, at K = 3, 4, 6, 8 training views, scored on the same unseen views.
+"""Few-view ablation on the real fox capture: plain 3DGS, each few-view remedy alone, the
+regularisers combined, and the ``fewview`` preset (the default of ``recon fit``), at K = 3, 4, 6,
+8 training views, scored on the same unseen views.
 
 Views follow ``scripts/bench_fox.py`` (imported, so both scripts always agree): K training views
 by farthest-point sampling on camera centres, nested over K, and 8 shared evaluation views
-among the rest. Regularisers that the ``fewview`` preset holds take their values from
+among the rest. The ``mvs`` and ``mean_background`` rows take their values from
 ``PRESETS["fewview"]`` in ``recon.pipelines.capture``, so "X alone" is exactly the X of the
-combined preset; the others (outlier pruning, co-regularisation, pose refinement, hull init)
-are set here.
+preset; the regularisers' values are ``REGULARISERS`` (each single row uses its own, the
+``regularisers`` row all of them); the others (outlier pruning, co-regularisation, pose
+refinement, hull init, SH degree 0) are set here. Several processes may fill one grid at once
+(different ``--configs`` or ``--ks``): each saves only its own rows.
 
     python scripts/ablate_fewview.py --ks 3 4 6 8 --iterations 3000 --downscale 4 --out runs/ablate_fewview
     python scripts/ablate_fewview.py --ks 4 --configs plain fewview --iterations 30 --downscale 16  # smoke test
 
-Resumable: runs already in ``results.json`` with the same iterations, downscale and seed are
-skipped; an interrupted run continues from its last checkpoint. Writes ``results.json``,
+Resumable: runs already in ``results.json`` with the same iterations, downscale, seed, evaluation
+views and option overrides are skipped; an interrupted run continues from its last checkpoint. Writes ``results.json``,
 ``results.md`` (table) and ``contact_sheet.png`` (one evaluation view per K and configuration).
 """
 
@@ -37,6 +40,15 @@ from bench_fox import FoxGrid, protocol_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 FEWVIEW = PRESETS["fewview"]
+REGULARISERS = {
+    "reg.opacity_reg": 0.01, "reg.scale_reg": 0.01, "reg.scale_ratio_reg": 0.01,
+    "reg.depth_smooth": 0.1, "reg.dropout": 0.1, "reg.pseudo_every": 4,
+}  # fmt: skip
+"""The regularisers' values (the ``regularisers`` row combines them; each single row uses its own)."""
+
+
+def _reg(*keys: str) -> dict:
+    return {k: REGULARISERS[k] for k in keys}
 
 
 def _pick(*keys: str) -> dict:
@@ -45,15 +57,17 @@ def _pick(*keys: str) -> dict:
 
 CONFIGS: dict[str, dict] = {
     "plain": {},
-    "opacity_scale": _pick("reg.opacity_reg", "reg.scale_reg", "reg.scale_ratio_reg"),
-    "depth_smooth": _pick("reg.depth_smooth", "reg.pseudo_every"),
-    "dropout": _pick("reg.dropout"),
+    "opacity_scale": _reg("reg.opacity_reg", "reg.scale_reg", "reg.scale_ratio_reg"),
+    "depth_smooth": _reg("reg.depth_smooth", "reg.pseudo_every"),
+    "dropout": _reg("reg.dropout"),
     "prune_outliers": {"prune_outliers": True},
     "coreg": {"reg.coreg": 1.0, "reg.pseudo_every": 1},
     "refine_poses": {"refine_poses": True},
     "hull": {"init": "hull", "masks": "grabcut"},
-    "mvs": {"init": "mvs"},
     "sh0": {"sh_degree": 0},
+    "regularisers": dict(REGULARISERS),
+    "mean_background": _pick("background_mean"),
+    "mvs": _pick("init"),
     "fewview": {"preset": "fewview"},
 }
 """Configuration name -> option overrides (``preset`` selects a named preset)."""
@@ -122,12 +136,12 @@ def main() -> None:
 
     console = Console()
     grid = FoxGrid(args, {"configs": CONFIGS})
-    train, eval_idx, rows, results_path = grid.train, grid.eval_idx, grid.rows, grid.path
+    train, eval_idx, results_path = grid.train, grid.eval_idx, grid.path
 
     for k in args.ks:
         for name in args.configs:
             key = f"K{k}/{name}"
-            if done := grid.done(key):
+            if done := grid.done(key, overrides=CONFIGS[name]):
                 console.print(f"{key}: done ({done['eval_psnr']:.2f} dB), skipped")
                 continue
             out = args.out / f"K{k}" / name
@@ -139,7 +153,8 @@ def main() -> None:
             grid.record(key, k, out, metrics, wall, config=name, overrides=CONFIGS[name])
             console.print(f"{key}: eval PSNR {ev['psnr']:.2f}  SSIM {ev['ssim']:.4f}  train PSNR {tr['psnr']:.2f}  ({wall:.0f} s)")
 
-    shown = [r for r in rows.values() if r["K"] in args.ks and r["config"] in args.configs]
+    rows = read_json(results_path)["rows"] if results_path.is_file() else {}  # with any other process's rows
+    shown = [r for r in rows.values() if r["K"] in args.ks and r["config"] in args.configs and grid.current(r)]
     shown.sort(key=lambda r: (r["K"], list(CONFIGS).index(r["config"])))
     plain = {r["K"]: r["eval_psnr"] for r in shown if r["config"] == "plain"}
     table = Table(title=f"fox, downscale {args.downscale:g}, {args.iterations} iterations, {len(eval_idx)} unseen views")

@@ -45,6 +45,7 @@ def make_config(model: str, out: Path, train: list[int], eval_idx: list[int], ar
             model, args.downscale, args.seed, args.iterations)  # fmt: skip
     return CaptureFitConfig(
         data=args.data,
+        preset="plain",  # the documented comparison: same initial points for both models
         out=out,
         model=model,  # type: ignore[arg-type]
         train_views=tuple(train),

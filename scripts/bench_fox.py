@@ -77,12 +77,14 @@ class FoxGrid:
         self.settings = {"iterations": args.iterations, "downscale": args.downscale, "seed": args.seed, "eval_views": self.eval_idx}
         self.extra = extra or {}
 
-    def done(self, key: str) -> dict | None:
-        """The stored row of ``key`` if it was run with these settings and its run is complete."""
+    def done(self, key: str, **fields) -> dict | None:
+        """The stored row of ``key`` if it was run with these settings (and these ``fields``, e.g.
+        the same option overrides) and its run is complete."""
         from recon.io.run import RunDir
 
         row = self.rows.get(key)
-        ok = row and all(row.get(s) == v for s, v in self.settings.items()) and RunDir(Path(row["run"])).is_complete()
+        wanted = {**self.settings, **json.loads(json.dumps(fields))}  # compare as stored (tuples -> lists)
+        ok = row and all(row.get(s) == v for s, v in wanted.items()) and RunDir(Path(row["run"])).is_complete()
         return row if ok else None
 
     def current(self, row: dict) -> bool:
@@ -91,7 +93,10 @@ class FoxGrid:
     def record(self, key: str, k: int, out: Path, metrics: dict, wall: float, **fields) -> dict:
         """Store the row of one finished fit (``fields`` first, then the shared scores) and save."""
         from recon.io.atomic import atomic_write_json
+        from recon.io.run import read_json
 
+        if self.path.is_file():  # another process of the same grid may have added rows meanwhile
+            self.rows = read_json(self.path).get("rows", {})
         ev, tr = metrics["eval"]["mean"], metrics["train"]["mean"]
         self.rows[key] = {
             "K": k, **fields, **self.settings, "train_views": self.train[k],
@@ -114,6 +119,7 @@ def main() -> None:
     for k in args.ks:
         cfg = CaptureFitConfig(
             data=args.data,
+            preset="plain",  # 3DGS as published, the protocol's baseline
             out=args.out / f"K{k}",
             train_views=tuple(train[k]),
             eval_indices=tuple(eval_idx),

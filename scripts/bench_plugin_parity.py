@@ -65,7 +65,7 @@ def run_recon(capture: Path, out: Path, train: list[int], evals: list[int], iter
             metrics["wall_s"] = json.loads((out / "bench_wall.json").read_text())["wall_s"]
         return metrics
     cfg = CaptureFitConfig(
-        data=capture, out=out, train_views=tuple(train), eval_indices=tuple(evals), downscale=1.0,
+        data=capture, out=out, preset="plain", train_views=tuple(train), eval_indices=tuple(evals), downscale=1.0,
         iterations=iterations, seed=seed, overwrite=True, device=device,
     )  # fmt: skip
     t0 = time.perf_counter()

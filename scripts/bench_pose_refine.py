@@ -128,7 +128,7 @@ def main() -> int:
             if key in results["rows"]:
                 continue
             cfg = CaptureFitConfig(
-                data=data, out=args.out / f"K{k}" / name.replace("+", "_").replace(" ", "_"), train_views=tuple(train),
+                data=data, preset="plain", out=args.out / f"K{k}" / name.replace("+", "_").replace(" ", "_"), train_views=tuple(train),
                 eval_indices=tuple(evals), downscale=args.downscale, iterations=args.iterations, seed=args.seed,
                 refine_poses=refine, pose_lr=lr if lr is not None else 1e-4, overwrite=True,
             )  # fmt: skip

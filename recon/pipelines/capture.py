@@ -4,12 +4,13 @@
 ``CaptureTrainer.fit()`` trains with L1 + D-SSIM, densifies, checkpoints, and writes the run
 folder (see :mod:`recon.io.run`).
 
-Few-view options, all off in the default ``plain`` preset (which trains 3DGS as published):
+Presets (:data:`PRESETS`): the default ``fewview`` starts from multi-view stereo on the training
+views (``--init mvs``) with the mean training colour as background, which measured best on the
+fox ablation; ``plain`` trains 3DGS as published. Further few-view switches, off in both:
 visual-hull initialisation from masks (``--init hull --masks ...``), k-NN floater pruning
 (``--prune-outliers``), the regularisers of :class:`recon.splat.regularizers.RegularizerConfig`
 (``--reg.*``: opacity/scale penalties, depth smoothness, Gaussian dropout, pseudo views,
 co-regularisation of two fields) and per-view pose refinement (``--refine-poses``).
-``--preset fewview`` switches on the combination in :data:`PRESETS`.
 
 ``--model anchored`` trains voxel-anchored Gaussians instead (:mod:`recon.splat.anchored`:
 anchor features refined by a sparse U-Net, decoded into k Gaussians per anchor by an MLP; options
@@ -82,20 +83,18 @@ def _default_densify() -> DensifyStrategy:
 PRESETS: dict[str, dict[str, Any]] = {
     "plain": {},
     "fewview": {
-        "reg.opacity_reg": 0.01,
-        "reg.scale_reg": 0.01,
-        "reg.scale_ratio_reg": 0.01,
-        "reg.depth_smooth": 0.1,
-        "reg.dropout": 0.1,
-        "reg.pseudo_every": 4,
+        "init": "mvs",
+        "background_mean": True,
     },
 }
 """Named sets of option values (``--preset``), dotted names for ``reg.*``. ``plain`` is 3DGS as
-published; ``fewview`` is the combination of few-view remedies expected to generalise best on
-3-8 views without doubling the cost. Left to the ablation (``scripts/ablate_fewview.py``):
-co-regularisation (2x cost), pose refinement, hull init (needs masks), and outlier pruning (on
-photo-consistent or random initial points, which are spread evenly, it removes sparse but
-genuine background points; it is meant for SfM points and floaters)."""
+published (SfM points when the capture has them, else photo-consistent points; black
+background). ``fewview`` is what measured best on the fox ablation (``scripts/ablate_fewview.py``,
+docs/benchmarks.md): geometry from the training views themselves (``--init mvs``) and the mean
+training colour behind the Gaussians. The regularisers (``--reg.*``), co-regularisation, pose
+refinement, hull initialisation and outlier pruning did not beat plain there and stay switches;
+their combination is the ablation's ``regularisers`` row. A capture with SfM points from all its
+images can keep them with ``--init sfm``."""
 
 
 @dataclass
@@ -106,9 +105,11 @@ class CaptureFitConfig:
     """Capture: a folder or file nerfstudio/instant-ngp ``transforms.json``, Blender, COLMAP or LLFF."""
     out: Path = Path("runs/capture")
     """Run folder to write (see ``recon.io.run``)."""
-    preset: Literal["plain", "fewview"] = "plain"
-    """Named option set (``PRESETS``): 'plain' 3DGS, or 'fewview' regularisers. Options given
-    explicitly win over the preset, except an option set to its plain default value."""
+    preset: Literal["plain", "fewview"] = "fewview"
+    """Named option set (``PRESETS``): 'fewview' (multi-view-stereo initial points from the
+    training views and the mean training colour as background; best on the fox ablation) or
+    'plain' 3DGS. Options given explicitly win over the preset, except an option set to its
+    plain default value."""
     train_views: tuple[int, ...] = (8,)
     """One number K (K views spread over the capture) or an explicit list of view indices."""
     eval_views: int = 8
@@ -167,6 +168,11 @@ class CaptureFitConfig:
     """Initial learning rate of the pose corrections (decays 100x over the run)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Background colour (RGB in [0, 1]) behind the Gaussians."""
+    background_mean: bool = False
+    """Use the mean colour of the training images as the background (replaces --background; the
+    value used is saved in config.json). Where no Gaussian covers a pixel, as in parts of the
+    scene no training view saw, a render then shows the scene's average colour instead of black:
+    the constant with the least expected squared error."""
     ssim_lambda: float = 0.2
     """Weight of D-SSIM in the loss: (1 - l) * L1 + l * (1 - SSIM)."""
     means_lr: float = 1.6e-4
@@ -251,7 +257,8 @@ class CaptureFitConfig:
                                 "pseudo_every", "coreg")
                   and getattr(self.reg, f.name) != getattr(default_reg, f.name)]
         if active:
-            via = f" (set by --preset {self.preset})" if self.preset != "plain" else ""
+            from_preset = [a for a in active if a[2:].replace("-", "_") in PRESETS[self.preset]]
+            via = f" (set by --preset {self.preset})" if from_preset else ""
             raise InputError("--model anchored", f"regularisers are not supported, got {', '.join(active)}{via}")
         if self.refine_poses:
             raise InputError("--model anchored", "pose refinement is not supported (drop --refine-poses)")
@@ -439,6 +446,9 @@ class CaptureTrainer:
             eval_idx = check_eval_indices(config.eval_indices, train_idx, len(self.capture))
         self.train = load_split(self.capture, train_idx, config.downscale)
         self.eval = load_split(self.capture, eval_idx, config.downscale) if eval_idx else None
+        if config.background_mean:
+            config.background = tuple(round(float(c), 4) for c in self.train.images.mean(dim=(0, 1, 2)))
+            logger.info("background: mean training colour %s", config.background)
         self.background = torch.tensor(config.background, dtype=torch.float32)
         self.scene_scale = float(
             (self.train.cameras.centres() - self.train.cameras.centres().mean(0)).norm(dim=-1).max() * 1.1

@@ -92,7 +92,6 @@ def test_gaussians_checkpoint_is_not_resumed_as_anchored(small_fox, tmp_path):
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"preset": "fewview"}, "regularisers are not supported.*--preset fewview"),
         ({"reg.dropout": 0.1}, "--reg.dropout"),
         ({"refine_poses": True}, "pose refinement"),
         ({"prune_outliers": True}, "--outlier-every 0"),

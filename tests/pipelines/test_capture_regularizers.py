@@ -16,7 +16,7 @@ from recon.splat.regularizers import RegularizerConfig
 
 def _cfg(data, out, overrides: dict | None = None, **kw) -> CaptureFitConfig:
     base = {
-        "data": data, "out": out, "train_views": (3,), "eval_views": 1, "downscale": 16.0,
+        "data": data, "out": out, "preset": "plain", "train_views": (3,), "eval_views": 1, "downscale": 16.0,
         "iterations": 12, "init_points": 500, "checkpoint_every": 0,
     }
     base.update(kw)
@@ -73,18 +73,30 @@ def test_regularizer_terms_are_logged(small_fox, tmp_path):
 
 
 def test_presets(tmp_path):
-    plain = CaptureFitConfig(data=tmp_path)
+    plain = CaptureFitConfig(data=tmp_path, preset="plain")
     assert plain.reg == RegularizerConfig() and not plain.prune_outliers
-    few = CaptureFitConfig(data=tmp_path, preset="fewview")
+    assert plain.init == "auto" and not plain.background_mean
+    few = CaptureFitConfig(data=tmp_path)  # the default preset
+    assert few.preset == "fewview"
     for key, value in PRESETS["fewview"].items():
         group, _, field = key.rpartition(".")
         assert getattr(few.reg if group else few, field) == value
-    assert few.reg.any_active
+    assert few.init == "mvs" and few.background_mean and few.reg == RegularizerConfig()
     # an option given explicitly wins over the preset
-    mine = CaptureFitConfig(data=tmp_path, preset="fewview", reg=RegularizerConfig(dropout=0.3))
-    assert mine.reg.dropout == 0.3 and mine.reg.depth_smooth == PRESETS["fewview"]["reg.depth_smooth"]
+    mine = CaptureFitConfig(data=tmp_path, init="photo", reg=RegularizerConfig(dropout=0.3))
+    assert mine.init == "photo" and mine.background_mean and mine.reg.dropout == 0.3
     with pytest.raises(ValueError, match="not an option"):
         apply_overrides(CaptureFitConfig(data=tmp_path), {"reg.nope": 1})
+
+
+def test_background_mean_is_the_training_colour_and_saved(small_fox, tmp_path):
+    trainer = _cfg(small_fox, tmp_path / "b", {"background_mean": True}, iterations=2).setup()
+    expected = trainer.train.images.mean(dim=(0, 1, 2))
+    assert torch.allclose(trainer.background, expected, atol=1e-4)
+    assert float(expected.min()) > 0.1  # the fox photos are not black
+    trainer.fit()
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert saved["background"] == pytest.approx(expected.tolist(), abs=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -170,5 +182,5 @@ def test_cli_preset_and_nested_flags(small_fox, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "fewview" and config["reg"]["dropout"] == 0.2
-    assert config["reg"]["depth_smooth"] == PRESETS["fewview"]["reg.depth_smooth"]
-    assert config["reg"]["pseudo_every"] == PRESETS["fewview"]["reg.pseudo_every"]
+    assert config["init"] == PRESETS["fewview"]["init"] and config["background_mean"]
+    assert config["background"] != [0.0, 0.0, 0.0]  # the mean colour actually used

@@ -83,7 +83,7 @@ def test_initial_render_matches_recon_fit(pipeline, tiny_fox, tmp_path):
         gt = dm.cached_train[i]["image"].float() / 255.0
         assert out["rgb"].shape == gt.shape and out["depth"].shape == (*gt.shape[:2], 1)
         ours[path.name] = float(psnr(out["rgb"], gt))
-    cfg = CaptureFitConfig(data=tiny_fox, out=tmp_path / "run", train_views=(4,), eval_views=2, downscale=8.0,
+    cfg = CaptureFitConfig(data=tiny_fox, out=tmp_path / "run", preset="plain", train_views=(4,), eval_views=2, downscale=8.0,
                            init_points=INIT_POINTS)  # fmt: skip
     trainer = cfg.setup()
     theirs = {}

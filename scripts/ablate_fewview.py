@@ -129,6 +129,26 @@ def contact_sheet(path: Path, args, ks: list[int], names: list[str], rows: dict,
     save_image(path, np.vstack(sheet))
 
 
+def matrix(rows: list[dict], plain: dict[int, float]) -> list[str]:
+    """Markdown table, one line per configuration and one column per K: eval PSNR (Δ vs plain)
+    and eval SSIM."""
+    ks = sorted({r["K"] for r in rows})
+    names = [n for n in CONFIGS if any(r["config"] == n for r in rows)]
+    cell = {(r["config"], r["K"]): r for r in rows}
+    out = ["| configuration | " + " | ".join(f"K = {k}: PSNR (Δ) / SSIM" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+    for n in names:
+        cells = []
+        for k in ks:
+            r = cell.get((n, k))
+            if r is None:
+                cells.append("not run")
+                continue
+            delta = f" ({r['eval_psnr'] - plain[k]:+.2f})" if k in plain and n != "plain" else ""
+            cells.append(f"{r['eval_psnr']:.2f}{delta} / {r['eval_ssim']:.3f}")
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return out
+
+
 def main() -> None:
     ap = protocol_parser(__doc__, [3, 4, 6, 8], ROOT / "runs/ablate_fewview")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -169,6 +189,7 @@ def main() -> None:
         table.add_row(*cells)
         md.append("| " + " | ".join(cells) + " |")
     console.print(table)
+    md += ["", *matrix(shown, plain)]
     atomic_write_bytes(args.out / "results.md", ("\n".join(md) + "\n").encode())
     contact_sheet(args.out / "contact_sheet.png", args, args.ks, args.configs, rows, eval_idx)
     console.print(f"wrote {results_path}, results.md and contact_sheet.png in {args.out}")

@@ -12,7 +12,7 @@ import pathlib
 import re
 import sys
 
-IMPORT = re.compile(r"^(\s*)from collections import ([^\n]*\bSequence\b[^\n]*)$", re.M)
+IMPORT = re.compile(r"^(\s*)from collections import ([^\n]*\bSequence\b[^\n]*)$", re.MULTILINE)
 
 
 def fix_import(m: re.Match) -> str:

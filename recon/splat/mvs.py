@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from recon.cameras import CameraSet
+from recon.splat.init import look_at_centre
 
 logger = logging.getLogger(__name__)
 
@@ -246,8 +247,6 @@ def stereo_points(
     Returns:
         ``points [P, 3]``, ``colours [P, 3]`` and a one-line description.
     """
-    from recon.splat.init import look_at_centre
-
     rng = depth_range_from_points(cameras, sparse_points)
     if rng is None:
         dist = float((cameras.centres() - look_at_centre(cameras.w2c)).norm(dim=-1).median())

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from recon.splat.triangulate import TriangulationConfig, fundamental_from_poses, triangulate_views
+from recon.splat.triangulate import (
+    TriangulationConfig,
+    fundamental_from_poses,
+    triangulate_views,
+)
 
 from ._plane_scene import H, W, calibration, cameras_at, random_texture, render_plane
 

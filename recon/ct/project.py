@@ -21,18 +21,24 @@ autograd Functions whose backward is the other one (second derivatives work too)
 
 Backends (chosen in ``Projector._use_numba``): the ``grid_sample`` path is the reference and
 the only one on CUDA; ``recon.ct._joseph_numba`` implements the same sampling as CPU kernels
-(forward and adjoint; tests compare them). On CPU the default uses ``grid_sample`` forward
-(vectorised gathers) and the numba adjoint: each thread owns a range of planes and scatters
-every ray's samples on them straight into the output, with no per-thread copies or reduction
-(about 3x less CPU than ``grid_sample``'s scatter on the 64^3 / 50-view cone benchmark). When
-the rays of each detector column share their in-plane W coordinate exactly (x- and y-driven
-rays of circular cone and parallel scans: a column's rays lie in one plane containing the
-rotation axis; checked bit for bit when the ray tables are built), the batch-1 adjoint sums a
-column's samples along H first and adds them to two contiguous rows (about 2x less CPU
-again). The
-numba tables are float32 for float32 data, so the default pair's adjoint identity holds to
-float32 rounding (~1e-7 relative); the numba forward and adjoint share the same sample
-computation and are exact transposes.
+(forward and adjoint; tests compare them) and is the default on CPU. Each numba kernel is one
+parallel region: the forward splits rays (or detector columns) between threads, the adjoint
+splits planes, so every thread scatters into its own planes with no per-thread copies or
+reduction.
+
+Detector columns. When the rays of a detector column share their in-plane W coordinate exactly
+(x- and y-driven rays of circular cone and parallel scans: a column's rays lie in one plane
+containing the rotation axis; checked bit for bit when the ray tables are built) and their H
+coordinates are evenly spaced on every plane (checked against an affine model to 1e-3 voxel,
+:func:`_affine_columns`), the batch-1 kernels work per (column, plane): the forward blends the
+two slice rows around W into one line and interpolates it at each ray's H; the adjoint turns
+the column's values into prefix sums once and gets every H bin of the plane from a second
+difference of them, so its work scales with the slice height rather than the number of rays
+(see :func:`recon.ct._joseph_numba.joseph_adjoint_affine`). On the 64^3 / 50-view / 96^2 cone
+benchmark that is about 2x less CPU than the plain kernels in each direction.
+The numba tables are float32 for float32 data, so the adjoint identity holds to float32
+rounding (~1e-7 relative); the numba forward and adjoint share the same sample computation and
+are exact transposes.
 
 Units: with the geometry in mm and the volume in 1/mm, projections are dimensionless line
 integrals (mm * 1/mm).
@@ -132,6 +138,9 @@ class _Group:
     ray_index_np: np.ndarray | None = None  # [R] int64
     # [C + 1] int64 starts of runs of numba-table rays that share (w0, dw) exactly, or None
     columns: np.ndarray | None = None
+    # [C, 6] (w0, dw, h0, dh, s0, ds) per run of ``columns`` when every run's H coordinates are
+    # evenly spaced and increasing along the run (see :func:`_affine_columns`), dtype of pix
+    affine: np.ndarray | None = None
 
 
 @dataclass
@@ -167,6 +176,48 @@ def _shared_w_columns(column_id: np.ndarray, w0: np.ndarray, dw: np.ndarray) -> 
     return starts
 
 
+# A column is affine when the evenly spaced model of its H coordinates is within this many
+# voxels of every ray's own coordinate on every plane (float rounding of the ray tables is ~1e-5).
+_AFFINE_TOL_VOXELS = 1e-3
+
+
+def _affine_columns(
+    starts: np.ndarray,  # [C + 1] int64
+    w0: np.ndarray,  # [R] float64, as all coordinates below
+    dw: np.ndarray,
+    h0: np.ndarray,
+    dh: np.ndarray,
+    n_planes: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Affine model of column runs: on plane ``n`` ray ``i`` of run ``c`` is at
+    ``h = h0_c + n dh_c + i (s0_c + n ds_c)`` with ``s0_c + n ds_c > 0`` on every plane
+    (a detector column of a circular cone or parallel scan: its rays lie in one plane that
+    contains the rotation axis, and its pixels are evenly spaced).
+
+    Returns (cols [C, 6] float64: w0, dw, h0, dh, s0, ds of each run, order [R]: the ray order
+    that makes H increase along every run -- runs whose H decreases are reversed), or None if
+    some run is not affine within ``_AFFINE_TOL_VOXELS`` on every plane."""
+    lengths = np.diff(starts)
+    run = np.repeat(np.arange(lengths.size), lengths)
+    local = np.arange(starts[-1]) - starts[run]
+    first, last = starts[:-1], starts[1:] - 1
+    span = np.maximum(lengths - 1, 1).astype(np.float64)
+    s0 = np.where(lengths > 1, (h0[last] - h0[first]) / span, 1.0)
+    ds = np.where(lengths > 1, (dh[last] - dh[first]) / span, 0.0)
+    dev = np.abs(h0 - (h0[first][run] + local * s0[run])) + (n_planes - 1) * np.abs(dh - (dh[first][run] + local * ds[run]))
+    if dev.size and float(dev.max()) > _AFFINE_TOL_VOXELS:
+        return None
+    s_first, s_last = s0, s0 + (n_planes - 1) * ds
+    if not bool(np.all(s_first * s_last > 0)) or float(np.minimum(np.abs(s_first), np.abs(s_last)).min()) < 1e-6:
+        return None  # spacing changes sign or vanishes between planes
+    flip = s_first < 0
+    order = np.where(flip[run], last[run] - local, np.arange(starts[-1]))
+    h0_c = np.where(flip, h0[last], h0[first])
+    dh_c = np.where(flip, dh[last], dh[first])
+    cols = np.stack([w0[first], dw[first], h0_c, dh_c, np.abs(s0), np.where(flip, -ds, ds)], axis=1)
+    return cols, order
+
+
 class Projector:
     """Forward projector and matched backprojector for one :class:`CTGeometry`.
 
@@ -188,11 +239,9 @@ class Projector:
             numba kernels multi-threaded), an int, or ``None`` (leave the current settings);
             see :func:`torch_threads`.
         backend: ``"torch"`` (``grid_sample`` and its input gradient; CPU and CUDA, the
-            reference twin), ``"numba"`` (CPU kernels for both directions) or ``"auto"``: on
-            CPU the torch forward (its vectorised bilinear gather; the numba forward is about
-            as fast) and the numba adjoint (about 3x less CPU than ``grid_sample``'s scatter,
-            and about 2x less again with the column kernel on circular scans; race-free over
-            planes, one parallel region); torch on other devices.
+            reference twin), ``"numba"`` (CPU kernels for both directions) or ``"auto"``:
+            numba on CPU (about 2x less CPU than ``grid_sample`` forward and 6x less adjoint
+            on circular scans, where the column kernels apply), torch on other devices.
     """
 
     def __init__(
@@ -402,6 +451,14 @@ class Projector:
             # rays of a circular cone scan lie in one vertical plane), which the batch-1 adjoint uses
             order = np.lexsort((sel // nu % nv, sel % nu, sel // (nv * nu)))  # keys: row, column, view (primary)
             pix_np = tuple(np.ascontiguousarray(c[order], dtype=np_dtype) for c in (pix0[:, 0], dpix[:, 0], pix0[:, 1], dpix[:, 1]))
+            columns = _shared_w_columns(sel[order] // (nv * nu) * nu + sel[order] % nu, pix_np[0], pix_np[1])
+            affine = None
+            if columns is not None:
+                found = _affine_columns(columns, *(c[order] for c in (pix0[:, 0], dpix[:, 0], pix0[:, 1], dpix[:, 1])), n_planes)
+                if found is not None:
+                    affine = np.ascontiguousarray(found[0], dtype=np_dtype)
+                    order = order[found[1]]
+                    pix_np = tuple(np.ascontiguousarray(c[order], dtype=np_dtype) for c in (pix0[:, 0], dpix[:, 0], pix0[:, 1], dpix[:, 1]))
             groups.append(
                 _Group(
                     axis=a,
@@ -411,7 +468,8 @@ class Projector:
                     pix=pix_np,
                     step_np=np.ascontiguousarray(step[order], dtype=np_dtype),
                     ray_index_np=np.ascontiguousarray(sel[order].astype(np.int64)),
-                    columns=_shared_w_columns(sel[order] // (nv * nu) * nu + sel[order] % nu, pix_np[0], pix_np[1]),
+                    columns=columns,
+                    affine=affine,
                 )
             )
         return _Plan(views=key, groups=groups, n_rays=n_rays)
@@ -420,10 +478,8 @@ class Projector:
     def _planes(self, axis: int) -> int:
         return self.geometry.n_voxel[::-1][axis]
 
-    def _use_numba(self, t: torch.Tensor, direction: str) -> bool:
+    def _use_numba(self, t: torch.Tensor) -> bool:
         if self.backend == "torch" or t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
-            return False
-        if self.backend == "auto" and direction == "forward":
             return False
         return _nb.AVAILABLE
 
@@ -438,7 +494,7 @@ class Projector:
         dtype = volume.dtype
         B = volume.shape[0]
         nv, nu = self.geometry.n_detector
-        use_numba = self._use_numba(volume, "forward")
+        use_numba = self._use_numba(volume)
         slices: dict[int, torch.Tensor | np.ndarray] = {}  # per driving axis, built once per call
         outs = []
         for sub in self._sub_keys(key):
@@ -446,13 +502,22 @@ class Projector:
             if use_numba:
                 out_np = np.zeros((B, plan.n_rays), dtype=np.float64)
                 for g in plan.groups:
-                    if g.axis not in slices:
+                    transposed = B == 1 and g.affine is not None  # [N, W+2, H+2] for the affine-column kernel
+                    if (g.axis, transposed) not in slices:
                         vol_np = volume.detach().numpy()
                         perm = _SLICE_PERM[g.axis]
-                        padded = np.zeros([vol_np.shape[i] + (2 if k >= 2 else 0) for k, i in enumerate(perm)], dtype=vol_np.dtype)
-                        padded[:, :, 1:-1, 1:-1] = vol_np.transpose(perm)  # zero border = zero padding
-                        slices[g.axis] = padded
-                    _nb.joseph_forward(slices[g.axis], *g.pix, g.step_np, g.ray_index_np, out_np, _nb.num_threads())
+                        shape = [vol_np.shape[i] + (2 if k >= 2 else 0) for k, i in enumerate(perm)]  # [N, B, H+2, W+2]
+                        if transposed:
+                            padded = np.zeros((shape[0], shape[3], shape[2]), dtype=vol_np.dtype)
+                            padded[:, 1:-1, 1:-1] = vol_np.transpose(perm)[:, 0].transpose(0, 2, 1)
+                        else:
+                            padded = np.zeros(shape, dtype=vol_np.dtype)
+                            padded[:, :, 1:-1, 1:-1] = vol_np.transpose(perm)  # zero border = zero padding
+                        slices[(g.axis, transposed)] = padded
+                    if transposed:
+                        _nb.joseph_forward_affine(slices[(g.axis, True)], g.affine, g.columns, g.step_np, g.ray_index_np, out_np, _nb.num_threads())
+                    else:
+                        _nb.joseph_forward(slices[(g.axis, False)], *g.pix, g.step_np, g.ray_index_np, out_np, _nb.num_threads())
                 outs.append(torch.from_numpy(out_np).to(dtype))
                 continue
             out = volume.new_zeros((B, plan.n_rays))
@@ -480,7 +545,7 @@ class Projector:
         nv, nu = self.geometry.n_detector
         Z, Y, X = self.geometry.n_voxel
         full = (B, Z, Y, X)
-        use_numba = self._use_numba(projections, "adjoint")
+        use_numba = self._use_numba(projections)
         # per driving axis (numba: per (axis, transposed)): [N, B, H(+2), W(+2)] or [N, 1, W+2, H+2]
         accs: dict = {}
         start = 0
@@ -493,10 +558,10 @@ class Projector:
                 for g in plan.groups:
                     perm = _SLICE_PERM[g.axis]
                     shape = [full[i] + (2 if k >= 2 else 0) for k, i in enumerate(perm)]  # [N, B, H+2, W+2]
-                    if B == 1 and g.columns is not None:  # [N, 1, W+2, H+2]
+                    if B == 1 and g.affine is not None:  # [N, 1, W+2, H+2]
                         if (g.axis, True) not in accs:
                             accs[(g.axis, True)] = np.zeros([shape[0], 1, shape[3], shape[2]], dtype=flat_np.dtype)
-                        _nb.joseph_adjoint_columns(flat_np, g.ray_index_np, g.step_np, *g.pix, g.columns, accs[(g.axis, True)], _nb.num_threads())
+                        _nb.joseph_adjoint_affine(flat_np, g.ray_index_np, g.step_np, g.affine, g.columns, accs[(g.axis, True)], _nb.num_threads())
                         continue
                     if (g.axis, False) not in accs:  # accumulate in the input precision
                         accs[(g.axis, False)] = np.zeros(shape, dtype=flat_np.dtype)

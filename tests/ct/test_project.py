@@ -273,22 +273,79 @@ def test_numba_matches_torch_when_most_rays_miss():
     torch.testing.assert_close(fast.backproject(y), ref.backproject(y), rtol=1e-10, atol=1e-12)
 
 
+def _flipped_rows(g: CTGeometry) -> CTGeometry:
+    """The same scan with the detector's v axis reversed: H decreases along each column."""
+    vec = g.as_vectors().copy()
+    vec[:, 9:12] *= -1.0
+    return dataclasses.replace(g, vectors=vec)
+
+
+@pytest.mark.parametrize("name", ["cone", "parallel", "flipped"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_numba_column_adjoint_matches_plain_adjoint(cone_geo, dtype):
-    """Circular cone: the x- and y-driven rays of a detector column share their W coordinate,
-    so the batch-1 adjoint takes the column kernel; it agrees with the plain numba adjoint (the
-    batched path) to rounding."""
+def test_numba_affine_columns_match_plain_kernels(name, dtype):
+    """Circular scans: the x- and y-driven rays of a detector column share W and are evenly
+    spaced in H, so batch 1 takes the affine-column kernels; they agree with the plain numba
+    kernels (the batched path) and with grid_sample, in both directions. "flipped" has H
+    decreasing along the detector rows (its columns are reversed when the tables are built)."""
     nb = pytest.importorskip("recon.ct._joseph_numba")
     if not nb.AVAILABLE:
         pytest.skip("needs numba")
-    P = Projector(cone_geo, backend="numba", dtype=dtype)
-    plan = P._plan(tuple(range(cone_geo.n_views)), torch.device("cpu"), dtype)
-    assert any(g.columns is not None for g in plan.groups)
-    y = torch.rand(cone_geo.projection_shape, dtype=dtype)
-    single = P.backproject(y)  # column kernel
-    plain = P.backproject(torch.stack([y, y]))[0]  # batch 2: plain kernel
-    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-13}
-    torch.testing.assert_close(single, plain, **tol)
+    g = _flipped_rows(GEOMETRIES["cone"]) if name == "flipped" else GEOMETRIES[name]
+    P = Projector(g, backend="numba", dtype=dtype)
+    plan = P._plan(tuple(range(g.n_views)), torch.device("cpu"), dtype)
+    assert plan.groups and all(gr.affine is not None for gr in plan.groups)
+    x = torch.rand(g.n_voxel, dtype=dtype)
+    y = torch.rand(g.projection_shape, dtype=dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-11, "atol": 1e-12}
+    torch.testing.assert_close(P(x), P(torch.stack([x, x]))[0], **tol)
+    torch.testing.assert_close(P.backproject(y), P.backproject(torch.stack([y, y]))[0], **tol)
+    if dtype == torch.float64:
+        ref = Projector(g, backend="torch", dtype=dtype)
+        torch.testing.assert_close(P(x), ref(x), **tol)
+        torch.testing.assert_close(P.backproject(y), ref.backproject(y), **tol)
+
+
+def test_affine_columns_model_reverses_and_rejects():
+    """Runs whose H decreases are reversed (positive spacing); a run that is not evenly spaced
+    on some plane, or whose spacing changes sign between planes, disables the model."""
+    from recon.ct.project import _affine_columns
+
+    starts = np.array([0, 4, 8])
+    i = np.arange(4.0)
+    w0, dw = np.repeat([1.0, 2.0], 4), np.repeat([0.1, 0.2], 4)
+    h0 = np.r_[3.0 + 0.5 * i, 9.0 - 0.7 * i]
+    dh = np.r_[0.1 + 0.01 * i, 0.2 - 0.02 * i]
+    cols, order = _affine_columns(starts, w0, dw, h0, dh, n_planes=10)
+    np.testing.assert_array_equal(order, [0, 1, 2, 3, 7, 6, 5, 4])
+    np.testing.assert_allclose(cols[0], [1.0, 0.1, 3.0, 0.1, 0.5, 0.01])
+    np.testing.assert_allclose(cols[1], [2.0, 0.2, 9.0 - 2.1, 0.2 - 0.06, 0.7, 0.02])
+    bent = h0.copy()
+    bent[1] += 0.01  # off the line by 1e-2 voxel
+    assert _affine_columns(starts, w0, dw, bent, dh, n_planes=10) is None
+    assert _affine_columns(starts, w0, dw, h0, dh + np.r_[0.0, 1e-3, 0.0, 0.0, 0, 0, 0, 0], n_planes=10) is None
+    crossing = np.r_[0.1 - 0.2 * i, dh[4:]]  # spacing 0.5 at plane 0, 0.5 - 0.2 * 9 < 0 at plane 9
+    assert _affine_columns(starts, w0, dw, h0, crossing, n_planes=10) is None
+
+
+def test_tilted_detector_uses_plain_kernels():
+    """A detector tilted about its u axis (v leans towards the source): the rays of a column no
+    longer share W on a plane, so the column kernels are not used, and numba still matches
+    grid_sample. (Perturbed sources alone keep columns affine: "vectors" takes that path.)"""
+    pytest.importorskip("numba")
+    g = GEOMETRIES["cone"]
+    vec = g.as_vectors().copy()
+    toward_source = vec[:, 0:3] - vec[:, 3:6]
+    toward_source /= np.linalg.norm(toward_source, axis=1, keepdims=True)
+    vec[:, 9:12] += 0.2 * np.linalg.norm(vec[:, 9:12], axis=1, keepdims=True) * toward_source
+    tilted = dataclasses.replace(g, vectors=vec)
+    P = Projector(tilted, backend="numba", dtype=torch.float64)
+    plan = P._plan(tuple(range(g.n_views)), torch.device("cpu"), torch.float64)
+    assert all(gr.affine is None for gr in plan.groups)
+    ref = Projector(tilted, backend="torch", dtype=torch.float64)
+    x = torch.rand(g.n_voxel, dtype=torch.float64)
+    y = torch.rand(g.projection_shape, dtype=torch.float64)
+    torch.testing.assert_close(P(x), ref(x), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(P.backproject(y), ref.backproject(y), rtol=1e-10, atol=1e-12)
 
 
 def test_numba_columns_need_a_shared_w_coordinate():

@@ -163,7 +163,11 @@ def test_save_load_roundtrip(tmp_path):
     loaded = load_refiner(tmp_path, backend="torch")
     assert loaded.config.margin_vox == 2 and loaded.config.threshold == 0.25 and not loaded.training
     vol = _cube_phantom(noise=0.05 * MU_WATER_PER_MM)
-    np.testing.assert_array_equal(refine_volume(vol, loaded), refine_volume(vol, model))
+    for k, v in model.state_dict().items():  # the round trip itself is exact
+        assert torch.equal(loaded.state_dict()[k], v), k
+    # outputs to float32 rounding: with MinkowskiEngine installed (it changes OpenMP/BLAS set-up
+    # at import) two models with equal weights differed by 3e-7 relative in a few voxels
+    np.testing.assert_allclose(refine_volume(vol, loaded), refine_volume(vol, model), rtol=1e-5, atol=1e-8)
 
 
 def test_missing_weights_error_names_path_and_script(tmp_path):

@@ -161,7 +161,7 @@ from recon.pipelines.ct import CTFit, CTSimulate  # noqa: E402
 
 @dataclass
 class CtFit(CTFit):
-    """Reconstruct a volume from CT projections (fdk, fbp, sart or radiative gaussian) into --out."""
+    """Reconstruct a volume from CT projections (fdk, fbp, sart, tv or radiative gaussian) into --out."""
 
     def run(self) -> dict:  # type: ignore[override]
         with make_progress() as bar:

@@ -68,10 +68,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recon.ct.geometry import CTGeometry, normalize_view_indices
+from recon.ct.objective import ViewBatches, exponential_lr, initial_volume, projection_loss, seed_all
 from recon.ct.project import Projector, torch_threads
 from recon.ct.voxelize import VoxelGrid, tv_3d, voxelize
 from recon.errors import InputError
-from recon.metrics import ssim
 from recon.splat.rasterize import rasterization
 from recon.splat.strategy import (  # row ops that carry Adam moments
     _duplicate,
@@ -491,12 +491,6 @@ class GaussianProgress:
     elapsed_s: float
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class GaussianTrainer:
     """Fits :class:`RadiativeGaussians` to projections (see the module docstring).
 
@@ -536,13 +530,13 @@ class GaussianTrainer:
         self.b = b / self.scale  # normalised projections
         self.grid = VoxelGrid.from_geometry(geometry)
         self.projector = Projector(geometry, num_threads=None)
-        _seed_all(cfg.seed)
+        seed_all(cfg.seed)
         self.step = 0
         self.elapsed_s = 0.0
         self.history: list[dict] = []
         self._cameras: dict[tuple[int, ...], XrayCameras] = {}
         self._rng = np.random.default_rng(cfg.seed)
-        self._order: list[int] = []
+        self._batches = ViewBatches(geometry.n_views, cfg.batch_views, self._rng)
         if state is not None:
             self.init_description = str(state.get("init_description", "checkpoint"))
             self.load_state_dict(state)
@@ -554,16 +548,8 @@ class GaussianTrainer:
 
     # ------------------------------------------------------------------ setup
     def _init_volume(self) -> Tensor:
-        from recon.ct.analytic import fdk
-
         cfg = self.config
-        short = "parker" if _coverage_short(self.geometry) else "error"
-        vol = fdk(self.b, self.geometry, filter=cfg.init_filter, short_scan=short, num_threads=None).clamp_min(0)
-        if cfg.init == "sart" and cfg.init_sart_iterations > 0:
-            from recon.ct.sart import os_sart
-
-            vol = os_sart(self.b, self.geometry, cfg.init_sart_iterations, n_subsets=min(5, self.geometry.n_views), init=vol, projector=self.projector, num_threads=None)
-        return vol
+        return initial_volume(self.b, self.geometry, init=cfg.init, filter=cfg.init_filter, sart_iterations=cfg.init_sart_iterations, projector=self.projector)
 
     def _init_model(self, init_volume) -> None:
         cfg = self.config
@@ -629,7 +615,7 @@ class GaussianTrainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "grad_accum": self._grad_accum,
             "grad_count": self._grad_count,
-            "order": list(self._order),
+            "order": list(self._batches.order),
             "rng": {"numpy": self._rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()},
             "scale": self.scale,
             "vol_max": self.vol_max,
@@ -648,7 +634,7 @@ class GaussianTrainer:
             opt.load_state_dict(state["optimizers"][k])
         self._grad_accum = state["grad_accum"]
         self._grad_count = state["grad_count"]
-        self._order = list(state["order"])
+        self._batches.order = list(state["order"])
         self._rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
@@ -657,39 +643,16 @@ class GaussianTrainer:
         self.history = list(state.get("history", []))
 
     # ------------------------------------------------------------------ training
-    def _next_views(self) -> tuple[int, ...]:
-        """Next batch: fixed interleaved view groups (views k, k + n, k + 2n, ...; spread in
-        angle, and the projector's ray tables stay cached), visited in a random order per epoch."""
-        from recon.ct.sart import subset_order
-
-        n_groups = math.ceil(self.geometry.n_views / min(self.config.batch_views, self.geometry.n_views))
-        if not self._order:
-            self._order = [int(v) for v in self._rng.permutation(n_groups)]
-        group = subset_order(self.geometry.n_views, n_groups)[self._order.pop()]
-        return tuple(int(v) for v in group)
-
     def _set_lrs(self) -> None:
         cfg = self.config
-        frac = self.step / max(1, cfg.iterations)
-        decay = cfg.lr_final_ratio**frac
         for name, lr in self._base_lrs().items():
             for g in self.optimizers[name].param_groups:
-                g["lr"] = lr * decay
-
-    def projection_loss(self, pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:  # [C, H, W] each
-        """L1 + ``lambda_dssim`` D-SSIM between rendered and measured projections; returns (loss, l1)."""
-        l1 = (pred - gt).abs().mean()
-        loss = l1
-        if self.config.lambda_dssim > 0:
-            rng = float(gt.max() - gt.min()) or 1.0
-            s = ssim(pred[..., None], gt[..., None], data_range=rng)
-            loss = loss + self.config.lambda_dssim * (1.0 - s.mean())
-        return loss, l1
+                g["lr"] = exponential_lr(lr, self.step, cfg.iterations, cfg.lr_final_ratio)
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step (and density control when due). Returns the loss terms."""
         cfg = self.config
-        views = self._next_views()
+        views = self._batches.next()
         self._set_lrs()
         gt = self.b[list(views)]
         act = self.model.activated()
@@ -707,7 +670,7 @@ class GaussianTrainer:
             means2d.retain_grad()
             if cfg.lambda_tv > 0:
                 tv = tv_3d(self.tv_patch(act) * unit)
-        loss, l1 = self.projection_loss(pred, gt)
+        loss, l1 = projection_loss(pred, gt, cfg.lambda_dssim)
         total = loss + cfg.lambda_tv * tv
         total.backward()
         self.accumulate_gradients(means2d, len(views))
@@ -823,12 +786,3 @@ class GaussianTrainer:
         """The reconstruction: the Gaussians voxelised on the geometry's grid, in 1/mm."""
         with torch_threads(self.num_threads):
             return self.model.voxelize(self.grid, support_sigmas=self.config.support_sigmas) * self.scale
-
-
-def _coverage_short(geometry: CTGeometry) -> bool:
-    from recon.ct.analytic import view_weights
-
-    if geometry.mode == "parallel":
-        return False
-    _w, kind, _cov = view_weights(geometry)
-    return kind == "short"

@@ -1,4 +1,4 @@
-"""Sparse-view CT: ``recon ct fit`` (FDK / FBP / SART / radiative Gaussians) and ``recon ct
+"""Sparse-view CT: ``recon ct fit`` (FDK / FBP / SART / TV / radiative Gaussians) and ``recon ct
 simulate`` (an R2-Gaussian-layout dataset from a volume).
 
 Both commands validate every input before anything is written. A fit writes a run folder
@@ -14,7 +14,7 @@ Both commands validate every input before anything is written. A fit writes a ru
       loss.png          iterative methods: loss (SART: residual RMS) per step
       metrics.json      3D PSNR / SSIM against the reference (when there is one), times
       log.jsonl         per-step records of iterative methods
-      checkpoints/      resumable state (SART, Gaussians)
+      checkpoints/      resumable state (SART, TV, Gaussians)
       gaussians.pt      the fitted Gaussians (method gaussian)
 """
 
@@ -48,6 +48,7 @@ from recon.ct.formats import (
 from recon.ct.gaussians import GaussianFitConfig, GaussianProgress, GaussianTrainer
 from recon.ct.geometry import CTGeometry, circular_angles
 from recon.ct.metrics import psnr_3d, ssim_3d
+from recon.ct.tv import TVConfig
 from recon.errors import InputError
 from recon.io.images import save_image
 from recon.io.run import RunDir, atomic_torch_save, atomic_write_json
@@ -59,7 +60,7 @@ __all__ = ["CTFit", "CTSimulate", "ProgressFn", "load_ct_data", "load_volume_fil
 ProgressFn = Callable[[int, int, dict], None]
 """``progress(step, total, info)`` after every iteration / step (info: loss, n_gaussians, ...)."""
 
-METHODS = ("fdk", "fbp", "sart", "gaussian")
+METHODS = ("fdk", "fbp", "sart", "tv", "gaussian")
 _STACK_SUFFIXES = (".npy", ".tif", ".tiff")
 
 
@@ -234,12 +235,13 @@ class CTFit:
     data: tyro.conf.Positional[Path]
     """Projections: an R2-Gaussian folder (meta_data.json), a NAF .pickle, or a .npy/.tif stack
     with its TIGRE/recon geometry .json/.yaml beside it (same stem)."""
-    method: Literal["fdk", "fbp", "sart", "gaussian"] = "gaussian"
-    """fdk (cone) / fbp (fan, parallel; same code), sart, or gaussian (R2-Gaussian-style)."""
+    method: Literal["fdk", "fbp", "sart", "tv", "gaussian"] = "gaussian"
+    """fdk (cone) / fbp (fan, parallel; same code), sart, tv (TV-regularised voxels, the
+    Gaussian method's loss) or gaussian (R2-Gaussian-style)."""
     out: Path = Path("runs/ct")
     """Run folder to write."""
     iterations: int | None = None
-    """SART iterations (default 20) or Gaussian steps (default --gaussian.iterations)."""
+    """SART iterations (default 20), TV steps (default --tv.iterations) or Gaussian steps (default --gaussian.iterations)."""
     views: int | None = None
     """Use N of the projections, evenly spread (sparse-view subset); all when unset."""
     filter: str = "ram-lak"
@@ -255,13 +257,15 @@ class CTFit:
     seed: int = 0
     """Seed of every random choice."""
     checkpoint_every: int = 100
-    """Save a resumable checkpoint every this many Gaussian steps / 5 SART iterations (0: at the end only)."""
+    """Save a resumable checkpoint every this many Gaussian / TV steps, or 5 SART iterations (0: at the end only)."""
     resume: bool = False
     """Continue from the newest checkpoint in --out."""
     overwrite: bool = False
     """Replace an existing run folder."""
     gaussian: GaussianFitConfig = field(default_factory=GaussianFitConfig)
     """Gaussian method hyperparameters."""
+    tv: TVConfig = field(default_factory=TVConfig)
+    """TV method hyperparameters."""
     refine: bool = False
     """Refine the reconstruction's non-air voxels with the learned sparse U-Net
     (recon.ct.refine); volume.npy is then the refined volume, volume_unrefined.npy the input."""
@@ -286,6 +290,8 @@ class CTFit:
         _filter_name(self.filter)
         if self.method == "gaussian":
             self.gaussian.validate()
+        if self.method == "tv":
+            self.tv.validate()
         if self.resume and self.method in ("fdk", "fbp"):
             raise InputError("--resume", f"method {self.method} is not iterative; nothing to resume")
         data = load_ct_data(self.data)
@@ -301,7 +307,7 @@ class CTFit:
             reference, _sp = load_volume_file(self.reference)
         if reference is not None and tuple(reference.shape) != data.geometry.n_voxel:
             raise InputError(self.reference or self.data, f"reference volume is {list(reference.shape)} but the geometry's grid is {list(data.geometry.n_voxel)} (z, y, x)")
-        if self.method in ("fdk", "fbp") or (self.method == "gaussian"):
+        if self.method in ("fdk", "fbp", "tv", "gaussian"):
             self._short_scan_mode(data.geometry)  # raises for short scans with short_scan='error'
         if self.refiner_path is not None and not self.refine:
             raise InputError("--refiner-path", "given without --refine (add --refine to use it)")
@@ -347,6 +353,8 @@ class CTFit:
                 volume = self._analytic(data)
             elif self.method == "sart":
                 volume = self._sart(data, run, progress, extra)
+            elif self.method == "tv":
+                volume = self._tv(data, run, progress, extra)
             else:
                 volume = self._gaussian(data, run, progress, extra)
             unrefined = None
@@ -404,6 +412,40 @@ class CTFit:
         if log:
             plot_curve(run.path("loss.png"), [r["step"] for r in log], [r["residual_rms"] for r in log], "residual RMS")
         return x.numpy()
+
+    def _tv(self, data: CTData, run: RunDir, progress: ProgressFn | None, extra: dict) -> np.ndarray:
+        from recon.ct.tv import TVProgress, TVTrainer
+
+        cfg = dataclasses.replace(self.tv, seed=self.seed)
+        if self.iterations is not None:
+            cfg = dataclasses.replace(cfg, iterations=self.iterations)
+        ckpt = run.latest_checkpoint() if self.resume else None
+        state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt is not None else None
+        trainer = TVTrainer(data.projections, data.geometry, cfg, state=state)
+        if ckpt is not None:
+            logger.info("resumed TV reconstruction at step %d from %s", trainer.step, ckpt)
+        previous = trainer.elapsed_s
+
+        def cb(p: TVProgress) -> None:
+            if p.step % 10 == 0 or p.step == p.n_steps:
+                run.append_log(trainer.history[-1])
+            if progress is not None:
+                progress(p.step, p.n_steps, {"loss": p.loss, "l1": p.l1})
+
+        volume = trainer.fit(callback=cb, checkpoint=lambda step, state: run.save_checkpoint(step, state), checkpoint_every=self.checkpoint_every)
+        run.save_checkpoint(trainer.step, trainer.state_dict())
+        hist = trainer.history
+        if hist:
+            plot_curve(run.path("loss.png"), [r["step"] for r in hist], [r["loss"] for r in hist], "loss")
+        extra.update(
+            previous_wall_s=0.0,  # trainer.elapsed_s already counts earlier sessions
+            iterations=trainer.step,
+            init=trainer.init_description,
+            train_time_s=round(trainer.elapsed_s, 2),
+            resumed_from_s=round(previous, 2) if ckpt is not None else None,
+            lambda_tv=cfg.lambda_tv,
+        )
+        return volume.numpy()
 
     def _gaussian(self, data: CTData, run: RunDir, progress: ProgressFn | None, extra: dict) -> np.ndarray:
         cfg = dataclasses.replace(self.gaussian, seed=self.seed)

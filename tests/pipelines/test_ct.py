@@ -99,17 +99,17 @@ def _check_run(out: Path, iterative: bool) -> dict:
     return metrics
 
 
-@pytest.mark.parametrize("method", ["fdk", "fbp", "sart", "gaussian"])
+@pytest.mark.parametrize("method", ["fdk", "fbp", "sart", "tv", "gaussian"])
 def test_fit_each_method(dataset, tmp_path, method):
     out = tmp_path / method
     steps = []
     cfg = CTFit(dataset, method=method, out=out, iterations=5 if method == "sart" else 30, gaussian=GaussianFitConfig(n_gaussians=1500, max_gaussians=2000, init_fit_steps=10, densify_from=10, densify_until=20, densify_every=10))
     metrics = cfg.run(progress=lambda step, total, info: steps.append(step))
-    m = _check_run(out, iterative=method in ("sart", "gaussian"))
+    m = _check_run(out, iterative=method in ("sart", "tv", "gaussian"))
     assert m == metrics
     assert m["method"] == method and m["n_views"] == 12 and m["wall_time_s"] >= 0
     assert 10.0 < m["psnr_3d"] < 60.0 and 0.0 < m["ssim_3d"] <= 1.0
-    if method in ("sart", "gaussian"):
+    if method in ("sart", "tv", "gaussian"):
         assert steps[-1] == (5 if method == "sart" else 30)
     if method == "gaussian":
         assert (out / "gaussians.pt").is_file() and m["n_gaussians"] > 0
@@ -145,6 +145,27 @@ def test_gaussian_resume(dataset, tmp_path):
     assert m["iterations"] == 15
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 15
+
+
+def test_tv_interrupted_then_resumed_matches_one_run(dataset, tmp_path):
+    """Stopped at step 12 (checkpoints every 5), resumed: the same volume as one run of 20
+    (the checkpoint holds the volume, Adam's moments and the view order)."""
+    one = tmp_path / "one"
+    CTFit(dataset, method="tv", iterations=20, out=one).run()
+    two = tmp_path / "two"
+
+    def stop(step, total, info):
+        if step == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        CTFit(dataset, method="tv", iterations=20, checkpoint_every=5, out=two).run(progress=stop)
+    assert json.loads((two / "run.json").read_text())["status"] == "interrupted"
+    m = CTFit(dataset, method="tv", iterations=20, checkpoint_every=5, resume=True, out=two).run()
+    assert m["iterations"] == 20 and m["resumed_from_s"] is not None
+    np.testing.assert_allclose(np.load(two / "volume.npy"), np.load(one / "volume.npy"), rtol=1e-5, atol=1e-7)
+    with pytest.raises(InputError, match="holds a tv run"):
+        CTFit(dataset, method="sart", iterations=5, resume=True, out=two).run()
 
 
 def test_sart_resume(dataset, tmp_path):

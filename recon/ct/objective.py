@@ -1,0 +1,99 @@
+"""Pieces shared by the projection-domain optimisers (radiative Gaussians, TV on voxels).
+
+* :func:`initial_volume`: FDK/FBP (Parker weights on short scans), optionally followed by a few
+  OS-SART iterations -- the starting point of both methods.
+* :func:`projection_loss`: L1 + ``lambda_dssim`` D-SSIM between rendered and measured
+  projections (R2-Gaussian's data term).
+* :class:`ViewBatches`: fixed interleaved view groups (views k, k + n, k + 2n, ...: spread in
+  angle, and the projector's ray tables stay cached), visited in a random order per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from recon.ct.geometry import CTGeometry
+from recon.ct.project import Projector
+from recon.metrics import ssim
+
+__all__ = ["ViewBatches", "coverage_is_short", "initial_volume", "projection_loss"]
+
+
+def coverage_is_short(geometry: CTGeometry) -> bool:
+    """True when the scan covers less than a full turn (FDK then needs Parker weights)."""
+    from recon.ct.analytic import view_weights
+
+    if geometry.mode == "parallel":
+        return False
+    return view_weights(geometry)[1] == "short"
+
+
+def initial_volume(
+    projections: Tensor,  # [V, v, u]
+    geometry: CTGeometry,
+    *,
+    init: str = "sart",
+    filter: str = "hann",
+    sart_iterations: int = 5,
+    projector: Projector | None = None,
+) -> Tensor:  # [Z, Y, X], >= 0
+    """FDK/FBP with the ``filter`` window; with ``init == "sart"`` then ``sart_iterations`` of
+    OS-SART (5 subsets) started from it."""
+    from recon.ct.analytic import fdk
+
+    short = "parker" if coverage_is_short(geometry) else "error"
+    vol = fdk(projections, geometry, filter=filter, short_scan=short, num_threads=None).clamp_min(0)
+    if init == "sart" and sart_iterations > 0:
+        from recon.ct.sart import os_sart
+
+        vol = os_sart(projections, geometry, sart_iterations, n_subsets=min(5, geometry.n_views), init=vol, projector=projector, num_threads=None)
+    return vol.clamp_min(0)
+
+
+def projection_loss(pred: Tensor, gt: Tensor, lambda_dssim: float) -> tuple[Tensor, Tensor]:  # [C, H, W] each
+    """L1 + ``lambda_dssim`` (1 - SSIM) between rendered and measured projections; returns
+    (loss, l1). SSIM uses the measured views' range."""
+    l1 = (pred - gt).abs().mean()
+    loss = l1
+    if lambda_dssim > 0:
+        rng = float(gt.max() - gt.min()) or 1.0
+        s = ssim(pred[..., None], gt[..., None], data_range=rng)
+        loss = loss + lambda_dssim * (1.0 - s.mean())
+    return loss, l1
+
+
+class ViewBatches:
+    """Batches of about ``batch_views`` views: ``ceil(V / batch_views)`` interleaved groups,
+    each epoch in a fresh random order drawn from ``rng``. ``order`` (the groups left in this
+    epoch) is the state a checkpoint saves."""
+
+    def __init__(self, n_views: int, batch_views: int, rng: np.random.Generator) -> None:
+        from recon.ct.sart import subset_order
+
+        self.n_groups = math.ceil(n_views / min(batch_views, n_views))
+        self.groups = [tuple(int(v) for v in g) for g in subset_order(n_views, self.n_groups)]
+        self.rng = rng
+        self.order: list[int] = []
+
+    def next(self) -> tuple[int, ...]:
+        if not self.order:
+            self.order = [int(v) for v in self.rng.permutation(self.n_groups)]
+        return self.groups[self.order.pop()]
+
+
+def exponential_lr(base: float, step: int, n_steps: int, final_ratio: float) -> float:
+    """``base`` decayed exponentially to ``base * final_ratio`` at ``n_steps``."""
+    return base * final_ratio ** (step / max(1, n_steps))
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch and numpy's global generators (the Python one too)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -47,7 +47,7 @@ class TVConfig:
     """Hyperparameters of :class:`TVTrainer` (defaults tuned on the 128^3 chest at 25 views)."""
 
     iterations: int = 300
-    """Adam steps (128^3, 25 views, 5 views per step: ~0.4 s each on 2 CPU cores)."""
+    """Adam steps (128^3, 25 views, 5 views per step: ~0.3 s each on 2 CPU cores)."""
     batch_views: int = 5
     """Views per step."""
     lambda_tv: float = 0.1

@@ -179,7 +179,13 @@ def write_table(path: Path, results: dict) -> None:
         ref = runs.get(f"{views}/{anchor}")
         return f"{m['psnr_3d'] - ref['psnr_3d']:+.2f}" if ref else "—"
 
-    for key, m in sorted(results["runs"].items(), key=lambda kv: (int(kv[0].split("/")[0]), kv[0])):
+    order = ["fdk-ramlak", "fdk-hann", "sart", "tv", "gaussian"]
+
+    def rank(key: str) -> tuple[int, int, str]:
+        views, method = key.split("/")
+        return int(views), order.index(method) if method in order else len(order), method
+
+    for key, m in sorted(results["runs"].items(), key=lambda kv: rank(kv[0])):
         views, method = key.split("/")
         notes = ""
         if method == "gaussian":

@@ -1,0 +1,52 @@
+"""Shared pieces of the projection-domain optimisers (recon.ct.objective)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recon.ct.objective import ViewBatches, coverage_is_short, exponential_lr, initial_volume, projection_loss
+from recon.ct.project import Projector
+
+from .conftest import MU, cone_geometry
+
+
+def test_projection_loss_terms():
+    gt = torch.rand(3, 16, 20)
+    loss, l1 = projection_loss(gt.clone(), gt, lambda_dssim=0.25)
+    assert float(l1) == 0.0 and float(loss) == pytest.approx(0.0, abs=1e-6)  # SSIM(x, x) = 1
+    pred = gt + 0.1
+    loss, l1 = projection_loss(pred, gt, lambda_dssim=0.0)
+    assert float(l1) == pytest.approx(0.1, rel=1e-5) and float(loss) == float(l1)
+    noisy = gt + 0.2 * torch.randn_like(gt)
+    with_ssim, l1n = projection_loss(noisy, gt, lambda_dssim=0.25)
+    assert float(with_ssim) > float(l1n)  # structure lost -> D-SSIM > 0
+
+
+@pytest.mark.parametrize(("n_views", "batch"), [(25, 5), (12, 5), (7, 7), (5, 9)])
+def test_view_batches_cover_every_view_each_epoch(n_views, batch):
+    vb = ViewBatches(n_views, batch, np.random.default_rng(3))
+    epoch = [vb.next() for _ in range(vb.n_groups)]
+    assert sorted(v for g in epoch for v in g) == list(range(n_views))
+    assert max(len(g) for g in epoch) <= max(batch, 1) + 1
+    again = ViewBatches(n_views, batch, np.random.default_rng(3))
+    assert [again.next() for _ in range(vb.n_groups)] == epoch  # same seed, same order
+
+
+def test_exponential_lr_endpoints():
+    assert exponential_lr(0.5, 0, 100, 0.1) == pytest.approx(0.5)
+    assert exponential_lr(0.5, 50, 100, 0.1) == pytest.approx(0.5 * 0.1**0.5)
+    assert exponential_lr(0.5, 100, 100, 0.1) == pytest.approx(0.05)
+
+
+def test_initial_volume_sart_improves_on_fdk():
+    g = cone_geometry(n_views=8, n=16)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, 16),) * 3, indexing="ij")
+    vol = torch.from_numpy(((x**2 + y**2 + z**2) < 0.5).astype(np.float32) * MU)
+    proj = Projector(g)(vol)
+    fdk = initial_volume(proj, g, init="fdk")
+    sart = initial_volume(proj, g, init="sart", sart_iterations=5)
+    assert fdk.shape == sart.shape == vol.shape and float(fdk.min()) >= 0 and float(sart.min()) >= 0
+    assert float(((sart - vol) ** 2).mean()) < float(((fdk - vol) ** 2).mean())
+    assert not coverage_is_short(g)

@@ -10,7 +10,11 @@ the 128^3 chest at ``--views`` views. Rows, all with the same loss (L1 + 0.25 D-
 * ``gaussian from the TV volume``: initialised from the ``tv`` row's result instead of
   FDK + OS-SART (the fit to the initial volume, then training);
 * ``Gaussians fitted to the reference``: representation capacity, no projections (the
-  initial-volume fit to the ground truth, ``init_fit_steps`` Adam steps).
+  initial-volume fit to the ground truth, ``init_fit_steps`` Adam steps);
+* ``gaussian, 600 steps``: three times the default schedule (density control then runs at
+  steps 100-400 instead of 100-150);
+* ``gaussian:KEY=VALUE,...``: any other :class:`GaussianFitConfig` overrides, e.g.
+  ``gaussian:lambda_tv=0.05,iterations=400``.
 
 For each: 3D PSNR / SSIM against the reference, PSNR right after the initialisation, and
 wall time. Writes ``results.json`` and ``results.md`` to ``--out``.
@@ -41,7 +45,7 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=None, help="R2-Gaussian folder; default: bench_ct_sparse's 128^3 chest at --views")
     p.add_argument("--views", type=int, default=25)
     p.add_argument("--out", type=Path, default=Path("runs/ablate_ct_gaussian"))
-    p.add_argument("--rows", nargs="+", default=["tv", "gaussian", "gaussian-tv0.1", "gaussian-allviews", "gaussian-from-tv", "capacity"])
+    p.add_argument("--rows", nargs="+", default=["tv", "gaussian", "gaussian-tv0.1", "gaussian-allviews", "gaussian-from-tv", "capacity", "gaussian-600"])
     args = p.parse_args()
     data_dir = args.data or ROOT / "runs" / "bench_ct_sparse" / "data" / f"lidc_128_{args.views}v"
     if not (data_dir / "meta_data.json").is_file():
@@ -105,6 +109,18 @@ def main() -> int:
                 return 2
             vol = volumes.get("tv", np.load(tv_path) if tv_path.is_file() else None)
             gaussian(row, dataclasses.replace(base, lambda_tv=0.1), init_volume=vol, note="initialised from the tv row's volume, lambda_tv 0.1")
+        elif row == "gaussian-600":
+            gaussian(row, dataclasses.replace(base, iterations=600), note="600 steps")
+        elif row.startswith("gaussian:"):
+            fields = {f.name: f.type for f in dataclasses.fields(GaussianFitConfig)}
+            over = {}
+            for item in row.split(":", 1)[1].split(","):
+                key, _, value = item.partition("=")
+                if key not in fields:
+                    print(f"unknown GaussianFitConfig field {key!r} in row {row}", file=sys.stderr)
+                    return 2
+                over[key] = type(getattr(base, key))(value)
+            gaussian(row, dataclasses.replace(base, **over), note=", ".join(f"{k} {v}" for k, v in over.items()))
         elif row == "capacity":
             gaussian(row, dataclasses.replace(base, iterations=0, init_fit_steps=60), init_volume=ref, note="fit to the reference, no projections")
         else:

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recon.ct.geometry import CTGeometry, normalize_view_indices
-from recon.ct.objective import ViewBatches, exponential_lr, initial_volume, projection_loss, seed_all
+from recon.ct.objective import ViewBatches, checked_projections, exponential_lr, initial_volume, projection_loss, seed_all
 from recon.ct.project import Projector, torch_threads
 from recon.ct.voxelize import VoxelGrid, tv_3d, voxelize
 from recon.errors import InputError
@@ -519,19 +519,13 @@ class GaussianTrainer:
     ) -> None:
         self.config = cfg = config or GaussianFitConfig()
         cfg.validate()
-        if not isinstance(geometry, CTGeometry):
-            raise InputError("geometry", f"expected a CTGeometry, got {type(geometry).__name__}")
-        b = torch.as_tensor(np.asarray(projections) if not isinstance(projections, Tensor) else projections).float()
-        if tuple(b.shape) != geometry.projection_shape:
-            raise InputError("projections", f"expected shape {list(geometry.projection_shape)} (views, v, u), got {list(b.shape)}")
-        if not torch.isfinite(b).all():
-            raise InputError("projections", "contains NaN/inf")
+        b, scale = checked_projections(projections, geometry)
         if cfg.render == "splat":
             xray_cameras(geometry, [0])  # refuses unsupported detectors before any work
         self.geometry = geometry
         self.num_threads = num_threads
-        self.scale = float(b.abs().max()) or 1.0
-        self.b = b / self.scale  # normalised projections
+        self.scale = scale
+        self.b = b  # normalised projections
         self.grid = VoxelGrid.from_geometry(geometry)
         self.projector = Projector(geometry, num_threads=None)
         seed_all(cfg.seed)

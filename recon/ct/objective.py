@@ -18,9 +18,24 @@ from torch import Tensor
 
 from recon.ct.geometry import CTGeometry
 from recon.ct.project import Projector
+from recon.errors import InputError
 from recon.metrics import ssim
 
-__all__ = ["ViewBatches", "coverage_is_short", "initial_volume", "projection_loss"]
+__all__ = ["ViewBatches", "checked_projections", "coverage_is_short", "initial_volume", "projection_loss"]
+
+
+def checked_projections(projections: Tensor | np.ndarray, geometry: CTGeometry) -> tuple[Tensor, float]:  # [V, v, u]
+    """Validate [V, v, u] line integrals against ``geometry``; returns (projections / scale as
+    float32, scale = their largest absolute value, 1 if all are zero)."""
+    if not isinstance(geometry, CTGeometry):
+        raise InputError("geometry", f"expected a CTGeometry, got {type(geometry).__name__}")
+    b = torch.as_tensor(np.asarray(projections) if not isinstance(projections, Tensor) else projections).float()
+    if tuple(b.shape) != geometry.projection_shape:
+        raise InputError("projections", f"expected shape {list(geometry.projection_shape)} (views, v, u), got {list(b.shape)}")
+    if not torch.isfinite(b).all():
+        raise InputError("projections", "contains NaN/inf")
+    scale = float(b.abs().max()) or 1.0
+    return b / scale, scale
 
 
 def coverage_is_short(geometry: CTGeometry) -> bool:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from recon.ct.geometry import CTGeometry
-from recon.ct.objective import ViewBatches, exponential_lr, initial_volume, projection_loss, seed_all
+from recon.ct.objective import ViewBatches, checked_projections, exponential_lr, initial_volume, projection_loss, seed_all
 from recon.ct.project import Projector, torch_threads
 from recon.ct.voxelize import tv_3d
 from recon.errors import InputError
@@ -119,17 +119,11 @@ class TVTrainer:
     ) -> None:
         self.config = cfg = config or TVConfig()
         cfg.validate()
-        if not isinstance(geometry, CTGeometry):
-            raise InputError("geometry", f"expected a CTGeometry, got {type(geometry).__name__}")
-        b = torch.as_tensor(np.asarray(projections) if not isinstance(projections, Tensor) else projections).float()
-        if tuple(b.shape) != geometry.projection_shape:
-            raise InputError("projections", f"expected shape {list(geometry.projection_shape)} (views, v, u), got {list(b.shape)}")
-        if not torch.isfinite(b).all():
-            raise InputError("projections", "contains NaN/inf")
+        b, scale = checked_projections(projections, geometry)
         self.geometry = geometry
         self.num_threads = num_threads
-        self.scale = float(b.abs().max()) or 1.0
-        self.b = b / self.scale
+        self.scale = scale
+        self.b = b  # normalised projections
         self.projector = Projector(geometry, num_threads=None)
         seed_all(cfg.seed)
         self._batches = ViewBatches(geometry.n_views, cfg.batch_views, np.random.default_rng(cfg.seed))

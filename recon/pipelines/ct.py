@@ -45,7 +45,7 @@ from recon.ct.formats import (
     read_volume,
     write_nifti,
 )
-from recon.ct.gaussians import GaussianFitConfig, GaussianProgress, GaussianTrainer
+from recon.ct.gaussians import GaussianFitConfig, GaussianTrainer
 from recon.ct.geometry import CTGeometry, circular_angles
 from recon.ct.metrics import psnr_3d, ssim_3d
 from recon.ct.tv import TVConfig
@@ -413,71 +413,62 @@ class CTFit:
             plot_curve(run.path("loss.png"), [r["step"] for r in log], [r["residual_rms"] for r in log], "residual RMS")
         return x.numpy()
 
-    def _tv(self, data: CTData, run: RunDir, progress: ProgressFn | None, extra: dict) -> np.ndarray:
-        from recon.ct.tv import TVProgress, TVTrainer
-
-        cfg = dataclasses.replace(self.tv, seed=self.seed)
-        if self.iterations is not None:
-            cfg = dataclasses.replace(cfg, iterations=self.iterations)
+    def _train(self, run: RunDir, progress: ProgressFn | None, make: Callable[[dict | None], Any], what: str, info: Callable[[Any], dict]) -> tuple[Any, dict]:
+        """Build a trainer (``make(state)``; from the newest checkpoint with --resume), fit it
+        with a log record every 10 steps and checkpoints, save the final state. Returns (trainer,
+        the metrics entries every projection-domain method reports)."""
         ckpt = run.latest_checkpoint() if self.resume else None
         state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt is not None else None
-        trainer = TVTrainer(data.projections, data.geometry, cfg, state=state)
+        trainer = make(state)
         if ckpt is not None:
-            logger.info("resumed TV reconstruction at step %d from %s", trainer.step, ckpt)
+            logger.info("resumed %s at step %d from %s", what, trainer.step, ckpt)
         previous = trainer.elapsed_s
 
-        def cb(p: TVProgress) -> None:
+        def cb(p) -> None:
             if p.step % 10 == 0 or p.step == p.n_steps:
                 run.append_log(trainer.history[-1])
             if progress is not None:
-                progress(p.step, p.n_steps, {"loss": p.loss, "l1": p.l1})
-
-        volume = trainer.fit(callback=cb, checkpoint=lambda step, state: run.save_checkpoint(step, state), checkpoint_every=self.checkpoint_every)
-        run.save_checkpoint(trainer.step, trainer.state_dict())
-        hist = trainer.history
-        if hist:
-            plot_curve(run.path("loss.png"), [r["step"] for r in hist], [r["loss"] for r in hist], "loss")
-        extra.update(
-            previous_wall_s=0.0,  # trainer.elapsed_s already counts earlier sessions
-            iterations=trainer.step,
-            init=trainer.init_description,
-            train_time_s=round(trainer.elapsed_s, 2),
-            resumed_from_s=round(previous, 2) if ckpt is not None else None,
-            lambda_tv=cfg.lambda_tv,
-        )
-        return volume.numpy()
-
-    def _gaussian(self, data: CTData, run: RunDir, progress: ProgressFn | None, extra: dict) -> np.ndarray:
-        cfg = dataclasses.replace(self.gaussian, seed=self.seed)
-        if self.iterations is not None:
-            cfg = dataclasses.replace(cfg, iterations=self.iterations)
-        ckpt = run.latest_checkpoint() if self.resume else None
-        state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt is not None else None
-        trainer = GaussianTrainer(data.projections, data.geometry, cfg, state=state)
-        if ckpt is not None:
-            logger.info("resumed Gaussian fit at step %d from %s", trainer.step, ckpt)
-        previous = trainer.elapsed_s
-
-        def cb(p: GaussianProgress) -> None:
-            if p.step % 10 == 0 or p.step == p.n_steps:
-                run.append_log(trainer.history[-1])
-            if progress is not None:
-                progress(p.step, p.n_steps, {"loss": p.loss, "l1": p.l1, "n_gaussians": p.n_gaussians})
+                progress(p.step, p.n_steps, info(p))
 
         trainer.fit(callback=cb, checkpoint=lambda step, state: run.save_checkpoint(step, state), checkpoint_every=self.checkpoint_every)
         run.save_checkpoint(trainer.step, trainer.state_dict())
+        return trainer, {
+            "previous_wall_s": 0.0,  # trainer.elapsed_s already counts earlier sessions
+            "iterations": trainer.step,
+            "init": trainer.init_description,
+            "train_time_s": round(trainer.elapsed_s, 2),
+            "resumed_from_s": round(previous, 2) if ckpt is not None else None,
+        }
+
+    def _iterations(self, cfg):
+        cfg = dataclasses.replace(cfg, seed=self.seed)
+        return cfg if self.iterations is None else dataclasses.replace(cfg, iterations=self.iterations)
+
+    def _tv(self, data: CTData, run: RunDir, progress: ProgressFn | None, extra: dict) -> np.ndarray:
+        from recon.ct.tv import TVTrainer
+
+        cfg = self._iterations(self.tv)
+        trainer, common = self._train(
+            run, progress, lambda state: TVTrainer(data.projections, data.geometry, cfg, state=state), "TV reconstruction",
+            lambda p: {"loss": p.loss, "l1": p.l1},
+        )  # fmt: skip
+        hist = trainer.history
+        if hist:
+            plot_curve(run.path("loss.png"), [r["step"] for r in hist], [r["loss"] for r in hist], "loss")
+        extra.update(common, lambda_tv=cfg.lambda_tv)
+        return trainer.volume().numpy()
+
+    def _gaussian(self, data: CTData, run: RunDir, progress: ProgressFn | None, extra: dict) -> np.ndarray:
+        cfg = self._iterations(self.gaussian)
+        trainer, common = self._train(
+            run, progress, lambda state: GaussianTrainer(data.projections, data.geometry, cfg, state=state), "Gaussian fit",
+            lambda p: {"loss": p.loss, "l1": p.l1, "n_gaussians": p.n_gaussians},
+        )  # fmt: skip
         atomic_torch_save(run.path("gaussians.pt"), {**trainer.model.state_dict_full(), "scale": trainer.scale})
         hist = trainer.history
         if hist:
             plot_curve(run.path("loss.png"), [r["step"] for r in hist], [r["loss"] for r in hist], "loss", ("Gaussians", [r["n_gaussians"] for r in hist]))
-        extra.update(
-            previous_wall_s=0.0,  # trainer.elapsed_s already counts earlier sessions
-            iterations=trainer.step,
-            n_gaussians=trainer.model.num_gaussians,
-            init=trainer.init_description,
-            train_time_s=round(trainer.elapsed_s, 2),
-            resumed_from_s=round(previous, 2) if ckpt is not None else None,
-        )
+        extra.update(common, n_gaussians=trainer.model.num_gaussians, lambda_tv=cfg.lambda_tv)
         return trainer.volume().numpy()
 
     def _apply_refiner(self, volume: np.ndarray, extra: dict) -> np.ndarray:

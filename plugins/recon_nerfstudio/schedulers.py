@@ -56,7 +56,7 @@ class DecayFactor:
                 return self.lr_scale
             raise RuntimeError(
                 "ExponentialDecay: decay horizon not bound (max_steps=None follows the trainer's "
-                "max_num_iterations; call plugins.recon_nerfstudio.schedulers.bind_schedules, or give max_steps)"
+                "max_num_iterations; call recon_nerfstudio.schedulers.bind_schedules, or give max_steps)"
             )
         return self.lr_scale * float(self.ratio ** min(step / self.max_steps, 1.0))
 

@@ -1,4 +1,4 @@
-"""plugins.recon_nerfstudio.convert: nerfstudio OpenGL c2w <-> recon OpenCV w2c, and X-ray pinholes."""
+"""recon_nerfstudio.convert: nerfstudio OpenGL c2w <-> recon OpenCV w2c, and X-ray pinholes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 
-from plugins.recon_nerfstudio.convert import camera_set_from_nerfstudio, viewmats_from_c2w
+from recon_nerfstudio.convert import camera_set_from_nerfstudio, viewmats_from_c2w
 from recon.cameras import opengl_c2w_to_w2c
 
 
@@ -79,7 +79,7 @@ def _ct_geometry(mode: str):
 
 @pytest.mark.parametrize("mode", ["cone", "parallel"])
 def test_xray_cameras_round_trip(mode):
-    from plugins.recon_nerfstudio.convert import cameras_from_xray, xray_cameras_from_nerfstudio
+    from recon_nerfstudio.convert import cameras_from_xray, xray_cameras_from_nerfstudio
     from recon.ct.gaussians import xray_cameras
 
     ref = xray_cameras(_ct_geometry(mode))
@@ -101,7 +101,7 @@ def test_xray_cameras_round_trip(mode):
 
 
 def test_xray_cameras_bad_input():
-    from plugins.recon_nerfstudio.convert import cameras_from_xray, xray_cameras_from_nerfstudio
+    from recon_nerfstudio.convert import cameras_from_xray, xray_cameras_from_nerfstudio
     from recon.ct.gaussians import xray_cameras
 
     ref = xray_cameras(_ct_geometry("cone"))

@@ -1,4 +1,4 @@
-"""plugins.recon_nerfstudio.ct_dataparser / ct_datamanager: a recon CT scan as nerfstudio data."""
+"""recon_nerfstudio.ct_dataparser / ct_datamanager: a recon CT scan as nerfstudio data."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.recon_nerfstudio.convert import xray_cameras_from_nerfstudio
-from plugins.recon_nerfstudio.ct_datamanager import ProjectionDataset, ReconCTDatamanagerConfig
-from plugins.recon_nerfstudio.ct_dataparser import CTDataParserConfig, CTViews
+from recon_nerfstudio.convert import xray_cameras_from_nerfstudio
+from recon_nerfstudio.ct_datamanager import ProjectionDataset, ReconCTDatamanagerConfig
+from recon_nerfstudio.ct_dataparser import CTDataParserConfig, CTViews
 from recon.ct.gaussians import xray_cameras
 from recon.errors import InputError
 from recon.pipelines.ct import load_ct_data

@@ -1,4 +1,4 @@
-"""plugins.recon_nerfstudio.ct_model and the ``recon-ct`` method, on the CPU (tiny simulated scan)."""
+"""recon_nerfstudio.ct_model and the ``recon-ct`` method, on the CPU (tiny simulated scan)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import yaml
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import Optimizers
 
-from plugins.recon_nerfstudio.ct_model import ReconCTModel
-from plugins.recon_nerfstudio.methods import ct_optimizers, recon_ct
+from recon_nerfstudio.ct_model import ReconCTModel
+from recon_nerfstudio.methods import ct_optimizers, recon_ct
 from recon.ct.gaussians import PARAM_NAMES, GaussianFitConfig, GaussianTrainer, render_xray, xray_cameras
 from recon.pipelines.ct import load_ct_data
 

@@ -1,4 +1,4 @@
-"""plugins.recon_nerfstudio.dataparser: the recon-fewview split of a nerfstudio capture."""
+"""recon_nerfstudio.dataparser: the recon-fewview split of a nerfstudio capture."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from plugins.recon_nerfstudio.dataparser import FewViewDataParserConfig
+from recon_nerfstudio.dataparser import FewViewDataParserConfig
 from recon.errors import InputError
 from recon.io.capture import load_capture
 from recon.io.views import split_views

@@ -1,4 +1,4 @@
-"""plugins.recon_nerfstudio.schedulers: float-only exponential decay bound to the trainer's horizon."""
+"""recon_nerfstudio.schedulers: float-only exponential decay bound to the trainer's horizon."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
 from torch import nn
 
-from plugins.recon_nerfstudio.schedulers import DecayFactor, ExponentialDecayConfig, bind_schedules
+from recon_nerfstudio.schedulers import DecayFactor, ExponentialDecayConfig, bind_schedules
 
 
 def make_optimizers(**schedulers) -> Optimizers:

@@ -1,4 +1,4 @@
-"""plugins.recon_nerfstudio.splat_model / datamanager, in process on the CPU (tiny fox)."""
+"""recon_nerfstudio.splat_model / datamanager, in process on the CPU (tiny fox)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCall
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.models.splatfacto import SplatfactoModel
 
-from plugins.recon_nerfstudio.methods import recon_splat
-from plugins.recon_nerfstudio.splat_model import GAUSS_PARAM_NAMES
+from recon_nerfstudio.methods import recon_splat
+from recon_nerfstudio.splat_model import GAUSS_PARAM_NAMES
 from recon.metrics import lpips_status, psnr
 from recon.splat.strategy import DensifyStrategy
 

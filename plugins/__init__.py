@@ -1,1 +1,0 @@
-"""Adapters from ``recon`` to other frameworks; no reconstruction logic lives here."""

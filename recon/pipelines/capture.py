@@ -483,6 +483,10 @@ class CaptureTrainer:
             self.pose_optimizer, self.pose_scheduler = self.pose_refiner.make_optimizer(config.iterations)
         self.step = 0
         self.elapsed_s = 0.0
+        # view order: a fresh permutation of the training views per epoch; its generator and
+        # the views left in the current epoch are saved in checkpoints (exact resume)
+        self.order_rng = np.random.default_rng(config.seed)
+        self.order: list[int] = []
 
     # the saved model is field 0 --------------------------------------------
     @property
@@ -622,6 +626,8 @@ class CaptureTrainer:
             "optimizers": {k: o.state_dict() for k, o in f0.optimizers.items()},
             "strategy_state": f0.state,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "order": list(self.order),
+            "order_rng": self.order_rng.bit_generator.state,
             "train_indices": self.train.indices,
         }
         if self.anchored:
@@ -671,6 +677,11 @@ class CaptureTrainer:
         torch.set_rng_state(ckpt["rng"]["torch"])
         np.random.set_state(ckpt["rng"]["numpy"])
         random.setstate(ckpt["rng"]["python"])
+        if "order_rng" in ckpt:
+            self.order = [int(v) for v in ckpt["order"]]
+            self.order_rng.bit_generator.state = ckpt["order_rng"]
+        else:  # written before the view order was saved: a new order from here on
+            self.order_rng = np.random.default_rng(self.config.seed + self.step)
         logger.info("resumed from %s at step %d", path, self.step)
 
     # training --------------------------------------------------------------
@@ -835,13 +846,11 @@ class CaptureTrainer:
     def _fit_loop(self, progress: ProgressFn | None) -> dict:
         cfg = self.config
         n_train = len(self.train.indices)
-        order_rng = np.random.default_rng(cfg.seed + self.step)
-        order: list[int] = []
         t_start = time.perf_counter() - self.elapsed_s
         while self.step < cfg.iterations:
-            if not order:
-                order = list(order_rng.permutation(n_train))
-            stats = self.train_step(self.step, int(order.pop()))
+            if not self.order:
+                self.order = [int(v) for v in self.order_rng.permutation(n_train)]
+            stats = self.train_step(self.step, self.order.pop())
             self.step += 1
             self.elapsed_s = time.perf_counter() - t_start
             if self.step % 50 == 0 or self.step == cfg.iterations:

@@ -30,3 +30,19 @@ def make_capture(src: Path, dst: Path, frames: slice = slice(0, 12), drop: str |
 @pytest.fixture
 def small_fox(fox_dir, tmp_path) -> Path:
     return make_capture(fox_dir, tmp_path / "fox12")
+
+
+@pytest.fixture(scope="session")
+def tiny_ct_scan(tmp_path_factory) -> Path:
+    """A 24^3 Shepp-Logan phantom in HU, simulated as a noisy 12-view cone-beam scan (R2-Gaussian layout)."""
+    import numpy as np
+
+    from recon.ct.phantoms import shepp_logan_3d
+    from recon.pipelines.ct import CTSimulate
+
+    vol = shepp_logan_3d((24, 24, 24)).astype(np.float32)
+    hu = -1000.0 + 1200.0 * vol / vol.max()
+    folder = tmp_path_factory.mktemp("tiny_ct")
+    np.savez(folder / "phantom.npz", volume=hu.astype(np.float32), spacing_mm_zyx=np.array([2.0, 2.0, 2.0], np.float32))
+    CTSimulate(folder / "phantom.npz", views=12, out=folder / "scan", n_test=0, detector=40).run()
+    return folder / "scan"

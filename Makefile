@@ -7,7 +7,7 @@ DATA ?= ../shared/data
 DEMO_OUT ?= runs/fox-demo
 DEMO_ITERS ?= 1000
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo demo-ct test test-fast test-minkowski bench clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# MinkowskiEngine parity (~27 min build on 2 cores; not part of CI: docs/testing.md)
+test-minkowski: install
+	$(PY) -c "import MinkowskiEngine" 2>/dev/null || bash scripts/install_minkowski.sh
+	$(PY) -m pytest -q -m minkowski
 
 bench: install
 	$(PY) scripts/bench_raster.py

@@ -22,7 +22,7 @@ from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatama
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from recon.splat.init import photo_consistent_points
+from recon.splat.points import photo_consistent_points
 
 from .convert import camera_set_from_nerfstudio
 from .dataparser import FewViewDataParserConfig

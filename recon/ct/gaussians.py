@@ -74,9 +74,9 @@ from recon.ct.voxelize import VoxelGrid, tv_3d, voxelize
 from recon.errors import InputError
 from recon.splat.rasterize import rasterization
 from recon.splat.strategy import (  # row ops that carry Adam moments
-    _duplicate,
-    _remove,
-    _split,
+    duplicate_rows,
+    remove_rows,
+    split_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -743,19 +743,19 @@ class GaussianTrainer:
             # both copies carry half the density: the field stays the same
             half = self.model.inverse_density(self.model.activate_density(params["densities"][clone]) * 0.5)
             params["densities"].data[clone] = half
-            _duplicate(params, opts, state, clone)
+            duplicate_rows(params, opts, state, clone)
             split = torch.cat([split, torch.zeros(n_clone, dtype=torch.bool, device=device)])
         if n_split:
             # two samples with scales / 1.6 and 0.6x the density keep the local attenuation about equal
             d = self.model.activate_density(params["densities"][split])
             params["densities"].data[split] = self.model.inverse_density(d * 0.6)
-            _split(params, opts, state, split, revised_opacity=False)
+            split_rows(params, opts, state, split, revised_opacity=False)
         dens = self.model.activate_density(params["densities"])
         wide = torch.exp(params["scales"]).max(dim=-1).values > cfg.max_scale_voxels * vox
         prune = (dens < cfg.prune_density * self.vol_max * 1.0) | wide
         n_prune = int(prune.sum())
         if n_prune and n_prune < self.model.num_gaussians:
-            _remove(params, opts, state, prune)
+            remove_rows(params, opts, state, prune)
         self._reset_gradient_stats()
         logger.debug("density control at step %d: %d cloned, %d split, %d pruned -> %d", self.step, n_clone, n_split, n_prune, self.model.num_gaussians)
 

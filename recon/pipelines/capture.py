@@ -45,7 +45,7 @@ from recon.metrics import score_images, ssim
 from recon.pose_refine import PoseRefineConfig, PoseRefiner
 from recon.splat.anchored import AnchoredConfig, AnchoredGaussians, set_learning_rates
 from recon.splat.hull import compute_masks, hull_points
-from recon.splat.init import photo_consistent_points, scene_bounds, statistical_outliers
+from recon.splat.points import photo_consistent_points, scene_bounds, statistical_outliers
 from recon.splat.model import GaussianModel
 from recon.splat.mvs import stereo_points
 from recon.splat.rasterize import rasterization
@@ -63,7 +63,7 @@ from recon.splat.strategy import DensifyStrategy
 from recon.splat.triangulate import triangulate_views
 
 # the strategy's own row removal, so Adam moments and densification stats stay in step
-from recon.splat.strategy import _remove as _remove_gaussians
+from recon.splat.strategy import remove_rows as _remove_gaussians
 
 logger = logging.getLogger(__name__)
 

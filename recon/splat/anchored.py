@@ -270,6 +270,22 @@ class AnchoredGaussians(nn.Module):
         logger.info("%d anchors from %d points, voxel size %.4g", len(coords), len(pts), size)
         return cls(coords, size, mean_rgb, cfg, sh_degree, init_opacity, init_scale, seed)
 
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: Mapping[str, Tensor],
+        config: AnchoredConfig | None = None,
+        sh_degree: int = 3,
+        init_opacity: float = 0.1,
+        init_scale: float = 0.5,
+    ) -> AnchoredGaussians:
+        """A model holding ``state`` (a :meth:`state_dict`, any number of anchors), built
+        without initial points: resume and export read anchored fits this way."""
+        coords = torch.as_tensor(state["coords"])
+        model = cls(coords, float(state["voxel_size"]), torch.zeros(coords.shape), config, sh_degree, init_opacity, init_scale)
+        model.load_state_dict(state)
+        return model
+
     # ------------------------------------------------------------------ views
     @property
     def num_anchors(self) -> int:

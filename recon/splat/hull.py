@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from recon.cameras import CameraSet
-from recon.splat.init import _sample_colours, scene_bounds
+from recon.splat.points import sample_colours, scene_bounds
 
 __all__ = ["compute_masks", "hull_points", "hull_surface", "visual_hull", "voxel_centres"]
 
@@ -241,7 +241,7 @@ def hull_points(
     pick = idx[torch.randint(len(idx), (n_points,), generator=generator)]
     size = (bounds[1] - bounds[0]) / resolution
     pts = bounds[0] + (pick.float() + torch.rand(n_points, 3, generator=generator)) * size
-    colours, visible = _sample_colours(pts, images.float().cpu(), cameras.w2c.float().cpu(), cameras.Ks().float().cpu())
+    colours, visible = sample_colours(pts, images.float().cpu(), cameras.w2c.float().cpu(), cameras.Ks().float().cpu())
     weight = visible.float()[..., None]
     mean = (colours * weight).sum(0) / weight.sum(0).clamp_min(1.0)
     return pts, mean.clamp(0, 1)

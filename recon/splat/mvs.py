@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from recon.cameras import CameraSet
-from recon.splat.init import look_at_centre
+from recon.splat.points import look_at_centre
 
 logger = logging.getLogger(__name__)
 

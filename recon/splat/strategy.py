@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DensifyStrategy"]
+__all__ = ["DensifyStrategy", "duplicate_rows", "remove_rows", "split_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -319,11 +319,11 @@ class DensifyStrategy:
 
         n_dupe, n_split = int(to_dupe.sum()), int(to_split.sum())
         if n_dupe:
-            _duplicate(params, optimizers, state, to_dupe)
+            duplicate_rows(params, optimizers, state, to_dupe)
             # the copies (appended at the end) are not split
             to_split = torch.cat([to_split, to_split.new_zeros(n_dupe)])
         if n_split:
-            _split(params, optimizers, state, to_split, self.revised_opacity)
+            split_rows(params, optimizers, state, to_split, self.revised_opacity)
         return n_dupe, n_split
 
     @torch.no_grad()
@@ -338,7 +338,7 @@ class DensifyStrategy:
             doomed |= too_big
         n_pruned = int(doomed.sum())
         if n_pruned:
-            _remove(params, optimizers, state, doomed)
+            remove_rows(params, optimizers, state, doomed)
         return n_pruned
 
 
@@ -378,7 +378,7 @@ def _extend_state(state: dict[str, Any], fn: Callable[[Tensor], Tensor]) -> None
             state[key] = fn(v)
 
 
-def _duplicate(params: Params, optimizers: Optimizers, state: dict[str, Any], mask: Tensor) -> None:
+def duplicate_rows(params: Params, optimizers: Optimizers, state: dict[str, Any], mask: Tensor) -> None:
     """Append a copy of each masked Gaussian; the copies' Adam moments start at zero."""
     idx = torch.nonzero(mask, as_tuple=True)[0]  # [M]
     _replace_rows(
@@ -403,7 +403,7 @@ def _quat_to_rotmat(q: Tensor) -> Tensor:
     ).reshape(*q.shape[:-1], 3, 3)
 
 
-def _split(
+def split_rows(
     params: Params, optimizers: Optimizers, state: dict[str, Any], mask: Tensor, revised_opacity: bool
 ) -> None:
     """Replace each masked Gaussian by 2 samples drawn from it, scales / 1.6.
@@ -438,7 +438,7 @@ def _split(
     _extend_state(state, lambda v: torch.cat([v[rest], v[idx].repeat(2, *[1] * (v.dim() - 1))]))
 
 
-def _remove(params: Params, optimizers: Optimizers, state: dict[str, Any], mask: Tensor) -> None:
+def remove_rows(params: Params, optimizers: Optimizers, state: dict[str, Any], mask: Tensor) -> None:
     """Drop the masked Gaussians, their Adam rows and their running stats."""
     keep = torch.nonzero(~mask, as_tuple=True)[0]
     _replace_rows(params, optimizers, lambda name, p: p[keep], lambda v: v[keep])

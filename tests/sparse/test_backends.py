@@ -69,7 +69,12 @@ def test_unknown_name_and_spconv_on_cpu(monkeypatch):
 
 
 # ------------------------------------------------------------------ MinkowskiEngine parity
-needs_me = pytest.mark.skipif(not ME_AVAILABLE, reason="MinkowskiEngine is not importable (scripts/install_minkowski.sh)")
+_ME_SKIP = pytest.mark.skipif(not ME_AVAILABLE, reason="MinkowskiEngine is not importable (scripts/install_minkowski.sh; docs/testing.md)")
+
+
+def needs_me(test):
+    """Parity with MinkowskiEngine: marked ``minkowski`` (``pytest -m minkowski``), skipped without it."""
+    return pytest.mark.minkowski(_ME_SKIP(test))
 
 
 def _rows_like(y_me, y_ours):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recon.splat.init import look_at_centre, statistical_outliers
+from recon.splat.points import look_at_centre, statistical_outliers
 
 
 def _w2c_looking_at_origin(centres: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,64 @@
+"""Rendering Gaussian models from camera sets: the thin layer between models and
+:func:`recon.splat.rasterize.rasterization` that the trainer, evaluation and export share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from recon.geometry.cameras import CameraSet
+from recon.splat.model import GaussianModel
+from recon.splat.rasterize import rasterization
+
+__all__ = ["rasterize_views", "render", "render_all"]
+
+
+def rasterize_views(
+    inputs: Mapping[str, Tensor],  # activated parameters: means [N, 3], quats [N, 4], scales [N, 3], opacities [N], colors [N, K, 3]
+    viewmats: Tensor,  # [C, 4, 4] OpenCV world-to-camera
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    sh_degree: int,
+    background: Tensor,  # [3]
+    render_mode: str = "RGB",
+) -> tuple[Tensor, Tensor, dict]:
+    """Render activated Gaussians (``GaussianModel.activated``) into ``C`` cameras; returns
+    ``[C, H, W, 3 (+1 with depth modes)]`` images, ``[C, H, W, 1]`` alphas and gsplat's meta."""
+    dev = inputs["means"].device
+    return rasterization(
+        **inputs,
+        viewmats=viewmats.to(dev),
+        Ks=Ks.to(dev),
+        width=width,
+        height=height,
+        sh_degree=sh_degree,
+        backgrounds=background.to(dev).expand(len(viewmats), 3),
+        render_mode=render_mode,
+    )
+
+
+def render(
+    model: GaussianModel,
+    cameras: CameraSet,
+    width: int,
+    height: int,
+    sh_degree: int,
+    background: Tensor,  # [3]
+    indices: list[int] | None = None,
+) -> tuple[Tensor, Tensor, dict]:
+    """Render cameras (all or ``indices``) of ``cameras``: ``[C,H,W,3]`` colours, ``[C,H,W,1]`` alphas, meta."""
+    idx = list(range(len(cameras))) if indices is None else indices
+    return rasterize_views(model.activated(sh_degree), cameras.w2c[idx], cameras.Ks()[idx], width, height, sh_degree, background)
+
+
+@torch.no_grad()
+def render_all(model: GaussianModel, cameras: CameraSet, width: int, height: int, sh_degree: int, background: Tensor) -> Tensor:
+    """Renders ``[V, H, W, 3]`` (clamped to [0, 1], CPU) of every camera, one at a time."""
+    out = []
+    for i in range(len(cameras)):
+        colors, _, _ = render(model, cameras, width, height, sh_degree, background, [i])
+        out.append(colors[0, ..., :3].clamp(0, 1).cpu())
+    return torch.stack(out)

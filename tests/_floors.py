@@ -72,13 +72,15 @@ def run_images(run_dir: Path, split: str = "train") -> tuple[Tensor, Tensor]:
     return load_split(capture, indices, float(config["downscale"])).images, torch.tensor(config["background"])
 
 
-def constant_volume_psnr(reference: np.ndarray) -> float:
-    """3D PSNR (:func:`recon.ct.metrics.psnr_3d`) of the better of an all-zero volume and a
-    volume filled with the reference's mean (the best constant) against ``reference``."""
-    from recon.ct.metrics import psnr_3d
+def constant_volume_scores(reference: np.ndarray) -> dict[str, float]:
+    """Per metric, the better of an all-zero volume and one filled with the reference's mean
+    (the best constant), against ``reference``: ``psnr_3d`` and ``ssim_3d`` as
+    :func:`recon.pipelines.ct.volume_metrics` computes them for ``metrics.json``."""
+    from recon.ct.metrics import psnr_3d, ssim_3d
 
     ref = np.asarray(reference, dtype=np.float64)
-    return max(psnr_3d(np.zeros_like(ref), ref), psnr_3d(np.full_like(ref, ref.mean()), ref))
+    trials = [np.zeros_like(ref), np.full_like(ref, ref.mean())]
+    return {"psnr_3d": max(psnr_3d(t, ref) for t in trials), "ssim_3d": max(ssim_3d(t, ref).mean for t in trials)}
 
 
 def assert_loss_falls(losses: Sequence[float], k: int = 10, ratio: float = 0.8) -> None:

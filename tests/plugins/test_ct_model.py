@@ -231,7 +231,7 @@ def test_cuda_pipeline_trains(ct_scan):
 
 
 # ---------------------------------------------------------------------- ns-train / ns-eval
-ITERATIONS = 6
+ITERATIONS = 30
 
 
 @pytest.mark.slow  # imports every nerfstudio method config (~20 s on a busy 2-core machine)
@@ -246,7 +246,7 @@ def test_ns_train_recon_ct_then_ns_eval(ct_scan, tmp_path):
         "--timestamp", "run", "--max-num-iterations", str(ITERATIONS), "--vis", "tensorboard",
         "--steps-per-eval-image", "3", "--steps-per-eval-all-images", "1000",
         "--pipeline.model.n-gaussians", str(N_GAUSSIANS), "--pipeline.model.densify-from", "2",
-        "--pipeline.model.densify-every", "2", "recon-ct-data", "--views", "8",
+        "--pipeline.model.densify-every", "2", "--pipeline.model.densify-until", "4", "recon-ct-data", "--views", "8",
     ]  # fmt: skip
     train_main(tyro.cli(AnnotatedBaseConfigUnion, args=args))
     run_dir = tmp_path / "phantom" / "recon-ct" / "run"
@@ -265,7 +265,16 @@ def test_ns_train_recon_ct_then_ns_eval(ct_scan, tmp_path):
     out = tmp_path / "eval.json"
     tyro.cli(ComputePSNR, args=["--load-config", str(run_dir / "config.yml"), "--output-path", str(out)]).main()
     results = json.loads(out.read_text())["results"]
-    assert 15.0 < results["psnr"] < 60.0 and 10.0 < results["psnr_3d"] < 60.0
+    assert results["psnr"] < 60.0 and results["psnr_3d"] < 60.0
+    # training did something: the same pipeline without the checkpoint (SART-initialised
+    # Gaussians) scores 25.2 dB / SSIM 0.81 on the held-out projections, 30 steps 31.6 / 0.90;
+    # the volume (22.0 dB) is far from blank (the best constant volume: 14.1)
+    untrained = config.pipeline.setup(device="cpu", test_mode="test")
+    untrained.eval()
+    before = untrained.get_average_eval_image_metrics()
+    assert results["psnr"] > before["psnr"] + 2.0 and results["ssim"] > before["ssim"] + 0.02, (results, before)
+    blank = constant_volume_scores(untrained.model.reference)
+    assert results["psnr_3d"] > blank["psnr_3d"] + 5.0, (results, blank)
 
     # resume (--load-dir): the optimisers follow the checkpoint's resized Parameters, decays the new horizon
     from nerfstudio.engine.trainer import Trainer

@@ -118,6 +118,89 @@ def test_existing_run_is_kept(scan, tmp_path, capsys):
 
 def test_views_out_of_range(scan, tmp_path, capsys):
     _errors(["ct", "fit", str(scan), "--method", "fdk", "--views", "40", "--out", str(tmp_path / "o")], capsys, "--views", "12")
+    assert not (tmp_path / "o").exists()
+
+
+def _copy_scan(scan: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(scan, dst)
+    return dst
+
+
+def _edited_meta(edit):
+    def make(scan, tmp):
+        bad = _copy_scan(scan, tmp / "bad")
+        meta = json.loads((bad / "meta_data.json").read_text())
+        needle = edit(meta)
+        (bad / "meta_data.json").write_text(json.dumps(meta))
+        return bad, [], needle
+
+    return make
+
+
+def _negative_dsd(meta):
+    meta["scanner"]["DSD"] = -1.0
+    return "meta_data.json: scanner geometry: CTGeometry.dsd_mm"
+
+
+def _text_dsd(meta):
+    meta["scanner"]["DSD"] = "far"
+    return "meta_data.json: scanner geometry"
+
+
+def _unknown_key(meta):
+    meta["surprise"] = 1
+    return "unknown keys"
+
+
+def _stack(edit_projections):
+    """A projection stack (.npy + .json geometry) of the scan with its projections edited."""
+
+    def make(scan, tmp):
+        from recon.ct.formats import read_r2gaussian, write_projection_stack
+
+        data = read_r2gaussian(scan)
+        write_projection_stack(tmp / "stack.npy", data.projections, data.geometry)
+        projections, needle = edit_projections(data.projections.copy())
+        np.save(tmp / "stack.npy", projections)
+        return tmp / "stack.npy", [], needle
+
+    return make
+
+
+def _nan_projection(p):
+    p[3, 4, 5] = np.nan
+    return p, "NaN"
+
+
+BAD_SCANS = {
+    "missing-data": lambda scan, tmp: (tmp / "nope", [], "nope"),
+    "truncated-meta": lambda scan, tmp: ((lambda d: ((d / "meta_data.json").write_text('{"scanner": {'), d)[1])(_copy_scan(scan, tmp / "bad")), [], "meta_data.json"),
+    "missing-projection-file": lambda scan, tmp: ((lambda d: (next((d / "proj_train").iterdir()).unlink(), d)[1])(_copy_scan(scan, tmp / "bad")), [], "proj_train"),
+    "negative-distance": _edited_meta(_negative_dsd),
+    "distance-not-a-number": _edited_meta(_text_dsd),
+    "unknown-meta-key": _edited_meta(_unknown_key),
+    "count-disagrees-with-angles": _stack(lambda p: (p[:10], "10 projections but 12 angles")),
+    "detector-disagrees-with-geometry": _stack(lambda p: (p[:, :30], "detector")),
+    "nan-projection": _stack(_nan_projection),
+    "too-many-views": lambda scan, tmp: (scan, ["--views", "13"], "--views"),
+    "bad-relaxation": lambda scan, tmp: (scan, ["--method", "sart", "--relaxation", "2.5"], "relaxation"),
+    "resume-non-iterative": lambda scan, tmp: (scan, ["--resume"], "resume"),
+    "missing-refiner-weights": lambda scan, tmp: (scan, ["--refine", "--refiner-path", str(tmp / "w")], "train_ct_refiner"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SCANS))
+def test_bad_input_is_one_line_and_writes_no_run_folder(scan, tmp_path, capsys, case):
+    data, args, needle = BAD_SCANS[case](scan, tmp_path)
+    out = tmp_path / "run"
+    code = main(["ct", "fit", str(data), "--method", "fdk", "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+    assert not out.exists()
 
 
 def test_console_script_lists_ct():

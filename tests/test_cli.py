@@ -78,6 +78,12 @@ def _nan_pose(meta):
     return meta["frames"][2]["file_path"]
 
 
+def _non_rigid_pose(meta):
+    for row in meta["frames"][4]["transform_matrix"][:3]:
+        row[:3] = [2.0 * v for v in row[:3]]  # a scaled rotation
+    return "not orthonormal"
+
+
 def _wrong_size(meta):
     meta["w"], meta["h"] = 1920.0, 1080.0
     return "1080"
@@ -105,6 +111,7 @@ BAD_CAPTURES = {
     "missing-image": _missing_image,
     "corrupt-image": _corrupt_image,
     "nan-pose": _edited_transforms(_nan_pose),
+    "non-rigid-pose": _edited_transforms(_non_rigid_pose),
     "size-disagrees-with-intrinsics": _edited_transforms(_wrong_size),
     "truncated-transforms": _bad_bytes(b'{"frames": [{"file_path": "images/0001.jpg", '),
     "non-utf8-transforms": _bad_bytes(b'{"frames": []}\xff\xfe'),

@@ -151,7 +151,7 @@ def train_view_psnr(pipe) -> float:
 
 
 def test_training_lowers_the_loss_and_improves_the_renders(tiny_fox, one_thread):
-    """60 steps through nerfstudio's loop: the loss falls (first ten 0.37, last ten ~0.25), the
+    """60 steps through nerfstudio's loop: the loss falls (first ten 0.37, last ten 0.26), the
     training views gain ~3.7 dB over the untrained model (8.4 -> 12.1), the held-out views ~1.4
     (7.9 -> 9.3; black background, so both start near a black image's score)."""
     config = fox_config(tiny_fox)

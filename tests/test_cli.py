@@ -13,7 +13,7 @@ from recon.io.ply import read_splat_ply
 from recon.io.run import RunDir
 from tests.pipelines.conftest import make_capture
 
-TINY = ["--downscale", "16", "--iterations", "8", "--init-points", "500", "--eval-views", "2"]
+TINY = ["--downscale", "16", "--iterations", "8", "--init-points", "500", "--eval-views", "2", "--mvs-max-points", "2000"]
 
 
 @pytest.fixture

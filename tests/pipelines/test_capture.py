@@ -30,6 +30,7 @@ def _cfg(data, out, **kw) -> CaptureFitConfig:
     return CaptureFitConfig(**base)
 
 
+@pytest.mark.slow  # ~20-35 s: 60 steps
 def test_fit_writes_complete_run(small_fox, tmp_path):
     out = tmp_path / "run"
     trainer = _cfg(small_fox, out, iterations=60).setup()

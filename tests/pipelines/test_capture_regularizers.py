@@ -37,7 +37,7 @@ SWITCHES = {
 }
 
 
-@pytest.mark.parametrize("name", list(SWITCHES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "coreg" else n for n in SWITCHES])  # coreg: two fields
 def test_each_switch_fits_and_writes_metrics(small_fox, tmp_path, name):
     out = tmp_path / name
     trainer = _cfg(small_fox, out, SWITCHES[name], iterations=30).setup()
@@ -187,7 +187,7 @@ def test_cli_preset_and_nested_flags(small_fox, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["fit", str(small_fox), "--out", str(out), "--train-views", "3", "--downscale", "16",
                  "--iterations", "6", "--init-points", "500", "--eval-views", "1",
-                 "--preset", "fewview", "--reg.dropout", "0.2"])
+                 "--preset", "fewview", "--reg.dropout", "0.2", "--mvs-max-points", "2000"])
     assert code == 0, capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "fewview" and config["reg"]["dropout"] == 0.2

@@ -164,14 +164,22 @@ class CtFit(CTFit):
     """Reconstruct a volume from CT projections (fdk, fbp, sart, tv or radiative gaussian) into --out."""
 
     def run(self) -> dict:  # type: ignore[override]
-        with make_progress() as bar:
-            task = bar.add_task(f"ct {self.method}", total=None, info="")
+        # the bar starts with the first step, so bad input (found before that) prints one line alone
+        bar = make_progress()
+        task = None
 
-            def on_step(step: int, total: int, info: dict) -> None:
-                text = "  ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4g}" for k, v in info.items() if isinstance(v, (int, float)))
-                bar.update(task, completed=step, total=total, info=text)
+        def on_step(step: int, total: int, info: dict) -> None:
+            nonlocal task
+            if task is None:
+                bar.start()
+                task = bar.add_task(f"ct {self.method}", total=total, info="")
+            text = "  ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4g}" for k, v in info.items() if isinstance(v, (int, float)))
+            bar.update(task, completed=step, total=total, info=text)
 
+        try:
             metrics = super().run(progress=on_step)
+        finally:
+            bar.stop()
         table = Table(title=f"{self.out}")
         table.add_column("")
         table.add_column("value", justify="right")

@@ -13,7 +13,7 @@ from recon.io.ply import read_splat_ply
 from recon.io.run import RunDir
 from tests.pipelines.conftest import make_capture
 
-TINY = ["--downscale", "16", "--iterations", "8", "--init-points", "500", "--eval-views", "2"]
+TINY = ["--downscale", "16", "--iterations", "8", "--init-points", "500", "--eval-views", "2", "--mvs-max-points", "2000"]
 
 
 @pytest.fixture
@@ -44,52 +44,108 @@ def test_fit_export_eval(capture, tmp_path, capsys, fox_dir):
 def _expect_error(args, capsys, *needles):
     code, err = _run_cli(args, capsys)
     assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    msg = " ".join(lines)
-    assert "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]  # after progress messages, if any
+    assert len(errors) == 1 and "Traceback" not in err, err
     for needle in needles:
-        assert needle in msg, msg
-    return msg
+        assert needle in errors[0], err
+    return errors[0]
 
 
-def test_missing_image_file(fox_dir, tmp_path, capsys):
-    cap = make_capture(fox_dir, tmp_path / "cap", drop="0003.jpg")
-    out = tmp_path / "run"
-    _expect_error(["fit", str(cap), "--out", str(out), "--train-views", "3", *TINY], capsys, "0003.jpg")
-    assert not RunDir(out).is_complete()
+def _missing_image(fox_dir, tmp):
+    return make_capture(fox_dir, tmp / "cap", drop="0003.jpg"), ["--train-views", "3"], "0003.jpg"
 
 
-def test_corrupt_image(fox_dir, tmp_path, capsys):
-    cap = make_capture(fox_dir, tmp_path / "cap", frames=slice(0, 6), copy=True)
+def _corrupt_image(fox_dir, tmp):
+    cap = make_capture(fox_dir, tmp / "cap", frames=slice(0, 6), copy=True)
     target = cap / "images" / "0001.jpg"
     target.write_bytes(target.read_bytes()[:2000])
-    out = tmp_path / "run"
-    _expect_error(["fit", str(cap), "--out", str(out), "--train-views", "6", *TINY[:-2], "--eval-views", "0"],
-                  capsys, "0001.jpg")
-    assert not (out / "run.json").exists()
+    return cap, ["--train-views", "6", "--eval-views", "0"], "0001.jpg"
 
 
-def test_too_many_train_views(capture, tmp_path, capsys):
-    _expect_error(["fit", str(capture), "--train-views", "50", "--out", str(tmp_path / "r"), *TINY], capsys, "50")
+def _edited_transforms(edit):
+    def make(fox_dir, tmp):
+        cap = make_capture(fox_dir, tmp / "cap")
+        meta = json.loads((cap / "transforms.json").read_text())
+        needle = edit(meta)
+        (cap / "transforms.json").write_text(json.dumps(meta))
+        return cap, ["--train-views", "3"], needle
+
+    return make
 
 
-def test_empty_folder(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    _expect_error(["fit", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), *TINY], capsys, "empty")
-
-
-def test_nan_pose(capture, tmp_path, capsys):
-    meta = json.loads((capture / "transforms.json").read_text())
+def _nan_pose(meta):
     meta["frames"][2]["transform_matrix"][0][3] = float("nan")
-    (capture / "transforms.json").write_text(json.dumps(meta))
-    _expect_error(["fit", str(capture), "--out", str(tmp_path / "r"), *TINY], capsys, meta["frames"][2]["file_path"])
+    return meta["frames"][2]["file_path"]
 
 
-def test_image_size_disagrees_with_intrinsics(capture, tmp_path, capsys):
-    meta = json.loads((capture / "transforms.json").read_text())
+def _non_rigid_pose(meta):
+    for row in meta["frames"][4]["transform_matrix"][:3]:
+        row[:3] = [2.0 * v for v in row[:3]]  # a scaled rotation
+    return "not orthonormal"
+
+
+def _wrong_size(meta):
     meta["w"], meta["h"] = 1920.0, 1080.0
-    (capture / "transforms.json").write_text(json.dumps(meta))
-    _expect_error(["fit", str(capture), "--out", str(tmp_path / "r"), "--train-views", "3", *TINY], capsys, "1080")
+    return "1080"
+
+
+def _bad_bytes(content: bytes):
+    def make(fox_dir, tmp):
+        cap = make_capture(fox_dir, tmp / "cap")
+        (cap / "transforms.json").write_bytes(content)
+        return cap, ["--train-views", "3"], "transforms.json"
+
+    return make
+
+
+def _with_args(args, needle):
+    return lambda fox_dir, tmp: (make_capture(fox_dir, tmp / "cap"), args, needle)
+
+
+def _empty(fox_dir, tmp):
+    (tmp / "empty").mkdir()
+    return tmp / "empty", [], "empty"
+
+
+BAD_CAPTURES = {
+    "missing-image": _missing_image,
+    "corrupt-image": _corrupt_image,
+    "nan-pose": _edited_transforms(_nan_pose),
+    "non-rigid-pose": _edited_transforms(_non_rigid_pose),
+    "size-disagrees-with-intrinsics": _edited_transforms(_wrong_size),
+    "truncated-transforms": _bad_bytes(b'{"frames": [{"file_path": "images/0001.jpg", '),
+    "non-utf8-transforms": _bad_bytes(b'{"frames": []}\xff\xfe'),
+    "too-many-train-views": _with_args(["--train-views", "50"], "50"),
+    "eval-overlaps-train": _with_args(["--train-views", "0", "1", "2", "--eval-indices", "2", "5"], "also training views"),
+    "hull-without-masks": _with_args(["--train-views", "3", "--init", "hull"], "needs masks"),
+    "bad-iterations": _with_args(["--train-views", "3", "--iterations", "0"], "--iterations"),
+    "empty-folder": _empty,
+    "missing-folder": lambda fox_dir, tmp: (tmp / "nope", [], "nope"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CAPTURES))
+def test_bad_input_is_one_line_and_writes_no_run_folder(fox_dir, tmp_path, capsys, case):
+    """The README's promise: bad input exits 2 with one line naming the problem, and --out is never created."""
+    data, args, needle = BAD_CAPTURES[case](fox_dir, tmp_path)
+    out = tmp_path / "run"
+    code, err = _run_cli(["fit", str(data), "--out", str(out), *TINY, *args], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert needle in lines[0], err
+    assert not out.exists()
+
+
+def test_eval_bad_input_is_one_line_and_writes_nothing(capture, tmp_path, capsys):
+    out = tmp_path / "run"
+    RunDir(out).mark("running", kind="capture")  # an unfinished run
+    code, err = _run_cli(["eval", str(out), "--cameras", str(capture / "transforms.json")], capsys)
+    assert code == 2 and "not a complete run folder" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+    code, err = _run_cli(["eval", str(tmp_path / "nowhere"), "--cameras", str(capture / "transforms.json")], capsys)
+    assert code == 2 and "nowhere" in err and "Traceback" not in err, err
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_console_script_help():

@@ -191,7 +191,17 @@ _R2_TOP_KEYS = frozenset({"scanner", "vol", "ct", "bbox", "radius", "proj_train"
 
 
 def _r2_geometry(cfg: Mapping[str, Any], angles: np.ndarray, where: str | Path) -> CTGeometry:
-    """R2-Gaussian / NAF scanner dict ((x, y, z) volume fields, offDetector (u, v)) -> CTGeometry."""
+    """R2-Gaussian / NAF scanner dict ((x, y, z) volume fields, offDetector (u, v)) -> CTGeometry;
+    errors name the file ``where``."""
+    try:
+        return _r2_geometry_fields(cfg, angles, where)
+    except (ValueError, TypeError) as err:  # InputError is a ValueError
+        if isinstance(err, InputError) and err.where == str(where):
+            raise
+        raise InputError(where, f"scanner geometry: {err}") from None
+
+
+def _r2_geometry_fields(cfg: Mapping[str, Any], angles: np.ndarray, where: str | Path) -> CTGeometry:
 
     def vec(key: str, n: int, required: bool = True) -> np.ndarray | None:
         if cfg.get(key) is None:

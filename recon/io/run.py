@@ -18,6 +18,7 @@ A run folder whose ``run.json`` does not say ``complete`` is not a finished resu
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from recon.errors import InputError
 from recon.io.atomic import atomic_write, atomic_write_bytes, atomic_write_json, to_jsonable
 
 __all__ = ["RunDir", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "read_json"]
+
+logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
@@ -46,7 +49,9 @@ def read_json(path: Path) -> Any:
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"not UTF-8 text ({err.reason} at byte {err.start}; expected a JSON file)") from None
     except json.JSONDecodeError as err:
         raise InputError(path, f"not valid JSON ({err})") from None
 
@@ -68,7 +73,12 @@ class RunDir:
     # status ----------------------------------------------------------------
     def status(self) -> dict:
         f = self.root / RUN_FILE
-        return read_json(f) if f.is_file() else {}
+        if not f.is_file():
+            return {}
+        data = read_json(f)
+        if not isinstance(data, dict):
+            raise InputError(f, f"expected a JSON object, got {type(data).__name__}")
+        return data
 
     def is_complete(self) -> bool:
         return self.status().get("status") == "complete"
@@ -100,13 +110,34 @@ class RunDir:
         return path
 
     def append_log(self, record: dict) -> None:
-        """Append one JSON line to ``log.jsonl`` (best effort; a crash loses at most this line)."""
+        """Append one JSON line to ``log.jsonl`` (best effort; a crash loses at most this line).
+        After a crash mid-line the record starts a new line, so only the torn one is lost."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "log.jsonl", "a") as f:
-            f.write(json.dumps(to_jsonable(record)) + "\n")
+        path = self.root / "log.jsonl"
+        torn = False
+        if path.is_file() and path.stat().st_size:
+            with open(path, "rb") as f:
+                f.seek(-1, 2)
+                torn = f.read(1) != b"\n"
+        with open(path, "a") as f:
+            f.write(("\n" if torn else "") + json.dumps(to_jsonable(record)) + "\n")
 
     def read_log(self) -> list[dict]:
+        """The records of ``log.jsonl``; a line that is not a JSON object (one torn by a crash
+        while it was written) is skipped with a warning."""
         f = self.root / "log.jsonl"
         if not f.is_file():
             return []
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(f.read_bytes().decode("utf-8", errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                logger.warning("%s:%d: not a JSON record (torn by a crash?), skipped", f, i)
+        return records

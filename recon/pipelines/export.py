@@ -2,27 +2,54 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 
 from recon.errors import InputError
 from recon.io.ply import read_splat_ply, write_splat_ply
-from recon.io.run import RunDir
+from recon.io.run import RunDir, read_json
 
 
 def load_run_params(run_dir: Path) -> dict:
-    """Model parameters of a run: ``splat.ply`` when complete, else the newest checkpoint."""
+    """Model parameters of a capture run: ``splat.ply`` when complete, else the newest
+    checkpoint (an anchored fit's checkpoint is decoded into its Gaussians, as ``splat.ply``
+    would hold them)."""
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise InputError(run_dir, "run folder not found")
+    kind = run.status().get("kind", "capture")
+    if kind != "capture":
+        raise InputError(run_dir, f"a {kind.upper()} run has no splats to export (expected a capture run of 'recon fit'; "
+                                  "a CT run's volume is volume.nii.gz)")  # fmt: skip
     if run.is_complete() and run.path("splat.ply").is_file():
         return read_splat_ply(run.path("splat.ply"))
     ckpt = run.latest_checkpoint()
     if ckpt is None:
         raise InputError(run_dir, "no splat.ply and no checkpoint to export from")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return {k.removeprefix("params."): v for k, v in state["model"].items()}
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise InputError(ckpt, f"unreadable checkpoint ({str(err).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise InputError(ckpt, "not a checkpoint of 'recon fit' (no model state)")
+    if state.get("model_kind", "gaussians") == "anchored":
+        return _decode_anchored(run, state["model"])
+    return {k.removeprefix("params."): v for k, v in state["model"].items() if k.startswith("params.")}
+
+
+def _decode_anchored(run: RunDir, model_state: dict) -> dict:
+    """The Gaussians an anchored checkpoint decodes into (its config from ``config.json``)."""
+    from recon.splat.anchored import AnchoredConfig, AnchoredGaussians
+
+    config = read_json(run.path("config.json"))
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["anchored"].items()}
+    coords = model_state["coords"]
+    model = AnchoredGaussians(coords, float(model_state["voxel_size"]), torch.zeros(coords.shape[0], 3),
+                              AnchoredConfig(**fields), sh_degree=int(config["sh_degree"]))  # fmt: skip
+    model.load_state_dict(model_state)
+    return {k: v.detach() for k, v in model.to_gaussian_model().params.items()}
 
 
 def export_run(run_dir: Path, fmt: str = "ply", out: Path | None = None) -> Path:

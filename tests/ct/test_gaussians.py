@@ -27,6 +27,8 @@ from recon.ct.voxelize import voxelize
 from recon.errors import InputError
 from recon.splat.projection import quat_scale_to_covar
 
+from tests._floors import assert_loss_falls
+
 from .conftest import MU, cone_geometry, psnr
 
 
@@ -259,7 +261,8 @@ def test_splat_training_reduces_the_loss(phantom24):
     calls = []
     trainer.fit(callback=lambda p: calls.append(p.step))
     assert calls == list(range(1, 13))
-    assert trainer.history[-1]["l1"] < trainer.history[0]["l1"]
+    # two random views a step: one step's L1 is noisy; the last four average ~0.71x the first four
+    assert_loss_falls([h["l1"] for h in trainer.history], k=4, ratio=0.85)
 
 
 def test_density_control_clones_splits_and_prunes(phantom24):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from recon.ct import _joseph_numba as nb
 from recon.ct.geometry import CTGeometry, circular_angles
 from recon.ct.phantoms import ball
 from recon.ct.project import Projector, backproject, forward_project, voxel_driven_backproject
@@ -188,7 +189,6 @@ def test_cuda_matches_cpu(cone_geo):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_numba_twin_matches_torch(name, dtype):
     """The numba CPU kernels and the grid_sample reference agree (forward and adjoint)."""
-    pytest.importorskip("numba")
     g = GEOMETRIES[name]
     x = torch.rand(2, *g.n_voxel, dtype=dtype)
     y = torch.rand(2, *g.projection_shape, dtype=dtype)
@@ -228,7 +228,6 @@ def test_view_groups_and_cache_budget_do_not_change_results(cone_geo, backend):
 def test_numba_pair_is_an_exact_transpose(name, dtype):
     """The numba forward and adjoint share their samples: <A x, y> = <x, A^T y> to rounding
     (tighter than the default pair, whose forward is grid_sample)."""
-    pytest.importorskip("numba")
     g = GEOMETRIES[name]
     P = Projector(g, backend="numba")
     x = torch.rand(g.n_voxel, dtype=dtype)
@@ -240,7 +239,6 @@ def test_numba_pair_is_an_exact_transpose(name, dtype):
 
 def test_numba_adjoint_batch_matches_single_items(cone_geo):
     """The batched adjoint (inner loop over the batch) equals the B = 1 fast path item by item."""
-    pytest.importorskip("numba")
     P = Projector(cone_geo, backend="numba")
     y = torch.rand(3, *cone_geo.projection_shape, dtype=torch.float64)
     batched = P.backproject(y)
@@ -251,9 +249,9 @@ def test_numba_adjoint_batch_matches_single_items(cone_geo):
 def test_numba_adjoint_does_not_depend_on_threads(cone_geo):
     """Threads own disjoint plane ranges, so every voxel sums its rays in the same order
     whatever the thread count: bit-identical results, no races."""
-    nb = pytest.importorskip("recon.ct._joseph_numba")
-    if not nb.AVAILABLE or nb.numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs numba with >= 2 threads")
+    assert nb.AVAILABLE, "numba is a required dependency"
+    if nb.numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs >= 2 numba threads (a machine with >= 2 cores)")
     y = torch.rand(cone_geo.projection_shape)
     one = Projector(cone_geo, backend="numba", num_threads=1).backproject(y)
     two = Projector(cone_geo, backend="numba", num_threads=2).backproject(y)
@@ -263,7 +261,6 @@ def test_numba_adjoint_does_not_depend_on_threads(cone_geo):
 def test_numba_matches_torch_when_most_rays_miss():
     """Detector far wider than the volume: most samples fall outside (zero padding) and rays
     enter and leave through every face; numba and grid_sample agree in both directions."""
-    pytest.importorskip("numba")
     g = cone_geometry(n_views=5, n=8, det=(30, 40), detector_pixel_mm=(1.5, 1.5), n_voxel=(6, 8, 7), offset_origin_mm=(1.0, 2.0, -1.5))
     x = torch.rand(g.n_voxel, dtype=torch.float64)
     y = torch.rand(g.projection_shape, dtype=torch.float64)
@@ -287,9 +284,7 @@ def test_numba_affine_columns_match_plain_kernels(name, dtype):
     spaced in H, so batch 1 takes the affine-column kernels; they agree with the plain numba
     kernels (the batched path) and with grid_sample, in both directions. "flipped" has H
     decreasing along the detector rows (its columns are reversed when the tables are built)."""
-    nb = pytest.importorskip("recon.ct._joseph_numba")
-    if not nb.AVAILABLE:
-        pytest.skip("needs numba")
+    assert nb.AVAILABLE, "numba is a required dependency"
     g = _flipped_rows(GEOMETRIES["cone"]) if name == "flipped" else GEOMETRIES[name]
     P = Projector(g, backend="numba", dtype=dtype)
     plan = P._plan(tuple(range(g.n_views)), torch.device("cpu"), dtype)
@@ -331,7 +326,6 @@ def test_tilted_detector_uses_plain_kernels():
     """A detector tilted about its u axis (v leans towards the source): the rays of a column no
     longer share W on a plane, so the column kernels are not used, and numba still matches
     grid_sample. (Perturbed sources alone keep columns affine: "vectors" takes that path.)"""
-    pytest.importorskip("numba")
     g = GEOMETRIES["cone"]
     vec = g.as_vectors().copy()
     toward_source = vec[:, 0:3] - vec[:, 3:6]

@@ -13,6 +13,7 @@ from recon.io.ply import read_splat_ply
 from recon.io.run import RunDir
 from recon.pipelines.capture import CaptureFitConfig, apply_overrides
 from recon.splat.anchored import AnchoredConfig, AnchoredGaussians
+from tests._floors import blank_floor, run_images
 
 TINY = ["--downscale", "16", "--init-points", "2000", "--eval-views", "2", "--train-views", "3",
         "--anchored.max-anchors", "400", "--anchored.planes", "8", "16"]
@@ -26,9 +27,10 @@ def _cfg(data, out, **kw) -> CaptureFitConfig:
     return CaptureFitConfig(**base)
 
 
+@pytest.mark.slow  # ~25 s: 40 anchored steps
 def test_cli_fit_anchored_writes_complete_run(small_fox, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["fit", str(small_fox), "--out", str(out), "--model", "anchored", "--iterations", "24", *TINY])
+    code = main(["fit", str(small_fox), "--out", str(out), "--model", "anchored", "--iterations", "40", *TINY])
     err = capsys.readouterr().err
     assert code == 0, err
     assert RunDir(out).is_complete()
@@ -38,15 +40,19 @@ def test_cli_fit_anchored_writes_complete_run(small_fox, tmp_path, capsys):
     assert 0 < metrics["n_anchors"] <= 400
     assert 0 < metrics["n_gaussians"] <= 8 * metrics["n_anchors"]
     assert len(list((out / "renders" / "eval").glob("*.png"))) == 2
-    # training did something (the untrained model renders a grey fog: ~9 dB on these views)
-    assert metrics["train"]["mean"]["psnr"] > 12.0, metrics["train"]["mean"]
+    # training did something: the untrained model renders a grey fog (11.7 dB, below the blank
+    # render: the mean training colour as background scores 12.0, SSIM 0.22); 40 steps reach 14.9 dB, 0.28
+    images, background = run_images(out, "train")
+    blank = blank_floor(images, background)
+    assert metrics["train"]["mean"]["psnr"] > blank["psnr"] + 1.5, (metrics["train"]["mean"], blank)
+    assert metrics["train"]["mean"]["ssim"] > blank["ssim"] + 0.03, (metrics["train"]["mean"], blank)
     params = read_splat_ply(out / "splat.ply")
     assert params["means"].shape[0] == metrics["n_gaussians"] and torch.isfinite(params["means"]).all()
     assert params["shN"].shape[1] == 15  # SH degree 3 decoded
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "anchored" and config["anchored"]["max_anchors"] == 400
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["step"] == 24 and log[-1]["n_anchors"] == metrics["n_anchors"]
+    assert log[-1]["step"] == 40 and log[-1]["n_anchors"] == metrics["n_anchors"]
 
 
 def test_resume_continues_from_checkpoint(small_fox, tmp_path):

@@ -12,6 +12,7 @@ from recon.errors import InputError
 from recon.io.run import RunDir
 from recon.pipelines.capture import PRESETS, CaptureFitConfig, apply_overrides
 from recon.splat.regularizers import RegularizerConfig
+from tests._floors import constant_image_scores, untrained_capture_scores
 
 
 def _cfg(data, out, overrides: dict | None = None, **kw) -> CaptureFitConfig:
@@ -32,17 +33,25 @@ SWITCHES = {
     "refine_poses": {"refine_poses": True, "pose_lr": 1e-3},
     "hull": {"init": "hull", "masks": "threshold", "hull_resolution": 32},
     "prune_outliers": {"prune_outliers": True, "outlier_every": 5},
-    "mvs": {"init": "mvs", "mvs_resolution": 120},
+    "mvs": {"init": "mvs", "mvs_resolution": 120, "mvs_max_points": 2000},
 }
 
 
-@pytest.mark.parametrize("name", list(SWITCHES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "coreg" else n for n in SWITCHES])  # coreg: two fields
 def test_each_switch_fits_and_writes_metrics(small_fox, tmp_path, name):
     out = tmp_path / name
-    metrics = _cfg(small_fox, out, SWITCHES[name]).setup().fit()
+    trainer = _cfg(small_fox, out, SWITCHES[name], iterations=30).setup()
+    untrained = untrained_capture_scores(trainer)
+    metrics = trainer.fit()
     assert RunDir(out).is_complete()
     saved = json.loads((out / "metrics.json").read_text())
-    assert math.isfinite(saved["eval"]["mean"]["psnr"]) and saved["eval"]["mean"]["psnr"] > 5.0
+    # training did something. Plain preset, black background: a black image scores 4.8 dB on the
+    # eval view, the untrained model 6.4-8.4 (train 6.9-9.2); 30 steps gain 2.8-3.9 dB on the
+    # eval view and 3.5-5 dB on the training views with every switch
+    black = constant_image_scores(trainer.eval.images, (0.0, 0.0, 0.0))
+    got = saved["eval"]["mean"]
+    assert got["psnr"] > max(untrained["eval"]["psnr"] + 1.5, black["psnr"] + 4.0), (got, untrained, black)
+    assert saved["train"]["mean"]["psnr"] > untrained["train"]["psnr"] + 2.5, (saved["train"]["mean"], untrained)
     assert saved["n_gaussians"] == metrics["n_gaussians"] > 0
     config = json.loads((out / "config.json").read_text())
     for key, value in SWITCHES[name].items():
@@ -178,7 +187,7 @@ def test_cli_preset_and_nested_flags(small_fox, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["fit", str(small_fox), "--out", str(out), "--train-views", "3", "--downscale", "16",
                  "--iterations", "6", "--init-points", "500", "--eval-views", "1",
-                 "--preset", "fewview", "--reg.dropout", "0.2"])
+                 "--preset", "fewview", "--reg.dropout", "0.2", "--mvs-max-points", "2000"])
     assert code == 0, capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "fewview" and config["reg"]["dropout"] == 0.2

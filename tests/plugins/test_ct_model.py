@@ -18,6 +18,7 @@ from recon_nerfstudio.ct_model import ReconCTModel
 from recon_nerfstudio.methods import ct_optimizers, recon_ct
 from recon.ct.gaussians import PARAM_NAMES, GaussianFitConfig, GaussianTrainer, render_xray, xray_cameras
 from recon.pipelines.ct import load_ct_data
+from tests._floors import assert_loss_falls, constant_volume_scores
 
 N_GAUSSIANS = 800
 FIT = GaussianFitConfig()
@@ -117,7 +118,9 @@ def test_image_metrics_and_volume(pipeline):
     metrics, images = model.get_image_metrics_and_images(model.get_outputs_for_camera(camera), batch)
     assert {"psnr", "ssim", "psnr_3d"} <= metrics.keys()
     assert 15.0 < metrics["psnr"] < 60.0 and 0.0 < metrics["ssim"] <= 1.0
-    assert 10.0 < metrics["psnr_3d"] < 60.0
+    # the SART-initialised Gaussians are a reconstruction already (23.5 dB), far from blank (14.1)
+    blank = constant_volume_scores(model.reference)
+    assert blank["psnr_3d"] + 5.0 < metrics["psnr_3d"] < 60.0, (metrics["psnr_3d"], blank)
     assert images["img"].shape == (32, 64, 3) and images["slices"].shape == (16, 32, 3)
     vol = model.volume()
     assert vol.shape == (16, 16, 16) and vol is model.volume()  # cached for the step
@@ -151,6 +154,33 @@ def test_training_steps_density_control_and_decay_horizon(ct_scan):
     assert lr["densities"] == pytest.approx(FIT.lr_densities * FIT.lr_final_ratio)
     factor = optimizers.schedulers["means"].lr_lambdas[0]
     assert factor.max_steps == 8 and factor.lr_scale == 2.0
+
+
+def eval_scores(pipe) -> list[dict]:
+    """``get_image_metrics_and_images`` of every eval projection."""
+    pipe.eval()
+    out = []
+    for i in range(len(pipe.datamanager.eval_dataset)):
+        camera, batch = pipe.datamanager.next_eval_image(i)
+        out.append(pipe.model.get_image_metrics_and_images(pipe.model.get_outputs_for_camera(camera), batch)[0])
+    return out
+
+
+def test_training_lowers_the_loss_and_improves_the_held_out_projections(ct_scan, one_thread):
+    """60 steps (12 recon steps) from the SART-initialised Gaussians: the loss halves (first ten
+    0.084, last ten 0.039), the held-out projections gain ~6.6 dB (27.0 -> 33.6) and SSIM ~0.1."""
+    config = ct_config(ct_scan)
+    pipe = config.pipeline.setup(device="cpu", test_mode="val")
+    before = eval_scores(pipe)
+    _, losses = run_steps(pipe, config, 60, max_num_iterations=60)
+    assert_loss_falls(losses, k=10, ratio=0.7)
+    after = eval_scores(pipe)
+    assert len(after) == 2
+    for b, a in zip(before, after):
+        assert a["psnr"] > b["psnr"] + 3.0 and a["ssim"] > b["ssim"] + 0.04, (b, a)
+    # the volume stays a reconstruction (23.1 dB; the 3D score dips early in a fit, then rises)
+    blank = constant_volume_scores(pipe.model.reference)
+    assert after[0]["psnr_3d"] > blank["psnr_3d"] + 5.0, (after[0]["psnr_3d"], blank)
 
 
 def test_checkpoint_resize_and_inference_mode(ct_scan):
@@ -201,7 +231,7 @@ def test_cuda_pipeline_trains(ct_scan):
 
 
 # ---------------------------------------------------------------------- ns-train / ns-eval
-ITERATIONS = 6
+ITERATIONS = 30
 
 
 @pytest.mark.slow  # imports every nerfstudio method config (~20 s on a busy 2-core machine)
@@ -216,7 +246,7 @@ def test_ns_train_recon_ct_then_ns_eval(ct_scan, tmp_path):
         "--timestamp", "run", "--max-num-iterations", str(ITERATIONS), "--vis", "tensorboard",
         "--steps-per-eval-image", "3", "--steps-per-eval-all-images", "1000",
         "--pipeline.model.n-gaussians", str(N_GAUSSIANS), "--pipeline.model.densify-from", "2",
-        "--pipeline.model.densify-every", "2", "recon-ct-data", "--views", "8",
+        "--pipeline.model.densify-every", "2", "--pipeline.model.densify-until", "4", "recon-ct-data", "--views", "8",
     ]  # fmt: skip
     train_main(tyro.cli(AnnotatedBaseConfigUnion, args=args))
     run_dir = tmp_path / "phantom" / "recon-ct" / "run"
@@ -235,7 +265,16 @@ def test_ns_train_recon_ct_then_ns_eval(ct_scan, tmp_path):
     out = tmp_path / "eval.json"
     tyro.cli(ComputePSNR, args=["--load-config", str(run_dir / "config.yml"), "--output-path", str(out)]).main()
     results = json.loads(out.read_text())["results"]
-    assert 15.0 < results["psnr"] < 60.0 and 10.0 < results["psnr_3d"] < 60.0
+    assert results["psnr"] < 60.0 and results["psnr_3d"] < 60.0
+    # training did something: the same pipeline without the checkpoint (SART-initialised
+    # Gaussians) scores 25.2 dB / SSIM 0.81 on the held-out projections, 30 steps 31.6 / 0.90;
+    # the volume (22.0 dB) is far from blank (the best constant volume: 14.1)
+    untrained = config.pipeline.setup(device="cpu", test_mode="test")
+    untrained.eval()
+    before = untrained.get_average_eval_image_metrics()
+    assert results["psnr"] > before["psnr"] + 2.0 and results["ssim"] > before["ssim"] + 0.02, (results, before)
+    blank = constant_volume_scores(untrained.model.reference)
+    assert results["psnr_3d"] > blank["psnr_3d"] + 5.0, (results, blank)
 
     # resume (--load-dir): the optimisers follow the checkpoint's resized Parameters, decays the new horizon
     from nerfstudio.engine.trainer import Trainer

@@ -6,14 +6,13 @@ import copy
 import math
 import re
 
+import gsplat.strategy as gsplat_strategy
 import pytest
 import torch
 from torch import nn
 
 from recon.splat.model import GaussianModel
 from recon.splat.strategy import DensifyStrategy, _duplicate, _remove, _reset_opacities, _split
-
-gsplat_strategy = pytest.importorskip("gsplat.strategy")
 
 W = H = 100  # grads scale by W/2 * C = 50 with one camera
 HIGH, LOW = 1e-3, 1e-7  # -> normalised 0.05 and 5e-6 against grow_grad2d = 2e-4

@@ -136,7 +136,7 @@ class Poses:
     """Seed of COLMAP's random choices (same input, same poses)."""
 
     def run(self) -> None:
-        from recon.poses import estimate_poses
+        from recon.poses.colmap import estimate_poses
 
         console.print(f"estimating poses of {self.images} (SIFT, {self.matcher} matching)...")
         report = estimate_poses(

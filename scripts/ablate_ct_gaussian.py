@@ -3,7 +3,7 @@
 Same data as ``scripts/bench_ct_sparse.py`` (it must have run first: it simulates the scans):
 the 128^3 chest at ``--views`` views. Rows, all with the same loss (L1 + 0.25 D-SSIM + TV):
 
-* ``tv``: :class:`recon.ct.tv.TVTrainer`, defaults (voxels as the parameters);
+* ``tv``: :class:`recon.ct.tv_trainer.TVTrainer`, defaults (voxels as the parameters);
 * ``gaussian``: :class:`recon.ct.gaussians.GaussianTrainer`, defaults;
 * ``gaussian, TV weight 0.1``: the voxel method's TV weight;
 * ``gaussian, all views per step``: ``batch_views = V`` (no view sampling noise);
@@ -57,7 +57,7 @@ def main() -> int:
     from recon.ct.formats import read_r2gaussian
     from recon.ct.gaussians import GaussianFitConfig, GaussianTrainer
     from recon.ct.metrics import psnr_3d, ssim_3d
-    from recon.ct.tv import TVConfig, TVTrainer
+    from recon.ct.tv_trainer import TVConfig, TVTrainer
 
     torch.manual_seed(0)
     data = read_r2gaussian(data_dir)

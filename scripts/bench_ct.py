@@ -94,7 +94,7 @@ def ours_times(repeats: int, threads: int | str | None, backend: str) -> dict:
     import numpy as np
     import torch
 
-    from recon.ct.geometry import CTGeometry, circular_angles
+    from recon.geometry.ct import CTGeometry, circular_angles
     from recon.ct.project import Projector
 
     geo = CTGeometry(

@@ -57,7 +57,7 @@ from PIL import Image, ImageDraw, ImageFont
 from recon.ct.analytic import fbp
 from recon.ct.cor import CORResult, cor_from_mirrored_projections, estimate_cor
 from recon.ct.formats import ClippedTransmissionWarning, counts_to_line_integrals
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.ct.metrics import psnr_3d, ssim_3d
 from recon.ct.project import Projector
 from recon.ct.sart import sart
@@ -339,7 +339,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # FBP/SART on boxes wider than the reconstruction circle log a truncation warning per call
-    logging.getLogger("recon.ct.geometry").setLevel(logging.ERROR)
+    logging.getLogger("recon.geometry.ct").setLevel(logging.ERROR)
     logging.getLogger("recon.ct.formats").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ def run_method(name: str, data: Path, out: Path, args) -> dict:
     elif name == "sart":
         cmd = CTFit(data, method="sart", iterations=args.sart_iterations, **kw)
     elif name == "tv":
-        from recon.ct.tv import TVConfig
+        from recon.ct.tv_trainer import TVConfig
 
         t = TVConfig() if args.tv_iterations is None else TVConfig(iterations=args.tv_iterations)
         cmd = CTFit(data, method="tv", tv=t, **kw)

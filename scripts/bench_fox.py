@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recon.io.capture import load_capture
-from recon.io.views import farthest_point_views
+from recon.geometry.view_selection import farthest_point_views
 from recon.pipelines.capture import CaptureFitConfig
 
 ROOT = Path(__file__).resolve().parents[1]

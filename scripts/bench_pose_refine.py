@@ -3,7 +3,7 @@
 Protocol: the fox views of ``scripts/bench_fox.py`` (K training views by farthest-point sampling, 8
 shared evaluation views). The training poses except the first are perturbed by exactly
 ``--rot-deg`` degrees about a random axis and a centre shift of ``--trans-frac`` x the scene scale
-(:func:`recon.pose_refine.perturb_poses`); the first training view stays calibrated because the
+(:func:`recon.poses.refine.perturb_poses`); the first training view stays calibrated because the
 refiner holds it fixed to pin the world frame; evaluation views keep their calibrated poses.
 Three fits with the same views, steps and seed:
 
@@ -40,15 +40,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_fox import machine_line, protocol_parser, protocol_views
 
-from recon.cameras import opengl_c2w_to_w2c, w2c_to_opengl_c2w
+from recon.geometry.cameras import opengl_c2w_to_w2c, w2c_to_opengl_c2w
 from recon.io.atomic import atomic_write_json
 from recon.io.capture import load_capture
 from recon.io.images import load_views
 from recon.io.ply import read_splat_ply
 from recon.pipelines.capture import CaptureFitConfig, _rasterize
-from recon.pose_refine import PoseRefineConfig, perturb_poses
+from recon.poses.refine import PoseRefineConfig, perturb_poses
 from recon.splat.model import GaussianModel
-from recon.poses import align_sim3, pose_errors
+from recon.poses.align import align_sim3, pose_errors
 
 
 def perturbed_capture(data: Path, out: Path, train: list[int], rot_deg: float, trans_frac: float, seed: int) -> Path:

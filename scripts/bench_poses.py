@@ -1,7 +1,7 @@
 """Benchmark pose estimation from few photos against calibrated poses (the fox capture).
 
 For each K, K views are picked by farthest-point sampling on the calibrated camera centres
-(``recon.io.views.farthest_point_views``, nested: the K=4 views are the first 4 of K=6 ...),
+(``recon.geometry.view_selection.farthest_point_views``, nested: the K=4 views are the first 4 of K=6 ...),
 their poses are estimated from the photos alone with ``recon.poses.estimate_poses`` (SIFT on
 images downscaled to ``--max-size``), the registered cameras are aligned to the calibrated
 ones by a Sim(3) fit of the centres (Umeyama), and rotation / centre / focal errors are scored.
@@ -31,8 +31,9 @@ from rich.table import Table
 
 from recon.errors import InputError
 from recon.io.capture import load_capture
-from recon.io.views import farthest_point_views
-from recon.poses import align_sim3, estimate_poses, pose_errors
+from recon.geometry.view_selection import farthest_point_views
+from recon.poses.align import align_sim3, pose_errors
+from recon.poses.colmap import estimate_poses
 
 COLUMNS = [
     ("K", "k", "{}"),

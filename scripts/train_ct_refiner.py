@@ -1,4 +1,4 @@
-"""Train the sparse-view CT refiner (``recon.ct.refine.VolumeRefiner``) on CPU, evaluate it on
+"""Train the sparse-view CT refiner (``recon.prior.ct_refiner.VolumeRefiner``) on CPU, evaluate it on
 held-out scans, and write the shipped weights with their model card.
 
 Training data: the real chest CT ``lidc_idri_0001_ds2`` from the shared data (HU -> mu =
@@ -59,9 +59,9 @@ HEAD = DATA_DIR / "vtk_headsq_ct.npz"
 
 from recon.ct.analytic import fdk  # noqa: E402
 from recon.ct.formats import hu_to_mu  # noqa: E402
-from recon.ct.geometry import CTGeometry, circular_angles  # noqa: E402
+from recon.geometry.ct import CTGeometry, circular_angles  # noqa: E402
 from recon.ct.metrics import psnr_3d, ssim_3d  # noqa: E402
-from recon.ct.refine import DEFAULT_WEIGHTS, VolumeRefiner, load_refiner, refine_volume  # noqa: E402
+from recon.prior.ct_refiner import DEFAULT_WEIGHTS, VolumeRefiner, load_refiner, refine_volume  # noqa: E402
 from recon.ct.simulate import simulate_projections  # noqa: E402
 from recon.io.run import atomic_torch_save, atomic_write_json  # noqa: E402
 from recon.pipelines.ct import CTSimulate, load_volume_file, resample_volume  # noqa: E402
@@ -363,14 +363,14 @@ def model_card(path: Path, model: VolumeRefiner, info: dict, results: dict, weig
     n_params = sum(p.numel() for p in model.parameters())
     c = model.config
     lines = [
-        "# CT refiner (`recon.ct.refine.VolumeRefiner`)",
+        "# CT refiner (`recon.prior.ct_refiner.VolumeRefiner`)",
         "",
         "Sparse U-Net (`recon.sparse.nets.MinkUNet`, pure-torch backend) that adds a learned residual to a",
         (
             "sparse-view CT reconstruction on its non-air voxels (smoothed value > "
             f"{c.threshold} x mu_water, holes filled per slice, dilated by {c.margin_vox} voxels); air is left as is."
         ),
-        "Use: `recon ct fit DATA --method fdk --refine` or `recon.ct.refine.refine_volume(volume, load_refiner())`.",
+        "Use: `recon ct fit DATA --method fdk --refine` or `recon.prior.ct_refiner.refine_volume(volume, load_refiner())`.",
         "",
         "## Model",
         f"- planes {list(c.planes)}, layers {list(c.layers)}; inputs: value / {c.value_scale_per_mm} per mm"

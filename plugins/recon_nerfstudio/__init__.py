@@ -7,7 +7,7 @@ Registered from ``pyproject.toml`` (entry points, so ``ns-train`` / ``ns-eval`` 
   :func:`recon.splat.rasterize.rasterization` (our numba rasteriser on CPU, gsplat on CUDA) and
   densified by :class:`recon.splat.strategy.DensifyStrategy`;
 * dataparser ``recon-fewview`` (:mod:`.dataparser`): a nerfstudio capture cut down to K training
-  views spread by :func:`recon.io.views.farthest_point_views`;
+  views spread by :func:`recon.geometry.view_selection.farthest_point_views`;
 * method ``recon-ct`` (:mod:`.methods`, :mod:`.ct_model`): recon's radiative Gaussians
   (:mod:`recon.ct.gaussians`) trained on X-ray projections, initialised, rendered and densified
   by recon;

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from recon.cameras import CameraSet, Intrinsics, opengl_c2w_to_w2c, w2c_to_opengl_c2w
+from recon.geometry.cameras import CameraSet, Intrinsics, opengl_c2w_to_w2c, w2c_to_opengl_c2w
 from recon.ct.gaussians import XrayCameras
 
 __all__ = ["viewmats_from_c2w", "camera_set_from_nerfstudio", "cameras_from_xray", "xray_cameras_from_nerfstudio"]
@@ -36,7 +36,7 @@ def viewmats_from_c2w(c2w: Tensor) -> Tensor:  # c2w: [C, 3, 4] (or [C, 4, 4])
 
 
 def camera_set_from_nerfstudio(cameras) -> CameraSet:  # cameras: nerfstudio Cameras [N]
-    """nerfstudio pinhole ``Cameras`` (one batch dimension) -> :class:`recon.cameras.CameraSet`.
+    """nerfstudio pinhole ``Cameras`` (one batch dimension) -> :class:`recon.geometry.cameras.CameraSet`.
 
     Intrinsics are taken as stored (after any ``rescale_output_resolution``); OpenCV distortion
     ``k1, k2, k3, p1, p2`` is carried over. Raises ``ValueError`` for other camera models or a

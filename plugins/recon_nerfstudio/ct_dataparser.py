@@ -36,7 +36,7 @@ from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from recon.ct.formats import CTData
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.ct.gaussians import xray_cameras
 from recon.errors import InputError
 from recon.pipelines.ct import load_ct_data, load_volume_file

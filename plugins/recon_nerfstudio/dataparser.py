@@ -5,7 +5,7 @@ It runs nerfstudio's own ``Nerfstudio`` parser (``transforms.json``: nerfstudio,
 scale nerfstudio applies are computed once from every camera and are the same for both splits;
 then it keeps
 
-* training: K views by :func:`recon.io.views.split_views` (farthest-point sampling on camera
+* training: K views by :func:`recon.geometry.view_selection.split_views` (farthest-point sampling on camera
   centres, the same choice ``recon fit --train-views K`` makes; it does not change under
   nerfstudio's rigid motion and uniform scale of the world);
 * evaluation: every other view (``--eval-views -1``) or N of them spread the same way.
@@ -28,7 +28,7 @@ from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from recon.errors import InputError
-from recon.io.views import split_views
+from recon.geometry.view_selection import split_views
 
 from .convert import camera_set_from_nerfstudio
 

@@ -29,7 +29,7 @@ import math
 import numpy as np
 import torch
 
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.ct.project import torch_threads, voxel_driven_backproject
 from recon.errors import InputError
 

@@ -3,7 +3,7 @@
 A misplaced rotation axis is the most common calibration error of real tomography data: the
 axis does not project onto the detector centre, and a reconstruction that assumes it does
 shows doubled edges and half-circle arcs. Here the axis position is estimated from the
-projections alone and expressed as the detector shift of :class:`~recon.ct.geometry.CTGeometry`.
+projections alone and expressed as the detector shift of :class:`~recon.geometry.ct.CTGeometry`.
 
 Sign convention (checked by ``tests/ct/test_cor.py`` against the projector)
 --------------------------------------------------------------------------
@@ -70,7 +70,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -686,7 +686,7 @@ def cor_by_image_quality(
             row_scale.extend(float(max(m, 1e-30)) for m in np.median(vals, axis=1))
         return (vals / np.asarray(row_scale)[:, None]).mean(axis=0)
 
-    with _quiet("recon.ct.geometry"):
+    with _quiet("recon.geometry.ct"):
         if search_px is None:
             coarse = center_px + np.arange(-math.floor(lim), math.floor(lim) + 1, 1.0)
             c_vals = evaluate(coarse)

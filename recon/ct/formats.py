@@ -1,6 +1,6 @@
 """CT file formats: projection datasets, raw detector counts, volumes, HU <-> attenuation.
 
-Every reader returns arrays in the conventions of :mod:`recon.ct.geometry`: volumes
+Every reader returns arrays in the conventions of :mod:`recon.geometry.ct`: volumes
 ``[z, y, x]``, projections ``[views, v, u]`` with row 0 the top (+z) detector row (TIGRE's
 layout), geometry in mm. Conversions happen here, at the boundary:
 
@@ -33,8 +33,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from recon.ct._util import atomic_write, atomic_write_text, check_finite, save_npy
-from recon.ct.geometry import CTGeometry
+from recon.checks import check_finite
+from recon.io.atomic import atomic_save_npy, atomic_write_path, atomic_write_text
+from recon.geometry.ct import CTGeometry
 from recon.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -366,7 +367,7 @@ def write_r2gaussian(
         volume = np.asarray(volume, dtype=np.float32)
         if volume.shape != geometry.n_voxel:
             raise InputError("volume", f"shape {list(volume.shape)} does not match n_voxel {list(geometry.n_voxel)} (z, y, x)")
-        save_npy(out_dir / "vol_gt.npy", np.ascontiguousarray(np.transpose(volume, (2, 1, 0))))
+        atomic_save_npy(out_dir / "vol_gt.npy", np.ascontiguousarray(np.transpose(volume, (2, 1, 0))))
         meta["vol"] = "vol_gt.npy"
     size = np.asarray(geometry.volume_size_mm[::-1])
     off = np.asarray(geometry.offset_origin_mm[::-1])
@@ -380,7 +381,7 @@ def write_r2gaussian(
         entries = []
         for i in range(proj.shape[0]):
             name = f"{split}/{split}_{i:04d}.npy"
-            save_npy(out_dir / name, np.ascontiguousarray(proj[i][::-1]))
+            atomic_save_npy(out_dir / name, np.ascontiguousarray(proj[i][::-1]))
             entries.append({"file_path": name, "angle": float(geo.angles_rad[i])})
         meta[split] = entries
     if "proj_test" not in meta:
@@ -509,7 +510,7 @@ def write_naf_pickle(
         with open(p, "wb") as f:
             pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
 
-    return atomic_write(path, _write)
+    return atomic_write_path(path, _write)
 
 
 # ---------------------------------------------------------------------- projection stacks
@@ -569,11 +570,11 @@ def write_projection_stack(path: str | Path, projections: np.ndarray, geometry: 
     projections = _check_projections(projections, geometry, path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        save_npy(path, projections)
+        atomic_save_npy(path, projections)
     elif suffix in (".tif", ".tiff"):
         import tifffile
 
-        atomic_write(path, lambda p: tifffile.imwrite(p, projections))
+        atomic_write_path(path, lambda p: tifffile.imwrite(p, projections))
     else:
         raise InputError(path, f"unknown projection stack type {suffix!r} (expected .npy, .tif or .tiff)")
     geometry.to_json(path.with_name(path.name[: -len(path.suffix)] + ".json"))
@@ -620,7 +621,7 @@ def write_nifti(path: str | Path, volume: np.ndarray, voxel_mm: Sequence[float] 
         if real != p:
             real.replace(p)
 
-    return atomic_write(tmp_target, _write)
+    return atomic_write_path(tmp_target, _write)
 
 
 def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -709,7 +710,7 @@ def write_dicom_series(
         ds.RescaleType = "HU"
         ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         target = folder / f"slice_{k:04d}.dcm"
-        atomic_write(target, lambda p, ds=ds: ds.save_as(p, enforce_file_format=True))
+        atomic_write_path(target, lambda p, ds=ds: ds.save_as(p, enforce_file_format=True))
     del pydicom
     return folder
 
@@ -780,7 +781,7 @@ def write_tiff_stack(path: str | Path, volume: np.ndarray, voxel_mm: Sequence[fl
 
     vol = _check_volume(volume, path).astype(np.float32)
     dz, dy, dx = _spacing(voxel_mm, path)
-    return atomic_write(
+    return atomic_write_path(
         path,
         lambda p: tifffile.imwrite(p, vol, imagej=True, resolution=(1.0 / dx, 1.0 / dy), metadata={"spacing": dz, "unit": "mm", "axes": "ZYX"}),
     )
@@ -839,7 +840,7 @@ def write_volume(path: str | Path, volume: np.ndarray, voxel_mm: Sequence[float]
     path = Path(path)
     name = path.name.lower()
     if name.endswith(".npy"):
-        return save_npy(path, _check_volume(volume, path))
+        return atomic_save_npy(path, _check_volume(volume, path))
     if name.endswith(".nii") or name.endswith(".nii.gz"):
         return write_nifti(path, volume, voxel_mm)
     if name.endswith(".tif") or name.endswith(".tiff"):

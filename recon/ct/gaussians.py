@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recon.ct.geometry import CTGeometry, normalize_view_indices
+from recon.geometry.ct import CTGeometry, normalize_view_indices
 from recon.ct.objective import ViewBatches, checked_projections, exponential_lr, initial_volume, projection_loss, seed_all
 from recon.ct.project import Projector, torch_threads
 from recon.ct.voxelize import VoxelGrid, tv_3d, voxelize

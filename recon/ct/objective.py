@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.ct.project import Projector
 from recon.errors import InputError
 from recon.metrics import ssim

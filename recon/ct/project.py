@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from recon.ct import _joseph_numba as _nb
-from recon.ct.geometry import CTGeometry, normalize_view_indices
+from recon.geometry.ct import CTGeometry, normalize_view_indices
 from recon.errors import InputError
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.ct.project import Projector, torch_threads
 from recon.errors import InputError
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from recon.ct.formats import MU_WATER_PER_MM, hu_to_mu, write_r2gaussian
-from recon.ct.geometry import CTGeometry, circular_angles
+from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.project import Projector
 from recon.errors import InputError
 

@@ -17,7 +17,7 @@ grids and CUDA). ``"auto"``: numba for CPU tensors when numba is installed, else
 Gradients flow to the centres, quaternions, scales and densities (through the precision
 matrix, in torch) with either backend; tests compare them.
 
-Grids: :class:`VoxelGrid` is the voxel lattice of a :class:`~recon.ct.geometry.CTGeometry`
+Grids: :class:`VoxelGrid` is the voxel lattice of a :class:`~recon.geometry.ct.CTGeometry`
 (same voxel-centre convention) or a crop of it (:meth:`VoxelGrid.crop`, used for random TV
 patches).
 """
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from recon.ct import _voxelize_numba as _nb
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.errors import InputError
 from recon.splat.projection import quat_to_rotmat
 
@@ -56,7 +56,7 @@ class VoxelGrid:
 
     @classmethod
     def from_geometry(cls, geometry: CTGeometry) -> VoxelGrid:
-        """The reconstruction grid of ``geometry`` (voxel centres as in :mod:`recon.ct.geometry`)."""
+        """The reconstruction grid of ``geometry`` (voxel centres as in :mod:`recon.geometry.ct`)."""
         zc, yc, xc = geometry.voxel_centers_mm()
         return cls(tuple(geometry.n_voxel), tuple(geometry.voxel_mm), (float(xc[0]), float(yc[0]), float(zc[0])))
 

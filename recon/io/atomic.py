@@ -1,39 +1,101 @@
-"""Atomic file writes: readers never see a partial file, an interrupted write keeps the old one."""
+"""Atomic file writes, the one writer every module uses: readers never see a partial file, and
+an interrupted or failed write keeps the old file.
+
+Mechanism (:func:`atomic_path`): write to a hidden temporary file in the destination folder
+(same suffix, so libraries that dispatch on the extension keep working), fsync it, then
+``os.replace`` it over the destination. Permissions follow the process umask, as a plain
+``open(path, "w")`` would.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "atomic_path",
+    "atomic_save_npy",
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_path",
+    "atomic_write_text",
+    "to_jsonable",
+]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Call ``write(f)`` on a temp file in the destination folder, fsync, then rename over ``path``."""
+def _suffix(name: str) -> str:
+    """The compound suffix libraries dispatch on (``.nii.gz``, ``.png``, ``.json``)."""
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; on success it replaces ``path``
+    (fsynced), on any exception (Ctrl-C included) it is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{_suffix(path.name)}")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Call ``write(f)`` on a binary file object, atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
+
+
+def atomic_write_path(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp_path)`` for libraries that write to a path themselves (nibabel, pydicom,
+    tifffile, matplotlib); ``tmp_path`` has ``path``'s suffix. Atomic (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
+    """``np.save`` to exactly ``path`` (no ``.npy`` appended), atomically."""
+    return atomic_write(path, lambda f: np.save(f, array))
+
+
+def atomic_torch_save(path: str | Path, obj: Any) -> Path:
+    """``torch.save`` atomically: an interrupted save never replaces a good checkpoint."""
+    import torch
+
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -54,5 +116,6 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (see :func:`to_jsonable`), atomically."""
+    """Write ``obj`` as indented JSON (see :func:`to_jsonable`), atomically. An object that
+    cannot be encoded raises before anything is written."""
     return atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=2) + "\n").encode())

@@ -17,7 +17,7 @@ Supported layouts, detected by :func:`load_capture`:
 
 Frames are sorted by their image path (plain string order, which is also the order LLFF's
 ``poses_bounds.npy`` rows follow). Poses are converted to the internal convention
-(:mod:`recon.cameras`: OpenCV world-to-camera) and validated; bad input raises
+(:mod:`recon.geometry.cameras`: OpenCV world-to-camera) and validated; bad input raises
 :class:`~recon.errors.InputError` naming the file.
 """
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recon.cameras import (
+from recon.geometry.cameras import (
     CameraSet,
     Intrinsics,
     _as_index_list,
@@ -93,7 +93,7 @@ _INTRINSIC_KEYS = (
 
 @dataclass
 class Capture:
-    """Posed images of one scene, cameras in the internal convention (:mod:`recon.cameras`)."""
+    """Posed images of one scene, cameras in the internal convention (:mod:`recon.geometry.cameras`)."""
 
     root: Path
     """Folder the capture was read from (relative paths in its files are relative to it)."""

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from recon.cameras import CameraSet, Intrinsics, _as_index_list
+from recon.geometry.cameras import CameraSet, Intrinsics, _as_index_list
 from recon.errors import InputError
 
 if TYPE_CHECKING:

@@ -34,15 +34,15 @@ import torch
 import tyro
 from torch import Tensor
 
-from recon.cameras import CameraSet
+from recon.geometry.cameras import CameraSet
 from recon.errors import InputError
 from recon.io.capture import Capture, load_capture
 from recon.io.images import load_views, save_image, side_by_side
 from recon.io.ply import write_splat_ply
 from recon.io.run import RunDir, atomic_write_json
-from recon.io.views import split_views
+from recon.geometry.view_selection import split_views
 from recon.metrics import score_images, ssim
-from recon.pose_refine import PoseRefineConfig, PoseRefiner
+from recon.poses.refine import PoseRefineConfig, PoseRefiner
 from recon.splat.anchored import AnchoredConfig, AnchoredGaussians, set_learning_rates
 from recon.splat.hull import compute_masks, hull_points
 from recon.splat.points import photo_consistent_points, scene_bounds, statistical_outliers

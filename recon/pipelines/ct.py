@@ -46,11 +46,12 @@ from recon.ct.formats import (
     write_nifti,
 )
 from recon.ct.gaussians import GaussianFitConfig, GaussianTrainer
-from recon.ct.geometry import CTGeometry, circular_angles
+from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.metrics import psnr_3d, ssim_3d
-from recon.ct.tv import TVConfig
+from recon.ct.tv_trainer import TVConfig
 from recon.errors import InputError
 from recon.io.images import save_image
+from recon.io.atomic import atomic_save_npy
 from recon.io.run import RunDir, atomic_torch_save, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -268,10 +269,10 @@ class CTFit:
     """TV method hyperparameters."""
     refine: bool = False
     """Refine the reconstruction's non-air voxels with the learned sparse U-Net
-    (recon.ct.refine); volume.npy is then the refined volume, volume_unrefined.npy the input."""
+    (recon.prior.ct_refiner); volume.npy is then the refined volume, volume_unrefined.npy the input."""
     refiner_path: Path | None = None
     """Refiner weights folder (config.json + diffusion_pytorch_model.safetensors); default: the
-    shipped recon/ct/weights/ct_refiner."""
+    shipped recon/prior/weights/ct_refiner."""
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> tuple[CTData, np.ndarray | None]:
@@ -312,7 +313,7 @@ class CTFit:
         if self.refiner_path is not None and not self.refine:
             raise InputError("--refiner-path", "given without --refine (add --refine to use it)")
         if self.refine:
-            from recon.ct.refine import load_refiner
+            from recon.prior.ct_refiner import load_refiner
 
             self._refiner = load_refiner(self.refiner_path)  # a missing weights folder fails here, before any output
         _check_out_dir(Path(self.out), self.resume, self.overwrite)
@@ -445,7 +446,7 @@ class CTFit:
         return cfg if self.iterations is None else dataclasses.replace(cfg, iterations=self.iterations)
 
     def _tv(self, data: CTData, run: RunDir, progress: ProgressFn | None, extra: dict) -> np.ndarray:
-        from recon.ct.tv import TVTrainer
+        from recon.ct.tv_trainer import TVTrainer
 
         cfg = self._iterations(self.tv)
         trainer, common = self._train(
@@ -473,7 +474,7 @@ class CTFit:
 
     def _apply_refiner(self, volume: np.ndarray, extra: dict) -> np.ndarray:
         """The learned refiner on the reconstruction's non-air voxels (air unchanged)."""
-        from recon.ct.refine import DEFAULT_WEIGHTS, load_refiner, refine_volume
+        from recon.prior.ct_refiner import DEFAULT_WEIGHTS, load_refiner, refine_volume
 
         model = getattr(self, "_refiner", None)
         if model is None:
@@ -496,11 +497,9 @@ class CTFit:
     ) -> dict:  # fmt: skip
         geo = data.geometry
         volume = np.ascontiguousarray(volume, dtype=np.float32)
-        from recon.ct._util import save_npy
-
-        save_npy(run.path("volume.npy"), volume)
+        atomic_save_npy(run.path("volume.npy"), volume)
         if unrefined is not None:
-            save_npy(run.path("volume_unrefined.npy"), np.ascontiguousarray(unrefined, dtype=np.float32))
+            atomic_save_npy(run.path("volume_unrefined.npy"), np.ascontiguousarray(unrefined, dtype=np.float32))
         zc, yc, xc = geo.voxel_centers_mm()
         write_nifti(run.path("volume.nii.gz"), volume, geo.voxel_mm, origin_mm=(float(xc[0]), float(yc[0]), float(zc[0])))
         write_slice_pngs(run.path("slices"), volume, reference, geo.voxel_mm)

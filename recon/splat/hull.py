@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recon.cameras import CameraSet
+from recon.geometry.cameras import CameraSet
 from recon.splat.points import sample_colours, scene_bounds
 
 __all__ = ["compute_masks", "hull_points", "hull_surface", "visual_hull", "voxel_centres"]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recon.cameras import CameraSet
+from recon.geometry.cameras import CameraSet
 from recon.splat.points import look_at_centre
 
 logger = logging.getLogger(__name__)

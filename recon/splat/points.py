@@ -17,7 +17,7 @@ import logging
 import torch
 from torch import Tensor
 
-from recon.cameras import CameraSet
+from recon.geometry.cameras import CameraSet
 
 logger = logging.getLogger(__name__)
 

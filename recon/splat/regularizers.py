@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recon.cameras import camera_centres, quaternion_to_rotation, rotation_to_quaternion
+from recon.geometry.cameras import camera_centres, quaternion_to_rotation, rotation_to_quaternion
+from recon.checks import check_shape
 from recon.metrics import ssim
 
 __all__ = [
@@ -112,8 +113,7 @@ class RegularizerConfig:
 
 # -------------------------------------------------------------------------------------- losses
 def _check_last(name: str, x: Tensor, size: int, text: str) -> None:
-    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[-1] != size:
-        raise ValueError(f"{name}: expected a tensor of shape {text}, given {getattr(x, 'shape', type(x).__name__)}")
+    check_shape(name, x, (..., size), text=text)
 
 
 def opacity_loss(opacities: Tensor) -> Tensor:  # [..., N] -> []

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recon.cameras import CameraSet
+from recon.geometry.cameras import CameraSet
 
 logger = logging.getLogger(__name__)
 

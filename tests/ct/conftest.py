@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon.ct.geometry import CTGeometry, circular_angles
+from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.phantoms import shepp_logan_3d
 
 MU = 0.02  # 1/mm, scale of the test phantoms

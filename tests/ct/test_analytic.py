@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recon.ct.analytic import FILTERS, fbp, fdk, filter_projections, ramp_filter_response, view_weights
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.ct.phantoms import ball
 from recon.ct.project import Projector
 from recon.errors import InputError

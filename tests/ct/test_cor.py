@@ -24,7 +24,7 @@ from recon.ct.cor import (
     offset_mm_to_shift,
     shift_to_offset_mm,
 )
-from recon.ct.geometry import CTGeometry, circular_angles
+from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.phantoms import shepp_logan_3d
 from recon.ct.project import Projector
 from recon.ct.simulate import add_noise

@@ -29,7 +29,7 @@ from recon.ct.formats import (
     write_tiff_stack,
     write_volume,
 )
-from recon.ct.geometry import CTGeometry, circular_angles
+from recon.geometry.ct import CTGeometry, circular_angles
 from recon.errors import InputError
 
 from .conftest import CT_DATA, cone_geometry

@@ -19,7 +19,7 @@ from recon.ct.gaussians import (
     render_xray,
     xray_cameras,
 )
-from recon.ct.geometry import CTGeometry, circular_angles
+from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.phantoms import shepp_logan_3d
 from recon.ct.project import Projector
 from recon.ct.simulate import simulate_projections

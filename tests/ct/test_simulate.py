@@ -8,7 +8,7 @@ import torch
 
 from recon.ct.analytic import fdk
 from recon.ct.formats import hu_to_mu, read_r2gaussian
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.ct.project import Projector
 from recon.ct.simulate import add_noise, simulate_projections, write_r2gaussian_dataset
 from recon.errors import InputError

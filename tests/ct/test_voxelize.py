@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recon.ct import _voxelize_numba
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.ct.voxelize import VoxelGrid, precision_matrices, tv_3d, voxelize
 from recon.errors import InputError
 

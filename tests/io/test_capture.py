@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recon.cameras import CameraSet, Intrinsics, opengl_c2w_to_w2c, quaternion_to_rotation
+from recon.geometry.cameras import CameraSet, Intrinsics, opengl_c2w_to_w2c, quaternion_to_rotation
 from recon.errors import InputError
 from recon.io.capture import (
     Capture,

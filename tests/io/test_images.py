@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recon.cameras import CameraSet, Intrinsics
+from recon.geometry.cameras import CameraSet, Intrinsics
 from recon.errors import InputError
 from recon.io.capture import Capture, load_capture
 from recon.io.images import (

@@ -9,7 +9,7 @@ import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 
 from recon_nerfstudio.convert import camera_set_from_nerfstudio, viewmats_from_c2w
-from recon.cameras import opengl_c2w_to_w2c
+from recon.geometry.cameras import opengl_c2w_to_w2c
 
 
 def _c2w(n: int) -> torch.Tensor:  # [n, 3, 4] OpenGL cameras on a circle, looking at the origin
@@ -69,7 +69,7 @@ def test_camera_set_rejects_other_models():
 
 # ---------------------------------------------------------------------- CT (X-ray pinholes)
 def _ct_geometry(mode: str):
-    from recon.ct.geometry import CTGeometry, circular_angles
+    from recon.geometry.ct import CTGeometry, circular_angles
 
     distances = {"dsd_mm": 100.0, "dso_mm": 60.0} if mode == "cone" else {}
     return CTGeometry(mode=mode, n_detector=(8, 12), detector_pixel_mm=(1.0, 1.5), n_voxel=(4, 4, 4),

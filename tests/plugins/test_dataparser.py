@@ -11,7 +11,7 @@ import torch
 from recon_nerfstudio.dataparser import FewViewDataParserConfig
 from recon.errors import InputError
 from recon.io.capture import load_capture
-from recon.io.views import split_views
+from recon.geometry.view_selection import split_views
 
 
 def _names(outputs) -> list[str]:

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import torch
 
-from recon.cameras import CameraSet, Intrinsics
+from recon.geometry.cameras import CameraSet, Intrinsics
 
 W, H, F = 320, 240, 300.0
 

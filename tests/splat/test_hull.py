@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from recon.cameras import CameraSet, Intrinsics
+from recon.geometry.cameras import CameraSet, Intrinsics
 from recon.splat.hull import (
     compute_masks,
     hull_points,

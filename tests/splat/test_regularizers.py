@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from recon.cameras import camera_centres
-from recon.pose_refine import exp_so3
+from recon.geometry.cameras import camera_centres
+from recon.poses.refine import exp_so3
 from recon.splat.regularizers import (
     PseudoViewSampler,
     RegularizerConfig,

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from recon.cameras import camera_centres
+from recon.geometry.cameras import camera_centres
 
 logger = logging.getLogger(__name__)
 

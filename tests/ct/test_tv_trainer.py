@@ -1,4 +1,4 @@
-"""TV-regularised voxel reconstruction (recon.ct.tv)."""
+"""TV-regularised voxel reconstruction (recon.ct.tv_trainer)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from recon.ct.project import Projector
 from recon.ct.sart import sart
-from recon.ct.tv import TVConfig, TVTrainer
+from recon.ct.tv_trainer import TVConfig, TVTrainer
 from recon.errors import InputError
 
 from .conftest import MU, cone_geometry, psnr

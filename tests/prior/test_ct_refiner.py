@@ -1,4 +1,4 @@
-"""recon.ct.refine: non-air selection, chunked inference, weights, and ``recon ct fit --refine``."""
+"""recon.prior.ct_refiner: non-air selection, chunked inference, weights, and ``recon ct fit --refine``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from recon.ct.analytic import fdk
 from recon.ct.formats import MU_WATER_PER_MM
 from recon.ct.phantoms import shepp_logan_3d
-from recon.ct.refine import (
+from recon.prior.ct_refiner import (
     DEFAULT_WEIGHTS,
     VolumeRefiner,
     load_refiner,
@@ -24,7 +24,7 @@ from recon.errors import InputError
 from recon.pipelines.ct import CTFit, CTSimulate
 from recon.sparse.tensor import SparseTensor
 
-from .conftest import psnr
+from tests.ct.conftest import psnr
 
 
 def _random_model(planes=(4, 8), layers=(1, 1), seed: int = 0, **kw) -> VolumeRefiner:

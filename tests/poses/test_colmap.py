@@ -1,4 +1,4 @@
-"""Tests for recon.poses: pycolmap pose estimation on real photos, Sim(3) alignment, errors."""
+"""Tests for recon.poses.colmap: pycolmap pose estimation on real photos, Sim(3) alignment, errors."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from recon.cameras import camera_centres
+from recon.geometry.cameras import camera_centres
 from recon.errors import InputError
 from recon.io.capture import load_capture
-from recon.pose_refine import exp_so3, perturb_poses
-from recon.poses import align_sim3, estimate_poses, pose_errors
+from recon.poses.refine import exp_so3, perturb_poses
+from recon.poses.align import align_sim3, pose_errors
+from recon.poses.colmap import estimate_poses
 
 # Six neighbouring fox views (every third photo of the first 16): overlapping enough to
 # register at 640 px in a few seconds. Far-apart views are what scripts/bench_poses.py measures.
@@ -133,7 +134,7 @@ def test_estimate_poses_on_fox(fox_dir, tmp_path, caplog):
     (images / "notes.txt").write_text("not an image; skipped when listing the folder")
 
     out = tmp_path / "out" / "transforms.json"
-    with caplog.at_level(logging.WARNING, logger="recon.poses"):
+    with caplog.at_level(logging.WARNING, logger="recon.poses.colmap"):
         rep = estimate_poses(images, out, max_image_size=640)
 
     assert rep.n_images == 7 and rep.n_registered >= 4
@@ -229,7 +230,7 @@ def test_estimate_poses_bad_input(tmp_path):
 
 
 def test_exif_focal(tmp_path):
-    from recon.poses import _exif_focal_px
+    from recon.poses.colmap import _exif_focal_px
 
     im = Image.new("RGB", (400, 300))
     exif = Image.Exif()

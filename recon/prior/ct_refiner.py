@@ -20,7 +20,7 @@ of ``halo`` voxels; with the default halo (the network's receptive radius,
 :meth:`VolumeRefiner.receptive_radius`) chunked and whole-volume inference agree to float
 rounding. Voxels outside the mask are returned unchanged.
 
-Weights ship in ``recon/ct/weights/ct_refiner/`` (diffusers layout: ``config.json`` and
+Weights ship in ``recon/prior/weights/ct_refiner/`` (diffusers layout: ``config.json`` and
 ``diffusion_pytorch_model.safetensors``); :func:`load_refiner` reads them, and
 ``scripts/train_ct_refiner.py`` trains them. Nothing is downloaded.
 """

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recon.checks import check_shape
 from recon.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -174,12 +175,7 @@ class Intrinsics:
 
 
 def _check_mat44(name: str, mat: Tensor) -> None:
-    if not isinstance(mat, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor [..., 4, 4], got {type(mat).__name__}")
-    if mat.ndim < 2 or mat.shape[-2:] != (4, 4):
-        raise ValueError(f"{name} must have shape [..., 4, 4], got {tuple(mat.shape)}")
-    if not mat.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {mat.dtype}")
+    check_shape(name, mat, (..., 4, 4), floating=True)
 
 
 def _bottom_row_like(mat: Tensor) -> Tensor:

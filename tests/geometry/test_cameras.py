@@ -1,4 +1,4 @@
-"""Tests for recon.cameras: converters, intrinsics, pose checks, CameraSet."""
+"""Tests for recon.geometry.cameras: converters, intrinsics, pose checks, CameraSet."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pycolmap
 import pytest
 import torch
 
-from recon.cameras import (
+from recon.geometry.cameras import (
     CameraSet,
     Intrinsics,
     camera_centres,

@@ -1,4 +1,4 @@
-"""Tests for recon.io.views: deterministic, spread, disjoint view selection."""
+"""Tests for recon.geometry.view_selection: deterministic, spread, disjoint view selection."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from recon.cameras import CameraSet, Intrinsics
+from recon.geometry.cameras import CameraSet, Intrinsics
 from recon.errors import InputError
 from recon.io.capture import load_capture
-from recon.io.views import farthest_point_views, split_views
+from recon.geometry.view_selection import farthest_point_views, split_views
 
 
 def cameras_at(centres: torch.Tensor) -> CameraSet:
@@ -87,7 +87,7 @@ def test_split_explicit_and_counts():
 
 def test_split_few_left_warns(caplog):
     cams = cameras_at(torch.randn(6, 3))
-    with caplog.at_level(logging.WARNING, logger="recon.io.views"):
+    with caplog.at_level(logging.WARNING, logger="recon.geometry.view_selection"):
         train, evals = split_views(cams, 4, n_eval=8)
     assert len(evals) == 2 and sorted(train + evals) == list(range(6))
     assert "only 2 views" in caplog.text

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recon.ct.geometry import CTGeometry
+from recon.geometry.ct import CTGeometry
 from recon.ct.objective import ViewBatches, checked_projections, exponential_lr, initial_volume, projection_loss, seed_all
 from recon.ct.project import Projector, torch_threads
 from recon.ct.voxelize import tv_3d

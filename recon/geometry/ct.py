@@ -44,7 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from recon.ct._util import atomic_write_text
+from recon.io.atomic import atomic_write_text
 from recon.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -382,7 +382,7 @@ class CTGeometry:
         shape must match ``n_voxel``), or another ``CTGeometry`` whose voxel grid is checked
         against this scan. ``shape="box"`` checks the corners of the voxel box;
         ``"cylinder"`` the cylinder inscribed in it (around the rotation axis), the usual
-        reconstruction field of view. Logs a warning (logger ``recon.ct.geometry``) when corners of the box
+        reconstruction field of view. Logs a warning (logger ``recon.geometry.ct``) when corners of the box
         project outside the detector (truncated projections) or a source lies inside the box.
         """
         geo = self

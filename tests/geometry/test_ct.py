@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from recon.ct.geometry import CTGeometry, circular_angles, normalize_view_indices
+from recon.geometry.ct import CTGeometry, circular_angles, normalize_view_indices
 from recon.errors import InputError
 
-from .conftest import cone_geometry
+from tests.ct.conftest import cone_geometry
 
 
 def test_basic_properties(cone_geo):
@@ -168,11 +168,11 @@ def test_vectors_validation(cone_geo):
 
 
 def test_fov_check(caplog, cone_geo):
-    with caplog.at_level(logging.WARNING, logger="recon.ct.geometry"):
+    with caplog.at_level(logging.WARNING, logger="recon.geometry.ct"):
         rep = cone_geo.fov_check()
     assert rep.inside and rep.n_views_truncated == 0 and not caplog.records
     big = cone_geo.with_volume((16, 40, 40), (1.0, 1.0, 1.0))
-    with caplog.at_level(logging.WARNING, logger="recon.ct.geometry"):
+    with caplog.at_level(logging.WARNING, logger="recon.geometry.ct"):
         rep = cone_geo.fov_check(big)
     assert not rep.inside and rep.n_views_truncated == 8 and rep.max_overflow_u_px > 5
     assert "leaves the detector field of view" in caplog.text

@@ -1,12 +1,12 @@
-"""Tests for recon.pose_refine: se(3) exponential, the per-view refiner, perturbations."""
+"""Tests for recon.poses.refine: se(3) exponential, the per-view refiner, perturbations."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from recon.cameras import camera_centres
-from recon.pose_refine import (
+from recon.geometry.cameras import camera_centres
+from recon.poses.refine import (
     PoseRefineConfig,
     PoseRefiner,
     exp_se3,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from torch import Tensor
 
-from recon.cameras import CameraSet
+from recon.geometry.cameras import CameraSet
 from recon.errors import InputError
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def split_views(
     remain and ``n_eval > 0``, that is an error. ``n_eval = 0`` gives no evaluation views.
 
     Args:
-        capture: a :class:`~recon.io.capture.Capture` or a :class:`~recon.cameras.CameraSet`.
+        capture: a :class:`~recon.io.capture.Capture` or a :class:`~recon.geometry.cameras.CameraSet`.
         train_views: K, or explicit training indices.
         n_eval: number of evaluation views wanted.
 

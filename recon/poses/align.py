@@ -1,0 +1,133 @@
+"""Aligning estimated cameras to reference ones (Sim(3), Umeyama) and measuring pose errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recon.checks import check_shape
+from recon.geometry.cameras import camera_centres
+
+__all__ = ["align_sim3", "pose_errors"]
+
+
+
+def _check_points(name: str, x: Tensor) -> None:
+    check_shape(name, x, (None, 3), floating=True)
+
+
+def align_sim3(
+    src_centres: Tensor,  # [N, 3]
+    dst_centres: Tensor,  # [N, 3]
+) -> tuple[float, Tensor, Tensor]:
+    """Similarity ``dst ~ s * R @ src + t`` by least squares (Umeyama 1991), no reflection.
+
+    Args:
+        src_centres: Tensor [N, 3], e.g. estimated camera centres.
+        dst_centres: Tensor [N, 3], the matching reference centres.
+
+    Returns:
+        ``(s, R, t)``: scale (float), rotation Tensor [3, 3] and translation Tensor [3], in
+        float64 on the CPU.
+
+    Raises:
+        ValueError: shapes differ or are not [N, 3]; N < 3; non-finite values; the points are
+            (nearly) collinear or coincident, so the rotation is not determined.
+    """
+    _check_points("src_centres", src_centres)
+    _check_points("dst_centres", dst_centres)
+    if src_centres.shape != dst_centres.shape:
+        raise ValueError(
+            f"src_centres {tuple(src_centres.shape)} and dst_centres "
+            f"{tuple(dst_centres.shape)} must have the same shape"
+        )
+    n = src_centres.shape[0]
+    if n < 3:
+        raise ValueError(f"align_sim3 needs at least 3 point pairs, got {n}")
+    src = src_centres.detach().cpu().double()
+    dst = dst_centres.detach().cpu().double()
+    if not (torch.isfinite(src).all() and torch.isfinite(dst).all()):
+        raise ValueError("align_sim3: centres contain NaN or infinite values")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    var_s = (xs * xs).sum() / n
+    cov = xd.T @ xs / n  # [3, 3]
+    u, sig, vt = torch.linalg.svd(cov)
+    if var_s <= 0 or sig[1] <= 1e-9 * max(float(sig[0]), 1e-300):
+        raise ValueError(
+            "align_sim3: the points are collinear or coincident, so the rotation is not determined"
+        )
+    d = torch.ones(3, dtype=torch.float64)
+    if torch.linalg.det(u) * torch.linalg.det(vt) < 0:
+        d[2] = -1.0
+    rot = u @ torch.diag(d) @ vt
+    s = float((sig * d).sum() / var_s)
+    t = mu_d - s * rot @ mu_s
+    return s, rot, t
+
+
+def _check_w2c_batch(name: str, w2c: Tensor) -> None:
+    check_shape(name, w2c, (None, 4, 4))
+
+
+def pose_errors(
+    est_w2c: Tensor,  # [N, 4, 4]
+    ref_w2c: Tensor,  # [N, 4, 4]
+    sim3: tuple[float, Tensor, Tensor],
+) -> dict[str, Any]:
+    """Rotation and centre errors of estimated cameras after mapping them by ``sim3``.
+
+    The similarity ``(s, R, t)`` (from :func:`align_sim3` on the centres) maps estimated world
+    points to the reference world: a camera's centre goes to ``s R c + t`` and its
+    camera-to-world rotation to ``R R_c2w``. Rotation error is the angle of
+    ``R_ref_c2w^T R R_est_c2w``; centre error is the distance between aligned and reference
+    centres divided by the scene scale, the mean distance of the reference centres from their
+    centroid.
+
+    Args:
+        est_w2c: Tensor [N, 4, 4], estimated OpenCV world-to-camera.
+        ref_w2c: Tensor [N, 4, 4], reference world-to-camera, same views in the same order.
+        sim3: ``(s, R [3, 3], t [3])``.
+
+    Returns:
+        ``rot_deg`` and ``centre_err`` (per-view lists of floats), ``rot_deg_mean``,
+        ``rot_deg_max``, ``centre_err_mean``, ``centre_err_max`` (fractions of scene scale) and
+        ``scene_scale`` (reference units).
+    """
+    _check_w2c_batch("est_w2c", est_w2c)
+    _check_w2c_batch("ref_w2c", ref_w2c)
+    if est_w2c.shape != ref_w2c.shape:
+        raise ValueError(
+            f"est_w2c {tuple(est_w2c.shape)} and ref_w2c {tuple(ref_w2c.shape)} differ in shape"
+        )
+    s, rot, t = sim3
+    rot = torch.as_tensor(rot, dtype=torch.float64)
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if rot.shape != (3, 3) or t.shape != (3,):
+        raise ValueError(
+            f"sim3 must be (s, R [3, 3], t [3]), got R {tuple(rot.shape)}, t {tuple(t.shape)}"
+        )
+    est = est_w2c.detach().cpu().double()
+    ref = ref_w2c.detach().cpu().double()
+    est_rc2w = est[:, :3, :3].transpose(1, 2)
+    ref_rc2w = ref[:, :3, :3].transpose(1, 2)
+    rel = ref_rc2w.transpose(1, 2) @ rot @ est_rc2w  # [N, 3, 3]
+    cos = ((rel.diagonal(dim1=1, dim2=2).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    rot_deg = torch.rad2deg(torch.arccos(cos))
+    c_est = float(s) * camera_centres(est) @ rot.T + t
+    c_ref = camera_centres(ref)
+    scale = float((c_ref - c_ref.mean(0)).norm(dim=-1).mean())
+    if not scale > 0:
+        scale = 1.0
+    centre_err = (c_est - c_ref).norm(dim=-1) / scale
+    return {
+        "rot_deg": rot_deg.tolist(),
+        "rot_deg_mean": float(rot_deg.mean()),
+        "rot_deg_max": float(rot_deg.max()),
+        "centre_err": centre_err.tolist(),
+        "centre_err_mean": float(centre_err.mean()),
+        "centre_err_max": float(centre_err.max()),
+        "scene_scale": scale,
+    }

@@ -54,7 +54,7 @@ def main() -> int:
 
     import torch
 
-    from recon.ct.formats import read_r2gaussian
+    from recon.io.r2gaussian import read_r2gaussian
     from recon.ct.gaussians import GaussianFitConfig, GaussianTrainer
     from recon.ct.metrics import psnr_3d, ssim_3d
     from recon.ct.tv_trainer import TVConfig, TVTrainer

@@ -31,8 +31,9 @@ from rich.console import Console
 from rich.table import Table
 
 from recon.io.atomic import atomic_write_bytes
-from recon.io.capture import load_capture
-from recon.io.images import load_views, save_image
+from recon.io.formats import load_capture
+from recon.io.images import save_image
+from recon.io.views import load_views
 from recon.io.run import RunDir, read_json
 from recon.pipelines.capture import PRESETS, CaptureFitConfig, apply_overrides
 

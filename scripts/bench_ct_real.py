@@ -3,7 +3,7 @@
 Datasets (read-only, ``../shared/data/ct``; see the json beside each):
 
 * ``savu_dls_i13_24737_parallel``: synchrotron parallel beam, 91 views over 180 deg, raw counts
-  + dark + flat -> line integrals with :func:`recon.ct.formats.counts_to_line_integrals`.
+  + dark + flat -> line integrals with :func:`recon.io.ct_data.counts_to_line_integrals`.
   Detector pixel size unknown: unit pixels (lengths in px, attenuation per px).
   Reconstructed rows: ``SAVU_ROWS`` (parallel-beam rows are independent 2D slices).
 * ``fips_gel_phantom_fan2d_72``: lab micro-CT, fan beam (central row), 72 views over 360 deg,
@@ -56,7 +56,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from recon.ct.analytic import fbp
 from recon.ct.cor import CORResult, cor_from_mirrored_projections, estimate_cor
-from recon.ct.formats import ClippedTransmissionWarning, counts_to_line_integrals
+from recon.io.ct_data import ClippedTransmissionWarning, counts_to_line_integrals
 from recon.geometry.ct import CTGeometry
 from recon.ct.metrics import psnr_3d, ssim_3d
 from recon.ct.project import Projector
@@ -340,7 +340,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # FBP/SART on boxes wider than the reconstruction circle log a truncation warning per call
     logging.getLogger("recon.geometry.ct").setLevel(logging.ERROR)
-    logging.getLogger("recon.ct.formats").setLevel(logging.ERROR)
+    logging.getLogger("recon.io.ct_data").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

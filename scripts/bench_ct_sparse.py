@@ -143,7 +143,7 @@ def main() -> int:
     }
     for views in args.views:
         data = simulate(views, args.size, args.out, args.seed)
-        from recon.ct.formats import read_r2gaussian
+        from recon.io.r2gaussian import read_r2gaussian
 
         reference = read_r2gaussian(data).volume
         run_dirs = {}

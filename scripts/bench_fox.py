@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from recon.io.capture import load_capture
+from recon.io.formats import load_capture
 from recon.geometry.view_selection import farthest_point_views
 from recon.pipelines.capture import CaptureFitConfig
 

@@ -1,7 +1,7 @@
 """Parity: ``ns-train recon-splat`` vs ``recon fit`` on the fox protocol (same pixels, views, steps, seed).
 
 Both runs read one prepared capture so that they see identical pixels: every fox view undistorted
-and downscaled by recon's loader (``recon.io.images.load_views``, area averaging) and saved as PNG,
+and downscaled by recon's loader (``recon.io.views.load_views``, area averaging) and saved as PNG,
 with the scaled pinhole intrinsics and the original poses in ``transforms.json``. Views follow
 ``scripts/bench_fox.py`` (K training views by farthest-point sampling, 8 shared evaluation views
 never trained on); nerfstudio gets them by file name (``recon-fewview --train-names/--eval-names``).
@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_fox import protocol_parser, protocol_views
 
-from recon.io.capture import load_capture
-from recon.io.images import load_views, save_image
+from recon.io.formats import load_capture
+from recon.io.images import save_image
+from recon.io.views import load_views
 
 
 def prepare_capture(data: Path, out: Path, downscale: float) -> Path:

@@ -42,8 +42,8 @@ from bench_fox import machine_line, protocol_parser, protocol_views
 
 from recon.geometry.cameras import opengl_c2w_to_w2c, w2c_to_opengl_c2w
 from recon.io.atomic import atomic_write_json
-from recon.io.capture import load_capture
-from recon.io.images import load_views
+from recon.io.formats import load_capture
+from recon.io.views import load_views
 from recon.io.ply import read_splat_ply
 from recon.pipelines.capture import CaptureFitConfig, _rasterize
 from recon.poses.refine import PoseRefineConfig, perturb_poses

@@ -30,7 +30,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from recon.errors import InputError
-from recon.io.capture import load_capture
+from recon.io.formats import load_capture
 from recon.geometry.view_selection import farthest_point_views
 from recon.poses.align import align_sim3, pose_errors
 from recon.poses.colmap import estimate_poses

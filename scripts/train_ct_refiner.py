@@ -58,13 +58,14 @@ CHEST = DATA_DIR / "lidc_idri_0001_ds2.npz"
 HEAD = DATA_DIR / "vtk_headsq_ct.npz"
 
 from recon.ct.analytic import fdk  # noqa: E402
-from recon.ct.formats import hu_to_mu  # noqa: E402
+from recon.io.units import hu_to_mu  # noqa: E402
 from recon.geometry.ct import CTGeometry, circular_angles  # noqa: E402
 from recon.ct.metrics import psnr_3d, ssim_3d  # noqa: E402
 from recon.prior.ct_refiner import DEFAULT_WEIGHTS, VolumeRefiner, load_refiner, refine_volume  # noqa: E402
 from recon.ct.simulate import simulate_projections  # noqa: E402
 from recon.io.run import atomic_torch_save, atomic_write_json  # noqa: E402
-from recon.pipelines.ct import CTSimulate, load_volume_file, resample_volume  # noqa: E402
+from recon.pipelines.ct import CTSimulate, resample_volume  # noqa: E402
+from recon.io.formats import load_volume_file
 from recon.sparse.tensor import SparseTensor  # noqa: E402
 
 

@@ -61,7 +61,7 @@ def untrained_capture_scores(trainer) -> dict[str, dict[str, float]]:
 def run_images(run_dir: Path, split: str = "train") -> tuple[Tensor, Tensor]:
     """The ``split`` images of a finished ``recon fit`` run at its resolution, ``[V, H, W, 3]``,
     and the background colour it used (from ``config.json`` / ``run.json``)."""
-    from recon.io.capture import load_capture
+    from recon.io.formats import load_capture
     from recon.pipelines.capture import load_split
 
     run_dir = Path(run_dir)

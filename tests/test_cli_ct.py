@@ -158,7 +158,8 @@ def _stack(edit_projections):
     """A projection stack (.npy + .json geometry) of the scan with its projections edited."""
 
     def make(scan, tmp):
-        from recon.ct.formats import read_r2gaussian, write_projection_stack
+        from recon.io.r2gaussian import read_r2gaussian
+        from recon.io.tigre import write_projection_stack
 
         data = read_r2gaussian(scan)
         write_projection_stack(tmp / "stack.npy", data.projections, data.geometry)

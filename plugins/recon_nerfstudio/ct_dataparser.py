@@ -35,11 +35,11 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from recon.ct.formats import CTData
+from recon.io.ct_data import CTData
 from recon.geometry.ct import CTGeometry
 from recon.ct.gaussians import xray_cameras
 from recon.errors import InputError
-from recon.pipelines.ct import load_ct_data, load_volume_file
+from recon.io.formats import load_ct_data, load_volume_file
 
 from .convert import cameras_from_xray
 

@@ -1,7 +1,7 @@
 """Simulated CT acquisitions from real volumes (the sparse-view protocol of R2-Gaussian).
 
 ``HU -> mu = mu_water * (1 + HU / 1000)`` with ``mu_water = 0.0206 / mm`` (water at ~60 keV,
-:data:`recon.ct.formats.MU_WATER_PER_MM`), negatives clipped; line integrals by the matched
+:data:`recon.io.units.MU_WATER_PER_MM`), negatives clipped; line integrals by the matched
 projector; then noise:
 
 * ``protocol="physical"``: photon counts ``N ~ Poisson(I0 exp(-p)) + Normal(0, sigma)``,
@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from recon.ct.formats import MU_WATER_PER_MM, hu_to_mu, write_r2gaussian
+from recon.io.units import MU_WATER_PER_MM, hu_to_mu
+from recon.io.r2gaussian import write_r2gaussian
 from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.project import Projector
 from recon.errors import InputError

@@ -466,7 +466,7 @@ class CameraSet:
 
     def subset(self, indices: Sequence[int]) -> CameraSet:
         """The cameras at ``indices`` (in that order; repeats allowed)."""
-        idx = _as_index_list(indices, len(self))
+        idx = as_index_list(indices, len(self))
         return CameraSet(self.w2c[idx], [self.intrinsics[i] for i in idx])
 
     def Ks(self, downscale: float = 1.0) -> Tensor:
@@ -492,7 +492,7 @@ class CameraSet:
         return w2c_to_opengl_c2w(self.w2c)
 
 
-def _as_index_list(indices: Sequence[int] | Tensor, n: int) -> list[int]:
+def as_index_list(indices: Sequence[int] | Tensor, n: int) -> list[int]:
     if isinstance(indices, Tensor):
         indices = indices.tolist()
     out = []

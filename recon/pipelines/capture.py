@@ -36,7 +36,8 @@ from torch import Tensor
 
 from recon.geometry.cameras import CameraSet
 from recon.errors import InputError
-from recon.io.capture import Capture, load_capture
+from recon.io.capture import Capture
+from recon.io.formats import load_capture
 from recon.io.images import load_views, save_image, side_by_side
 from recon.io.ply import write_splat_ply
 from recon.io.run import RunDir, atomic_write_json

@@ -37,26 +37,21 @@ import numpy as np
 import torch
 import tyro
 
-from recon.ct.formats import (
-    CTData,
-    read_naf_pickle,
-    read_projection_stack,
-    read_r2gaussian,
-    read_volume,
-    write_nifti,
-)
+from recon.io.ct_data import CTData
+from recon.io.nifti import write_nifti
 from recon.ct.gaussians import GaussianFitConfig, GaussianTrainer
 from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.metrics import psnr_3d, ssim_3d
 from recon.ct.tv_trainer import TVConfig
 from recon.errors import InputError
+from recon.io.formats import load_ct_data, load_volume_file
 from recon.io.images import save_image
 from recon.io.atomic import atomic_save_npy
 from recon.io.run import RunDir, atomic_torch_save, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CTFit", "CTSimulate", "ProgressFn", "load_ct_data", "load_volume_file"]
+__all__ = ["CTFit", "CTSimulate", "ProgressFn"]
 
 ProgressFn = Callable[[int, int, dict], None]
 """``progress(step, total, info)`` after every iteration / step (info: loss, n_gaussians, ...)."""
@@ -66,64 +61,6 @@ _STACK_SUFFIXES = (".npy", ".tif", ".tiff")
 
 
 # =============================================================================== data
-def load_ct_data(path: str | Path) -> CTData:
-    """Read any CT projection dataset recon reads, by what ``path`` is:
-
-    * a folder with ``meta_data.json``: R2-Gaussian layout (:func:`read_r2gaussian`);
-    * ``*.pickle`` / ``*.pkl``: NAF / SAX-NeRF (:func:`read_naf_pickle`);
-    * ``*.npy`` / ``*.tif[f]``: a projection stack with a same-stem ``.json``/``.yaml`` geometry
-      beside it (TIGRE's keys or :class:`CTGeometry`'s);
-    * ``*.json`` / ``*.yaml`` / ``*.yml``: a geometry file with a same-stem stack beside it.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "not found (expected an R2-Gaussian folder, a NAF pickle, or a projection stack with its geometry)")
-    if path.is_dir():
-        if (path / "meta_data.json").is_file():
-            return read_r2gaussian(path)
-        raise InputError(path, "folder has no meta_data.json (expected an R2-Gaussian dataset)")
-    name = path.name.lower()
-    if name.endswith((".pickle", ".pkl")):
-        return read_naf_pickle(path)
-    if name.endswith(_STACK_SUFFIXES):
-        return read_projection_stack(path)
-    if name.endswith((".json", ".yaml", ".yml")):
-        stem = path.name[: -len(path.suffix)]
-        for ext in _STACK_SUFFIXES:
-            stack = path.with_name(stem + ext)
-            if stack.is_file():
-                return read_projection_stack(stack, path)
-        raise InputError(path, f"geometry file without a projection stack beside it (expected {stem}.npy, .tif or .tiff)")
-    raise InputError(path, "unknown CT data type (expected an R2-Gaussian folder, .pickle/.pkl, .npy/.tif stack, or .json/.yaml geometry)")
-
-
-def load_volume_file(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float] | None]:
-    """Read a volume -> ([Z, Y, X] float32, voxel_mm (z, y, x) or None): ``.npz`` with a
-    ``volume`` key (and optional ``spacing_mm_zyx``; the layout of the shared data), or
-    anything :func:`recon.ct.formats.read_volume` reads (.npy, NIfTI, TIFF, DICOM folder)."""
-    path = Path(path)
-    if path.name.lower().endswith(".npz"):
-        if not path.is_file():
-            raise InputError(path, "not found")
-        with np.load(path) as z:
-            keys = sorted(z.files)
-            if "volume" not in z.files:
-                raise InputError(path, f"has no 'volume' array (keys: {keys})")
-            unknown = sorted(set(keys) - {"volume", "spacing_mm_zyx"})
-            if unknown:
-                raise InputError(path, f"unknown keys {unknown} (expected 'volume' and optional 'spacing_mm_zyx')")
-            vol = np.asarray(z["volume"], dtype=np.float32)
-            spacing = tuple(float(s) for s in z["spacing_mm_zyx"]) if "spacing_mm_zyx" in z.files else None
-        if vol.ndim != 3:
-            raise InputError(path, f"'volume' must be 3D [z, y, x], got shape {list(vol.shape)}")
-        if not np.all(np.isfinite(vol)):
-            raise InputError(path, "'volume' contains NaN/inf")
-        if spacing is not None and (len(spacing) != 3 or any(not s > 0 for s in spacing)):
-            raise InputError(path, f"'spacing_mm_zyx' must be 3 positive numbers, got {spacing}")
-        return vol, spacing
-    return read_volume(path)
-
-
 def resample_volume(volume: np.ndarray, voxel_mm: tuple[float, float, float], size: int) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Area-resample [Z, Y, X] to ``size``^3 voxels keeping the physical extent (adaptive average
     pooling when shrinking, trilinear when growing); returns the volume and its new voxel size."""
@@ -592,7 +529,7 @@ class CTSimulate:
         if units == "auto":
             units = "hu" if float(vol.min()) < -500.0 else "mu"
         if units == "hu":
-            from recon.ct.formats import hu_to_mu
+            from recon.io.units import hu_to_mu
 
             vol = hu_to_mu(vol)
         elif float(vol.min()) < 0:

@@ -36,12 +36,9 @@ import torch
 from recon.geometry.cameras import CameraSet, check_pose
 from recon.errors import InputError
 from recon.io.atomic import atomic_write_json
-from recon.io.capture import (
-    IMAGE_EXTENSIONS,
-    SUPPORTED_CAMERA_MODELS,
-    _intrinsics_from_colmap,
-    write_transforms_json,
-)
+from recon.io.capture import IMAGE_EXTENSIONS, SUPPORTED_CAMERA_MODELS
+from recon.io.colmap import intrinsics_from_colmap
+from recon.io.transforms import write_transforms_json
 from recon.io.images import image_size
 from recon.io.ply import write_points_ply
 
@@ -554,7 +551,7 @@ def estimate_poses(
         w2c = _w2c_of(im)
         check_pose(w2c, f"{where} (COLMAP pose of {im.name})")
         w2cs.append(w2c)
-        intrinsics.append(_intrinsics_from_colmap(rec.cameras[im.camera_id], where))
+        intrinsics.append(intrinsics_from_colmap(rec.cameras[im.camera_id], where))
         image_paths.append(image_root / im.name)
     cameras = CameraSet(torch.from_numpy(np.stack(w2cs)), intrinsics)
 

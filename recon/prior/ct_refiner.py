@@ -40,7 +40,7 @@ from diffusers.utils import BaseOutput
 from scipy import ndimage
 from torch import Tensor
 
-from recon.ct.formats import MU_WATER_PER_MM
+from recon.io.units import MU_WATER_PER_MM
 from recon.errors import InputError
 from recon.sparse.nets import MinkUNet
 from recon.sparse.tensor import SparseTensor

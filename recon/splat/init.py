@@ -24,7 +24,7 @@ from torch import Tensor
 
 from recon.errors import InputError
 from recon.io.capture import Capture
-from recon.geometry.view_selection import ViewSet, load_views
+from recon.io.views import ViewSet, load_views
 from recon.splat.config import SplatTrainConfig
 from recon.splat.hull import compute_masks, hull_points
 from recon.splat.mvs import stereo_points

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from recon.errors import InputError
 from recon.geometry.cameras import CameraSet
-from recon.geometry.view_selection import ViewSet
+from recon.io.views import ViewSet
 from recon.poses.refine import PoseRefineConfig, PoseRefiner
 from recon.splat.anchored import AnchoredGaussians, set_learning_rates
 from recon.splat.config import SplatTrainConfig

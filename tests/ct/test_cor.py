@@ -293,7 +293,7 @@ def _real(name: str) -> dict:
 def test_real_savu_methods_agree():
     """Real synchrotron data (Savu, 180 deg): registration and FBP refinement agree on the
     axis (~6.3 px right of the centre; the dataset json's heuristic says ~7)."""
-    from recon.ct.formats import counts_to_line_integrals
+    from recon.io.ct_data import counts_to_line_integrals
 
     d = _real("savu_dls_i13_24737_parallel")
     li = counts_to_line_integrals(d["projections_raw"], d["dark"], d["flat"], dead_pixels="zero")

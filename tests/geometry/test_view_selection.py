@@ -10,7 +10,7 @@ import torch
 
 from recon.geometry.cameras import CameraSet, Intrinsics
 from recon.errors import InputError
-from recon.io.capture import load_capture
+from recon.io.formats import load_capture
 from recon.geometry.view_selection import farthest_point_views, split_views
 
 

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from recon.io.atomic import atomic_write, atomic_write_bytes, atomic_write_json, to_jsonable
+from recon.io.atomic import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    to_jsonable,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

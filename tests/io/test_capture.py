@@ -12,16 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
-from recon.geometry.cameras import CameraSet, Intrinsics, opengl_c2w_to_w2c, quaternion_to_rotation
 from recon.errors import InputError
-from recon.io.capture import (
-    Capture,
-    load_capture,
-    load_colmap,
-    load_llff,
-    load_transforms_json,
-    write_transforms_json,
+from recon.geometry.cameras import (
+    CameraSet,
+    Intrinsics,
+    opengl_c2w_to_w2c,
+    quaternion_to_rotation,
 )
+from recon.io.capture import Capture
+from recon.io.colmap import load_colmap
+from recon.io.formats import load_capture
+from recon.io.llff import load_llff
+from recon.io.transforms import load_transforms_json, write_transforms_json
 
 
 def random_c2w(n: int, seed: int = 0) -> np.ndarray:

@@ -12,17 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from recon.geometry.cameras import CameraSet, Intrinsics
 from recon.errors import InputError
-from recon.io.capture import Capture, load_capture
-from recon.io.images import (
-    clear_image_cache,
-    image_size,
-    load_image,
-    load_views,
-    save_image,
-    side_by_side,
-)
+from recon.geometry.cameras import CameraSet, Intrinsics
+from recon.io.capture import Capture
+from recon.io.formats import load_capture
+from recon.io.images import image_size, load_image, save_image, side_by_side
+from recon.io.views import clear_image_cache, load_views
 
 
 @pytest.fixture(autouse=True)

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from recon.ct.formats import read_r2gaussian, write_naf_pickle, write_projection_stack
+from recon.io.r2gaussian import read_r2gaussian
+from recon.io.naf import write_naf_pickle
+from recon.io.tigre import write_projection_stack
 from recon.ct.gaussians import GaussianFitConfig
 from recon.ct.phantoms import shepp_logan_3d
 from recon.errors import InputError
-from recon.pipelines.ct import CTFit, CTSimulate, load_ct_data, load_volume_file
+from recon.pipelines.ct import CTFit, CTSimulate
+from recon.io.formats import load_ct_data, load_volume_file
 from tests._floors import constant_volume_scores
 
 
@@ -49,7 +52,7 @@ def test_simulate_writes_an_r2gaussian_dataset(dataset, phantom_hu):
     assert data.projections.shape == (12, 32, 32)
     assert data.test_projections.shape == (4, 32, 32)
     hu, _ = load_volume_file(phantom_hu)
-    from recon.ct.formats import hu_to_mu
+    from recon.io.units import hu_to_mu
 
     np.testing.assert_allclose(data.volume, hu_to_mu(hu), rtol=1e-6)  # HU -> mu, auto-detected
     geo = data.geometry
@@ -93,7 +96,7 @@ def _check_run(out: Path, iterative: bool) -> dict:
     assert (out / "loss.png").is_file() == iterative
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.load(out / "volume.npy").shape == (16, 16, 16)
-    from recon.ct.formats import read_nifti
+    from recon.io.nifti import read_nifti
 
     _vol, spacing = read_nifti(out / "volume.nii.gz")
     assert spacing == pytest.approx((2.0, 2.0, 2.0))

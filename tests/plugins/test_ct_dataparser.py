@@ -11,7 +11,7 @@ from recon_nerfstudio.ct_datamanager import ProjectionDataset, ReconCTDatamanage
 from recon_nerfstudio.ct_dataparser import CTDataParserConfig, CTViews
 from recon.ct.gaussians import xray_cameras
 from recon.errors import InputError
-from recon.pipelines.ct import load_ct_data
+from recon.io.formats import load_ct_data
 
 
 def _outputs(scan, split="train", **kw):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from recon.geometry.cameras import camera_centres
 from recon.errors import InputError
-from recon.io.capture import load_capture
+from recon.io.formats import load_capture
 from recon.poses.refine import exp_so3, perturb_poses
 from recon.poses.align import align_sim3, pose_errors
 from recon.poses.colmap import estimate_poses

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recon.ct.analytic import fdk
-from recon.ct.formats import MU_WATER_PER_MM
+from recon.io.units import MU_WATER_PER_MM
 from recon.ct.phantoms import shepp_logan_3d
 from recon.prior.ct_refiner import (
     DEFAULT_WEIGHTS,
@@ -223,7 +223,7 @@ def test_fit_refine_end_to_end(dataset, tmp_path):
     assert m["psnr_3d_unrefined"] == plain["psnr_3d"] and m["ssim_3d_unrefined"] == plain["ssim_3d"]
     assert m["psnr_3d"] != plain["psnr_3d"] and 0.0 < m["refined_fraction"] <= 1.0
     assert json.loads((out / "metrics.json").read_text()) == m
-    from recon.ct.formats import read_nifti
+    from recon.io.nifti import read_nifti
 
     np.testing.assert_allclose(read_nifti(out / "volume.nii.gz")[0], vol, atol=1e-6)  # the main output is refined
     assert "psnr_3d_unrefined" not in plain and not (tmp_path / "plain" / "volume_unrefined.npy").exists()

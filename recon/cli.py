@@ -1,17 +1,25 @@
 """The ``recon`` command line: ``recon fit``, ``recon eval``, ``recon export``, ``recon poses``,
-``recon ct fit`` and ``recon ct simulate``.
+``recon ct fit``, ``recon ct simulate``, ``recon ct convert`` and ``recon view``.
+
+Each subcommand is a config dataclass (the library's own: :class:`CaptureFitConfig`,
+:class:`CTFitConfig`, ...); this module parses it with tyro and hands it to a presenter that
+runs it (jobs through :func:`recon.pipelines.job.run_job`) and prints progress and results. The
+CLI adds no options of its own to the configs.
 
 Library errors of type :class:`recon.errors.InputError` are printed as one line and exit 2;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. Ctrl-C / SIGTERM during training stop after the
+current step with a checkpoint (exit 130; ``--resume`` continues).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import tyro
 from rich.console import Console
@@ -24,6 +32,27 @@ from recon.errors import InputError
 console = Console(stderr=True)
 
 
+@dataclass
+class View:
+    """Look at run folders in the browser, offline: splats with their cameras, CT volumes in HU."""
+
+    runs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run folders written by recon fit / recon ct fit (two capture runs show side by side)."""
+    port: int | None = None
+    """TCP port (default 8765, or any free one if that is taken)."""
+    host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 exposes the runs to your network (printed as a warning)."""
+    no_browser: tyro.conf.FlagCreatePairsOff[bool] = False
+    """Do not open a browser."""
+
+
+def _view(cfg: View) -> None:
+    from recon_viewer import serve  # the viewer imports no training code
+
+    serve(cfg.runs, host=cfg.host, port=cfg.port, open_browser=not cfg.no_browser)
+
+
+# ---------------------------------------------------------------------------------- progress
 def make_progress() -> Progress:
     """A rich progress bar with step count, rate, elapsed time and ETA."""
     return Progress(
@@ -39,6 +68,33 @@ def make_progress() -> Progress:
     )
 
 
+def _run_with_bar(job: Any, description: str) -> dict:
+    """Run a job with a progress bar that appears at its first training step (so bad input,
+    found before, prints one line alone)."""
+    from recon.pipelines.job import run_job
+
+    bar = make_progress()
+    task = None
+
+    def on_step(step: int, total: int, record: dict) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(description, total=total, info="", completed=step - 1)
+        if step % 5 == 0 or step == total:
+            text = "  ".join(
+                f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4g}" for k, v in record.items()
+                if isinstance(v, (int, float)) and k in ("loss", "l1", "residual_rms", "n_gaussians")
+            )  # fmt: skip
+            bar.update(task, completed=step, total=total, info=text)
+
+    try:
+        return run_job(job, progress=on_step)
+    finally:
+        bar.stop()
+
+
+# ---------------------------------------------------------------------------------- capture
 def _scores_table(title: str, metrics: dict) -> Table:
     table = Table(title=title)
     for col in ("split", "views", "PSNR", "SSIM", "LPIPS"):
@@ -52,33 +108,16 @@ def _scores_table(title: str, metrics: dict) -> Table:
     return table
 
 
-from recon.pipelines.capture import CaptureFitConfig  # noqa: E402
-
-
-@dataclass
-class Fit(CaptureFitConfig):
-    """Fit Gaussian splats to a few posed photos; writes renders, scores and splat.ply to --out."""
-
-    def run(self) -> None:
-        trainer = self.setup()
-        with make_progress() as bar:
-            task = bar.add_task("fitting", total=self.iterations, info="")
-
-            def on_step(step: int, total: int, stats: dict) -> None:
-                if step % 10 == 0 or step == total:
-                    bar.update(
-                        task, completed=step, info=f"loss {stats['loss']:.4f}  {stats['n_gaussians']:,} Gaussians"
-                    )
-
-            bar.update(task, completed=trainer.step)
-            metrics = trainer.fit(progress=on_step)
-        console.print(_scores_table(f"{self.out}", metrics))
-        if metrics.get("eval", {}).get("lpips", "").startswith("unavailable"):
-            console.print(f"LPIPS {metrics['eval']['lpips']}")
-        out = Path(self.out)
-        console.print(f"renders:  {out / 'renders'}  (comparisons in {out / 'compare'})")
-        console.print(f"scores:   {out / 'metrics.json'}")
-        console.print(f"PLY:      {out / 'splat.ply'}")
+def _fit(cfg: Any) -> None:
+    metrics = _run_with_bar(cfg.setup(), "fitting")
+    console.print(_scores_table(f"{cfg.out}", metrics))
+    if metrics.get("eval", {}).get("lpips", "").startswith("unavailable"):
+        console.print(f"LPIPS {metrics['eval']['lpips']}")
+    out = Path(cfg.out)
+    console.print(f"renders:  {out / 'renders'}  (comparisons in {out / 'compare'})")
+    console.print(f"scores:   {out / 'metrics.json'}")
+    console.print(f"PLY:      {out / 'splat.ply'}")
+    console.print(f"look:     recon view {out}")
 
 
 @dataclass
@@ -92,12 +131,13 @@ class Eval:
     out: Path | None = None
     """Output folder (default RUN/eval_<cameras stem>)."""
 
-    def run(self) -> None:
-        from recon.pipelines.capture import eval_cameras
 
-        scores = eval_cameras(self.run_dir, self.cameras, self.out)
-        m = scores["mean"]
-        console.print(f"{m['n_views']} views: PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.4f}  (LPIPS {scores['lpips']})")
+def _eval(cfg: Eval) -> None:
+    from recon.pipelines.evaluate import eval_cameras
+
+    scores = eval_cameras(cfg.run_dir, cfg.cameras, cfg.out)
+    m = scores["mean"]
+    console.print(f"{m['n_views']} views: PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.4f}  (LPIPS {scores['lpips']})")
 
 
 @dataclass
@@ -111,11 +151,11 @@ class Export:
     out: Path | None = None
     """Output file (default RUN/export/splat.ply)."""
 
-    def run(self) -> None:
-        from recon.pipelines.export import export_run
 
-        path = export_run(self.run_dir, self.format, self.out)
-        console.print(f"wrote {path}")
+def _export(cfg: Export) -> None:
+    from recon.pipelines.export import export_run
+
+    console.print(f"wrote {export_run(cfg.run_dir, cfg.format, cfg.out)}")
 
 
 @dataclass
@@ -135,116 +175,133 @@ class Poses:
     seed: int = 0
     """Seed of COLMAP's random choices (same input, same poses)."""
 
-    def run(self) -> None:
-        from recon.poses.colmap import estimate_poses
 
-        console.print(f"estimating poses of {self.images} (SIFT, {self.matcher} matching)...")
-        report = estimate_poses(
-            self.images, self.out, max_image_size=self.max_image_size, matcher=self.matcher,
-            camera_model=self.camera_model, seed=self.seed,
-        )
-        table = Table(title="poses")
-        table.add_column("")
-        table.add_column("value", justify="right")
-        table.add_row("registered", f"{report.n_registered}/{report.n_images}")
-        table.add_row("reprojection error (px)", f"{report.mean_reproj_error_px:.3f}")
-        table.add_row("3D points", f"{report.n_points:,}")
-        table.add_row("time (s)", f"{report.seconds:.1f}")
-        console.print(table)
-        if report.unregistered:
-            console.print(f"[yellow]not registered:[/yellow] {', '.join(report.unregistered)}")
-        console.print(f"wrote {report.transforms_path}" + (f" and {report.ply_path}" if report.ply_path else ""))
+def _poses(cfg: Poses) -> None:
+    from recon.poses.colmap import estimate_poses
 
-
-from recon.pipelines.ct import CTFit, CTSimulate  # noqa: E402
+    console.print(f"estimating poses of {cfg.images} (SIFT, {cfg.matcher} matching)...")
+    report = estimate_poses(cfg.images, cfg.out, max_image_size=cfg.max_image_size, matcher=cfg.matcher,
+                            camera_model=cfg.camera_model, seed=cfg.seed)  # fmt: skip
+    table = Table(title="poses")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("registered", f"{report.n_registered}/{report.n_images}")
+    table.add_row("reprojection error (px)", f"{report.mean_reproj_error_px:.3f}")
+    table.add_row("3D points", f"{report.n_points:,}")
+    table.add_row("time (s)", f"{report.seconds:.1f}")
+    console.print(table)
+    if report.unregistered:
+        console.print(f"[yellow]not registered:[/yellow] {', '.join(report.unregistered)}")
+    console.print(f"wrote {report.transforms_path}" + (f" and {report.ply_path}" if report.ply_path else ""))
 
 
-@dataclass
-class CtFit(CTFit):
-    """Reconstruct a volume from CT projections (fdk, fbp, sart, tv or radiative gaussian) into --out."""
+# ---------------------------------------------------------------------------------- CT
+def _ct_fit(cfg: Any) -> None:
+    metrics = _run_with_bar(cfg.setup(), f"ct {cfg.method}")
+    table = Table(title=f"{cfg.out}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("method", str(metrics["method"]))
+    table.add_row("views", str(metrics["n_views"]))
+    table.add_row("volume (z, y, x)", " x ".join(str(n) for n in metrics["volume_shape"]))
+    if "psnr_3d" in metrics:
+        table.add_row("3D PSNR (dB)", f"{metrics['psnr_3d']:.2f}")
+        table.add_row("3D SSIM", f"{metrics['ssim_3d']:.4f}")
+    if metrics.get("psnr_3d_before_prior") is not None:
+        table.add_row("3D PSNR before --prior (dB)", f"{metrics['psnr_3d_before_prior']:.2f}")
+    if metrics.get("cor"):
+        table.add_row("centre of rotation (px)", f"{metrics['cor']['shift_px']:+.2f} ({metrics['cor']['method']})")
+    table.add_row("wall time (s)", f"{metrics['wall_time_s']:.1f}")
+    console.print(table)
+    out = Path(cfg.out)
+    console.print(f"volume:  {out / 'volume.nii.gz'}  ({out / 'volume.npy'})")
+    console.print(f"slices:  {out / 'slices'}")
+    console.print(f"scores:  {out / 'metrics.json'}")
+    console.print(f"look:    recon view {out}")
 
-    def run(self) -> dict:  # type: ignore[override]
-        # the bar starts with the first step, so bad input (found before that) prints one line alone
-        bar = make_progress()
-        task = None
 
-        def on_step(step: int, total: int, info: dict) -> None:
-            nonlocal task
-            if task is None:
-                bar.start()
-                task = bar.add_task(f"ct {self.method}", total=total, info="")
-            text = "  ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4g}" for k, v in info.items() if isinstance(v, (int, float)))
-            bar.update(task, completed=step, total=total, info=text)
-
-        try:
-            metrics = super().run(progress=on_step)
-        finally:
-            bar.stop()
-        table = Table(title=f"{self.out}")
-        table.add_column("")
-        table.add_column("value", justify="right")
-        table.add_row("method", str(metrics["method"]))
-        table.add_row("views", str(metrics["n_views"]))
-        table.add_row("volume (z, y, x)", " x ".join(str(n) for n in metrics["volume_shape"]))
-        if "psnr_3d" in metrics:
-            table.add_row("3D PSNR (dB)", f"{metrics['psnr_3d']:.2f}")
-            table.add_row("3D SSIM", f"{metrics['ssim_3d']:.4f}")
-        if metrics.get("psnr_3d_unrefined") is not None:
-            table.add_row("3D PSNR before --refine (dB)", f"{metrics['psnr_3d_unrefined']:.2f}")
-        table.add_row("wall time (s)", f"{metrics['wall_time_s']:.1f}")
-        console.print(table)
-        out = Path(self.out)
-        console.print(f"volume:  {out / 'volume.nii.gz'}  ({out / 'volume.npy'})")
-        console.print(f"slices:  {out / 'slices'}")
-        console.print(f"scores:  {out / 'metrics.json'}")
-        return metrics
+def _ct_simulate(cfg: Any) -> None:
+    with console.status(f"simulating {cfg.views} views of {cfg.volume}..."):
+        cfg.run()
+    console.print(f"wrote {cfg.out} ({cfg.views} training views, {cfg.n_test} test views)")
 
 
 @dataclass
-class CtSimulate(CTSimulate):
-    """Simulate a noisy sparse-view cone-beam scan of a volume (R2-Gaussian dataset layout)."""
+class CtConvert:
+    """Convert a CT dataset to an R2-Gaussian folder (arrays and JSON only; e.g. a NAF pickle once, with --trust-pickle)."""
 
-    def run(self) -> dict:  # type: ignore[override]
-        with console.status(f"simulating {self.views} views of {self.volume}..."):
-            info = super().run()
-        console.print(f"wrote {self.out} ({self.views} training views, {self.n_test} test views)")
-        return info
-
-
-CtCommands = Union[
-    Annotated[CtFit, tyro.conf.subcommand("fit")],
-    Annotated[CtSimulate, tyro.conf.subcommand("simulate")],
-]
+    data: tyro.conf.Positional[Path]
+    """Any CT dataset recon ct fit reads."""
+    out: Path
+    """R2-Gaussian folder to write."""
+    trust_pickle: bool = False
+    """Allow reading a .pickle (unpickling runs code from the file: only for files you trust)."""
+    overwrite: bool = False
+    """Replace an existing folder."""
 
 
-@dataclass
-class Ct:
-    """Sparse-view CT / CBCT: ``recon ct fit`` reconstructs, ``recon ct simulate`` makes test scans."""
+def _ct_convert(cfg: CtConvert) -> None:
+    from recon.io.formats import load_ct_data
+    from recon.io.r2gaussian import write_r2gaussian
+    from recon.io.run import RunDir
 
-    command: tyro.conf.OmitSubcommandPrefixes[CtCommands]
+    RunDir(cfg.out).check_resumable(False, cfg.overwrite)
+    data = load_ct_data(cfg.data, trust_pickle=cfg.trust_pickle)
+    write_r2gaussian(cfg.out, data.geometry, data.projections, volume=data.volume,
+                     test_geometry=data.test_geometry, test_projections=data.test_projections)  # fmt: skip
+    console.print(f"wrote {cfg.out} ({data.geometry.n_views} projections" + (", reference volume" if data.volume is not None else "") + ")")
 
-    def run(self) -> None:
-        self.command.run()
 
+def _commands() -> tuple[Any, dict[type, Callable[[Any], None]]]:
+    """The tyro union of subcommands and the presenter of each config type (imports the
+    pipelines, so ``recon view`` skips it)."""
+    from recon.pipelines.capture import CaptureFitConfig
+    from recon.pipelines.ct import CTFitConfig
+    from recon.pipelines.ct_simulate import CTSimulateConfig
 
-Commands = Union[
-    Annotated[Fit, tyro.conf.subcommand("fit")],
-    Annotated[Eval, tyro.conf.subcommand("eval")],
-    Annotated[Export, tyro.conf.subcommand("export")],
-    Annotated[Poses, tyro.conf.subcommand("poses")],
-    Annotated[Ct, tyro.conf.subcommand("ct")],
-]
+    ct = Union[
+        Annotated[CTFitConfig, tyro.conf.subcommand("fit")],
+        Annotated[CTSimulateConfig, tyro.conf.subcommand("simulate")],
+        Annotated[CtConvert, tyro.conf.subcommand("convert")],
+    ]
+
+    # made at run time: its field's type is the union above (annotations here are strings)
+    Ct = dataclasses.make_dataclass("Ct", [("command", tyro.conf.OmitSubcommandPrefixes[ct])])  # type: ignore[valid-type]
+    Ct.__doc__ = "Sparse-view CT / CBCT: ``recon ct fit`` reconstructs, ``recon ct simulate`` makes test scans, ``recon ct convert`` rewrites datasets."
+
+    commands = Union[
+        Annotated[CaptureFitConfig, tyro.conf.subcommand("fit")],
+        Annotated[Eval, tyro.conf.subcommand("eval")],
+        Annotated[Export, tyro.conf.subcommand("export")],
+        Annotated[Poses, tyro.conf.subcommand("poses")],
+        Annotated[Ct, tyro.conf.subcommand("ct")],
+        Annotated[View, tyro.conf.subcommand("view")],
+    ]
+    presenters: dict[type, Callable[[Any], None]] = {
+        CaptureFitConfig: _fit, Eval: _eval, Export: _export, Poses: _poses, CTFitConfig: _ct_fit,
+        CTSimulateConfig: _ct_simulate, CtConvert: _ct_convert, View: _view, Ct: lambda c: presenters[type(c.command)](c.command),
+    }  # fmt: skip
+    return commands, presenters
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run one command. Returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
-    cmd = tyro.cli(Commands, args=argv, prog="recon")
+    if argv[:1] == ["view"]:  # the viewer needs none of the training code: start in well under a second
+        cmd: Any = tyro.cli(View, args=argv[1:], prog="recon view")
+        presenters: dict[type, Callable[[Any], None]] = {View: _view}
+    else:
+        commands, presenters = _commands()
+        cmd = tyro.cli(commands, args=argv, prog="recon")
     try:
-        cmd.run()
+        presenters[type(cmd)](cmd)
     except InputError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt as err:
+        console.print(f"[yellow]stopped:[/yellow] {err or 'interrupted'}; a checkpoint was kept, --resume continues", highlight=False)
+        return 130
     return 0
 
 

@@ -55,7 +55,7 @@ def main() -> int:
     import torch
 
     from recon.io.r2gaussian import read_r2gaussian
-    from recon.ct.gaussians import GaussianFitConfig, GaussianTrainer
+    from recon.ct.gaussian_trainer import GaussianFitConfig, GaussianTrainer
     from recon.ct.metrics import psnr_3d, ssim_3d
     from recon.ct.tv_trainer import TVConfig, TVTrainer
 

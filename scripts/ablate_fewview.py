@@ -35,7 +35,8 @@ from recon.io.formats import load_capture
 from recon.io.images import save_image
 from recon.io.views import load_views
 from recon.io.run import RunDir, read_json
-from recon.pipelines.capture import PRESETS, CaptureFitConfig, apply_overrides
+from recon.splat.config import PRESETS, apply_overrides
+from recon.pipelines.capture import CaptureFitConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fox import FoxGrid, protocol_parser
@@ -196,7 +197,7 @@ def main() -> None:
             out = args.out / f"K{k}" / name
             cfg = make_config(name, args.data, out, train[k], eval_idx, args)
             t0 = time.perf_counter()
-            metrics = cfg.setup().fit()
+            metrics = cfg.setup().run()
             wall = time.perf_counter() - t0
             ev, tr = metrics["eval"]["mean"], metrics["train"]["mean"]
             grid.record(key, k, out, metrics, wall, config=name, overrides=CONFIGS[name])

@@ -77,7 +77,7 @@ def main() -> None:
                 continue
             out = args.out / f"K{k}" / model
             t0 = time.perf_counter()
-            metrics = make_config(model, out, train[k], eval_idx, args).setup().fit()
+            metrics = make_config(model, out, train[k], eval_idx, args).setup().run()
             wall = time.perf_counter() - t0
             ev, tr = metrics["eval"]["mean"], metrics["train"]["mean"]
             grid.record(key, k, out, metrics, wall, model=model, n_anchors=metrics.get("n_anchors"))

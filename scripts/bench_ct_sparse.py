@@ -49,7 +49,7 @@ DATA = ROOT.parent / "shared" / "data" / "ct" / "lidc_idri_0001_ds2.npz"
 
 
 def simulate(views: int, size: int, out: Path, seed: int) -> Path:
-    from recon.pipelines.ct import CTSimulate
+    from recon.pipelines.ct_simulate import CTSimulateConfig
 
     folder = out / "data" / f"lidc_{size}_{views}v"
     stamp = folder / "simulation.json"
@@ -57,29 +57,29 @@ def simulate(views: int, size: int, out: Path, seed: int) -> Path:
         s = json.loads(stamp.read_text())
         if s["n_views"] == views and s["volume_shape"] == [size] * 3:
             return folder
-    CTSimulate(DATA, views=views, out=folder, n_test=0, size=size, seed=seed, overwrite=True).run()
+    CTSimulateConfig(DATA, views=views, out=folder, n_test=0, size=size, seed=seed, overwrite=True).run()
     return folder
 
 
 def run_method(name: str, data: Path, out: Path, args) -> dict:
-    from recon.ct.gaussians import GaussianFitConfig
-    from recon.pipelines.ct import CTFit
+    from recon.ct.gaussian_trainer import GaussianFitConfig
+    from recon.pipelines.ct import CTFitConfig
 
     kw: dict = {"out": out, "overwrite": True, "seed": args.seed}
     if name == "fdk-ramlak":
-        cmd = CTFit(data, method="fdk", filter="ram-lak", **kw)
+        cmd = CTFitConfig(data, method="fdk", filter="ram-lak", **kw)
     elif name == "fdk-hann":
-        cmd = CTFit(data, method="fdk", filter="hann", **kw)
+        cmd = CTFitConfig(data, method="fdk", filter="hann", **kw)
     elif name == "sart":
-        cmd = CTFit(data, method="sart", iterations=args.sart_iterations, **kw)
+        cmd = CTFitConfig(data, method="sart", iterations=args.sart_iterations, **kw)
     elif name == "tv":
         from recon.ct.tv_trainer import TVConfig
 
         t = TVConfig() if args.tv_iterations is None else TVConfig(iterations=args.tv_iterations)
-        cmd = CTFit(data, method="tv", tv=t, **kw)
+        cmd = CTFitConfig(data, method="tv", tv=t, **kw)
     elif name == "gaussian":
         g = GaussianFitConfig() if args.gaussian_iterations is None else GaussianFitConfig(iterations=args.gaussian_iterations)
-        cmd = CTFit(data, method="gaussian", gaussian=g, **kw)
+        cmd = CTFitConfig(data, method="gaussian", gaussian=g, **kw)
     else:
         raise SystemExit(f"unknown method {name}")
     t0 = time.perf_counter()
@@ -101,13 +101,13 @@ def run_method(name: str, data: Path, out: Path, args) -> dict:
 def comparison_png(path: Path, runs: dict[str, Path], reference: np.ndarray) -> None:
     """Rows: axial / coronal / sagittal central slices; columns: reference then each method."""
     from recon.io.images import save_image
-    from recon.pipelines.ct import _slices
+    from recon.io.figures import central_slices
 
     lo, hi = float(reference.min()), float(reference.max())
     cols = [("reference", reference)] + [(k, np.load(p / "volume.npy")) for k, p in runs.items()]
     rows = []
     for plane in ("axial", "coronal", "sagittal"):
-        tiles = [_slices(vol)[plane] for _name, vol in cols]
+        tiles = [central_slices(vol)[plane] for _name, vol in cols]
         sep = np.full((tiles[0].shape[0], 2), hi)
         rows.append(np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1))
     width = max(r.shape[1] for r in rows)

@@ -129,7 +129,7 @@ def main() -> None:
             overwrite=True,
         )
         t0 = time.perf_counter()
-        metrics = cfg.setup().fit()
+        metrics = cfg.setup().run()
         wall = time.perf_counter() - t0
         ev = metrics["eval"]["mean"]
         tr = metrics["train"]["mean"]

@@ -70,7 +70,7 @@ def run_recon(capture: Path, out: Path, train: list[int], evals: list[int], iter
         iterations=iterations, seed=seed, overwrite=True, device=device,
     )  # fmt: skip
     t0 = time.perf_counter()
-    metrics = cfg.setup().fit()
+    metrics = cfg.setup().run()
     metrics["wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "bench_wall.json").write_text(json.dumps({"wall_s": metrics["wall_s"]}))
     return metrics

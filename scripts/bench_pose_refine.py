@@ -45,7 +45,8 @@ from recon.io.atomic import atomic_write_json
 from recon.io.formats import load_capture
 from recon.io.views import load_views
 from recon.io.ply import read_splat_ply
-from recon.pipelines.capture import CaptureFitConfig, _rasterize
+from recon.pipelines.capture import CaptureFitConfig
+from recon.splat.render import rasterize_views
 from recon.poses.refine import PoseRefineConfig, perturb_poses
 from recon.splat.model import GaussianModel
 from recon.poses.align import align_sim3, pose_errors
@@ -90,7 +91,7 @@ def register(model_ply: Path, noisy: Path, train: list[int], downscale: float, s
     for step in range(steps):
         v = 1 + step % (len(train) - 1)  # view 0 stays fixed, as in fitting
         viewmat = refiner.apply(cams.w2c[[v]], [v])
-        rgb, _alpha, _ = _rasterize(inputs, viewmat, cams.Ks()[[v]], images.shape[2], images.shape[1], model.sh_degree, background)
+        rgb, _alpha, _ = rasterize_views(inputs, viewmat, cams.Ks()[[v]], images.shape[2], images.shape[1], model.sh_degree, background)
         loss = (rgb - images[v : v + 1]).abs().mean()
         opt.zero_grad()
         loss.backward()

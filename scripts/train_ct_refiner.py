@@ -64,7 +64,8 @@ from recon.ct.metrics import psnr_3d, ssim_3d  # noqa: E402
 from recon.prior.ct_refiner import DEFAULT_WEIGHTS, VolumeRefiner, load_refiner, refine_volume  # noqa: E402
 from recon.ct.simulate import simulate_projections  # noqa: E402
 from recon.io.run import atomic_torch_save, atomic_write_json  # noqa: E402
-from recon.pipelines.ct import CTSimulate, resample_volume  # noqa: E402
+from recon.pipelines.ct_simulate import CTSimulateConfig  # noqa: E402
+from recon.ct.simulate import resample_volume
 from recon.io.formats import load_volume_file
 from recon.sparse.tensor import SparseTensor  # noqa: E402
 
@@ -85,7 +86,7 @@ def head_mu(size: int | None) -> tuple[np.ndarray, tuple[float, float, float]]:
 
 def scan_geometry(shape, voxel_mm, views: int, start_deg: float) -> CTGeometry:
     """The benchmark's scanner (CTSimulate defaults) with ``views`` angles from ``start_deg``."""
-    geo = CTSimulate(volume=CHEST, views=views).geometry(tuple(shape), tuple(voxel_mm))
+    geo = CTSimulateConfig(volume=CHEST, views=views).geometry(tuple(shape), tuple(voxel_mm))
     return geo.with_angles(circular_angles(views, 360.0, start_deg))
 
 
@@ -316,7 +317,7 @@ def masked_psnr(volume: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> 
 
 def evaluate(model: VolumeRefiner, out: Path, console) -> dict:
     from recon.io.images import save_image
-    from recon.pipelines.ct import _slices
+    from recon.io.figures import central_slices
 
     cases = []
     for views in (25, 50):
@@ -349,7 +350,7 @@ def evaluate(model: VolumeRefiner, out: Path, console) -> dict:
             f"{r['refined']['psnr_3d']:.2f} dB / {r['refined']['ssim_3d']:.4f}  (refine {t_ref:.0f} s)"
         )
         lo, hi = float(mu.min()), float(mu.max())
-        tiles = [_slices(v)["axial"] for v in (mu, rec, ref_vol)]
+        tiles = [central_slices(v)["axial"] for v in (mu, rec, ref_vol)]
         row = np.concatenate([np.concatenate([t, np.full((t.shape[0], 2), hi)], 1) for t in tiles], 1)[:, :-2]
         rows.append((row - lo) / (hi - lo))
     width = max(r.shape[1] for r in rows)

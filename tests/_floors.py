@@ -47,7 +47,7 @@ def blank_floor(targets: Tensor, background: Sequence[float] | Tensor) -> dict[s
 def untrained_capture_scores(trainer) -> dict[str, dict[str, float]]:
     """Scores of a :class:`recon.pipelines.capture.CaptureTrainer`'s current model (call it
     before ``fit``: the untrained model), per split, rendered as ``finish`` renders them."""
-    from recon.pipelines.capture import render_all
+    from recon.splat.render import render_all
     from recon.splat.anchored import AnchoredGaussians
 
     model = trainer.model.to_gaussian_model() if isinstance(trainer.model, AnchoredGaussians) else trainer.model
@@ -62,7 +62,7 @@ def run_images(run_dir: Path, split: str = "train") -> tuple[Tensor, Tensor]:
     """The ``split`` images of a finished ``recon fit`` run at its resolution, ``[V, H, W, 3]``,
     and the background colour it used (from ``config.json`` / ``run.json``)."""
     from recon.io.formats import load_capture
-    from recon.pipelines.capture import load_split
+    from recon.io.views import load_split
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())

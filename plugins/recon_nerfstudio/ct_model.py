@@ -43,7 +43,8 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
-from recon.ct.gaussians import PARAM_NAMES, GaussianFitConfig, GaussianTrainer, RadiativeGaussians, render_xray
+from recon.ct.gaussians import PARAM_NAMES, RadiativeGaussians, render_xray
+from recon.ct.gaussian_trainer import GaussianFitConfig, GaussianTrainer
 from recon.ct.metrics import psnr_3d
 from recon.ct.voxelize import tv_3d
 from recon.metrics import psnr, ssim
@@ -160,7 +161,7 @@ class ReconCTModel(Model):
         self.gaussians.density_unit = float(self.density_unit)
         if self.recon_trainer is not None:
             self.recon_trainer.vol_max = float(self.density_unit)
-            self.recon_trainer._reset_gradient_stats()
+            self.recon_trainer.reset_gradient_stats()
         self._volume_cache = None
         return result
 

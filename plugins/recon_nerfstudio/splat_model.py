@@ -35,6 +35,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from recon.metrics import Lpips, lpips_status, psnr, ssim
+from recon.splat.loss import photometric_loss
 from recon.splat.model import GaussianModel, sh_to_rgb
 from recon.splat.rasterize import rasterization
 from recon.splat.sh import num_sh_bases
@@ -255,10 +256,8 @@ class ReconSplatModel(SplatfactoModel):
         if "mask" in batch:  # [H, W, 1]; as splatfacto: both images are blacked out outside it
             mask = batch["mask"].to(self.device)
             gt, pred = gt * mask, pred * mask
-        lam = self.config.ssim_lambda
-        l1 = (pred - gt).abs().mean()
-        d_ssim = 1.0 - ssim(pred, gt)
-        return {"main_loss": (1.0 - lam) * l1 + lam * d_ssim}
+        loss, _l1 = photometric_loss(pred[None], gt[None], self.config.ssim_lambda)  # recon fit's loss
+        return {"main_loss": loss}
 
     @torch.no_grad()
     def get_image_metrics_and_images(

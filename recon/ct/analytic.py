@@ -41,7 +41,7 @@ FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming")
 _FILTER_ALIASES = {"ramp": "ram-lak", "ram_lak": "ram-lak", "ramlak": "ram-lak", "shepp_logan": "shepp-logan", "hanning": "hann"}
 
 
-def _filter_name(name: str) -> str:
+def filter_name(name: str) -> str:
     key = _FILTER_ALIASES.get(name.lower(), name.lower())
     if key not in FILTERS:
         raise InputError("filter", f"unknown filter {name!r} (expected one of {', '.join(FILTERS)})")
@@ -56,7 +56,7 @@ def ramp_filter_response(n_pad: int, filter: str = "ram-lak", cutoff: float = 1.
     a sampled ``|f|``. ``cutoff`` in (0, 1] is a fraction of Nyquist: frequencies above it are
     zeroed and the window is stretched to end there.
     """
-    name = _filter_name(filter)
+    name = filter_name(filter)
     if not 0.0 < cutoff <= 1.0:
         raise InputError("cutoff", f"must be in (0, 1] (fraction of Nyquist), got {cutoff}")
     n = np.concatenate([np.arange(0, n_pad // 2 + 1), np.arange(-(n_pad // 2) + 1, 0)]).astype(np.float64)

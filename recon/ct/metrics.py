@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from recon.errors import InputError
 
-__all__ = ["SSIM3D", "psnr_3d", "ssim_3d"]
+__all__ = ["SSIM3D", "psnr_3d", "ssim_3d", "volume_metrics"]
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -117,3 +117,16 @@ def ssim_3d(
             vals.append(_ssim_slices(a[sel], b[sel], L, window))
         per_axis.append(float(torch.cat(vals).mean()))
     return SSIM3D(mean=float(np.mean(per_axis)), axial=per_axis[0], coronal=per_axis[1], sagittal=per_axis[2])
+
+
+def volume_metrics(volume: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """R2-Gaussian's 3D PSNR (over the reference's range) and SSIM (mean of axial, coronal and
+    sagittal slice means), with the per-axis SSIMs, rounded for ``metrics.json``."""
+    s = ssim_3d(volume, reference)
+    return {
+        "psnr_3d": round(psnr_3d(volume, reference), 4),
+        "ssim_3d": round(s.mean, 5),
+        "ssim_axial": round(s.axial, 5),
+        "ssim_coronal": round(s.coronal, 5),
+        "ssim_sagittal": round(s.sagittal, 5),
+    }

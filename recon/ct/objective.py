@@ -98,17 +98,3 @@ class ViewBatches:
         if not self.order:
             self.order = [int(v) for v in self.rng.permutation(self.n_groups)]
         return self.groups[self.order.pop()]
-
-
-def exponential_lr(base: float, step: int, n_steps: int, final_ratio: float) -> float:
-    """``base`` decayed exponentially to ``base * final_ratio`` at ``n_steps``."""
-    return base * final_ratio ** (step / max(1, n_steps))
-
-
-def seed_all(seed: int) -> None:
-    """Seed torch and numpy's global generators (the Python one too)."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -33,7 +33,7 @@ from recon.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MU_WATER_PER_MM", "add_noise", "hu_to_mu", "simulate_projections", "write_r2gaussian_dataset"]
+__all__ = ["MU_WATER_PER_MM", "add_noise", "hu_to_mu", "resample_volume", "simulate_projections", "write_r2gaussian_dataset"]
 
 PROTOCOLS = ("physical", "r2gaussian")
 
@@ -148,3 +148,16 @@ def write_r2gaussian_dataset(
     return write_r2gaussian(
         out_dir, train_geo, train, volume=vol, test_geometry=test_geo, test_projections=test, scanner_extra=extra
     )
+
+
+def resample_volume(volume: np.ndarray, voxel_mm: tuple[float, float, float], size: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Area-resample [Z, Y, X] to ``size``^3 voxels keeping the physical extent (adaptive average
+    pooling when shrinking, trilinear when growing); returns the volume and its new voxel size."""
+    vol = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    shape = (size, size, size)
+    if all(s <= n for s, n in zip(shape, volume.shape)):
+        out = torch.nn.functional.interpolate(vol, size=shape, mode="area")
+    else:
+        out = torch.nn.functional.interpolate(vol, size=shape, mode="trilinear", align_corners=False)
+    extent = [n * d for n, d in zip(volume.shape, voxel_mm)]
+    return out[0, 0].numpy(), tuple(e / size for e in extent)  # type: ignore[return-value]

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -32,14 +30,15 @@ import torch
 from torch import Tensor
 
 from recon.geometry.ct import CTGeometry
-from recon.ct.objective import ViewBatches, checked_projections, exponential_lr, initial_volume, projection_loss, seed_all
+from recon.ct.objective import ViewBatches, checked_projections, initial_volume, projection_loss
 from recon.ct.project import Projector, torch_threads
 from recon.ct.voxelize import tv_3d
 from recon.errors import InputError
+from recon.train import exponential_decay, seed_everything, train
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TVConfig", "TVProgress", "TVTrainer"]
+__all__ = ["TVConfig", "TVTrainer"]
 
 
 @dataclass
@@ -84,17 +83,6 @@ class TVConfig:
             raise InputError("--tv.init", f"expected 'fdk' or 'sart', got {self.init!r}")
 
 
-@dataclass(frozen=True)
-class TVProgress:
-    """Passed to the ``callback`` after every step."""
-
-    step: int
-    n_steps: int
-    loss: float
-    l1: float
-    elapsed_s: float
-
-
 class TVTrainer:
     """Runs the optimisation (see the module docstring).
 
@@ -125,10 +113,9 @@ class TVTrainer:
         self.scale = scale
         self.b = b  # normalised projections
         self.projector = Projector(geometry, num_threads=None)
-        seed_all(cfg.seed)
+        seed_everything(cfg.seed)
         self._batches = ViewBatches(geometry.n_views, cfg.batch_views, np.random.default_rng(cfg.seed))
         self.step = 0
-        self.elapsed_s = 0.0
         self.history: list[dict] = []
         if state is not None:
             self.load_state_dict(state)
@@ -152,7 +139,6 @@ class TVTrainer:
         """Everything needed to continue the run (copies)."""
         return copy.deepcopy({
             "step": self.step,
-            "elapsed_s": self.elapsed_s,
             "x": self.x.detach(),
             "optimizer": self.optimizer.state_dict(),
             "order": list(self._batches.order),
@@ -177,7 +163,6 @@ class TVTrainer:
         self._batches.rng.bit_generator.state = state["rng"]
         self.vol_max = float(state["vol_max"])
         self.step = int(state["step"])
-        self.elapsed_s = float(state["elapsed_s"])
         self.history = list(state.get("history", []))
         self.init_description = str(state.get("init_description", "checkpoint"))
 
@@ -187,7 +172,7 @@ class TVTrainer:
         cfg = self.config
         views = self._batches.next()
         for g in self.optimizer.param_groups:
-            g["lr"] = exponential_lr(cfg.lr, self.step, cfg.iterations, cfg.lr_final_ratio)
+            g["lr"] = exponential_decay(cfg.lr, self.step, cfg.iterations, cfg.lr_final_ratio)
         pred = self.projector.forward(self.x * self.vol_max, views)
         loss, l1 = projection_loss(pred, self.b[list(views)], cfg.lambda_dssim)
         tv = tv_3d(self.x) if cfg.lambda_tv > 0 else torch.zeros(())
@@ -200,27 +185,11 @@ class TVTrainer:
         self.step += 1
         return {"loss": float(total.detach()), "l1": float(l1.detach()), "tv": float(tv.detach())}
 
-    def fit(
-        self,
-        callback: Callable[[TVProgress], bool | None] | None = None,
-        checkpoint: Callable[[int, dict], None] | None = None,
-        checkpoint_every: int = 0,
-    ) -> Tensor:
-        """Run until ``config.iterations`` steps; ``callback`` after every step (return True to
-        stop), ``checkpoint(step, state_dict)`` every ``checkpoint_every`` steps. Returns
-        :meth:`volume`."""
-        cfg = self.config
-        start = time.perf_counter() - self.elapsed_s
+    def fit(self, **loop_options: Any) -> Tensor:
+        """Train to ``config.iterations`` steps with :func:`recon.train.train` (in memory unless
+        ``run=`` is given; other keywords are the loop's) and return :meth:`volume`."""
         with torch_threads(self.num_threads):
-            while self.step < cfg.iterations:
-                terms = self.train_step()
-                self.elapsed_s = time.perf_counter() - start
-                self.history.append({"step": self.step, "time_s": round(self.elapsed_s, 3), **terms})
-                if checkpoint is not None and checkpoint_every and self.step % checkpoint_every == 0 and self.step < cfg.iterations:
-                    checkpoint(self.step, self.state_dict())
-                if callback is not None and callback(TVProgress(self.step, cfg.iterations, terms["loss"], terms["l1"], self.elapsed_s)) is True:
-                    logger.info("TV reconstruction stopped by callback at step %d", self.step)
-                    break
+            train(self, self.config.iterations, **loop_options)
         return self.volume()
 
     @torch.no_grad()

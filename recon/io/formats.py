@@ -111,11 +111,12 @@ def _no_split(split: str | None, fmt: str, path: Path) -> None:
         raise InputError(path, f"is a {fmt} capture, which has no splits (got split='{split}')")
 
 
-def load_ct_data(path: str | Path) -> CTData:
+def load_ct_data(path: str | Path, *, trust_pickle: bool = False) -> CTData:
     """Read any CT projection dataset recon reads, by what ``path`` is:
 
     * a folder with ``meta_data.json``: R2-Gaussian layout (:func:`read_r2gaussian`);
-    * ``*.pickle`` / ``*.pkl``: NAF / SAX-NeRF (:func:`read_naf_pickle`);
+    * ``*.pickle`` / ``*.pkl``: NAF / SAX-NeRF (:func:`read_naf_pickle`; only with ``trust_pickle``:
+      unpickling runs code);
     * ``*.npy`` / ``*.tif[f]``: a projection stack with a same-stem ``.json``/``.yaml`` geometry
       beside it (TIGRE's keys or :class:`CTGeometry`'s);
     * ``*.json`` / ``*.yaml`` / ``*.yml``: a geometry file with a same-stem stack beside it.
@@ -129,7 +130,7 @@ def load_ct_data(path: str | Path) -> CTData:
         raise InputError(path, "folder has no meta_data.json (expected an R2-Gaussian dataset)")
     name = path.name.lower()
     if name.endswith((".pickle", ".pkl")):
-        return read_naf_pickle(path)
+        return read_naf_pickle(path, trust=trust_pickle)
     if name.endswith(_STACK_SUFFIXES):
         return read_projection_stack(path)
     if name.endswith((".json", ".yaml", ".yml")):

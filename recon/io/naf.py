@@ -38,10 +38,19 @@ NAF_PROJECTION_SCALE = 1000.0
 """NAF projections are line integrals over metres; multiply by this for mm geometries."""
 
 
-def read_naf_pickle(path: str | Path) -> CTData:
+def read_naf_pickle(path: str | Path, *, trust: bool = False) -> CTData:
     """Read a NAF / SAX-NeRF ``*.pickle`` -> :class:`CTData` (train = ``train``, test = ``val``,
-    volume = ``image``). Projections are rescaled by :data:`NAF_PROJECTION_SCALE`."""
+    volume = ``image``). Projections are rescaled by :data:`NAF_PROJECTION_SCALE`.
+
+    Unpickling runs code the file names, so this refuses unless ``trust`` (``--trust-pickle``):
+    only for files from a source you trust. ``recon ct convert`` writes such a file once as an
+    R2-Gaussian folder, which holds only arrays and JSON."""
     path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "not found")
+    if not trust:
+        raise InputError(path, "is a pickle, and loading a pickle runs code from the file: pass --trust-pickle if you trust its "
+                               "source, or convert it once with 'recon ct convert FILE --trust-pickle --out DIR'")  # fmt: skip
     try:
         with open(path, "rb") as f:
             data = pickle.load(f)  # noqa: S301 - a local dataset file chosen by the user

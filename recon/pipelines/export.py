@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
-
-import torch
 
 from recon.errors import InputError
 from recon.io.ply import read_splat_ply, write_splat_ply
 from recon.io.run import RunDir, read_json
+from recon.train import read_checkpoint
 
 
 def load_run_params(run_dir: Path) -> dict:
@@ -25,18 +23,16 @@ def load_run_params(run_dir: Path) -> dict:
                                   "a CT run's volume is volume.nii.gz)")  # fmt: skip
     if run.is_complete() and run.path("splat.ply").is_file():
         return read_splat_ply(run.path("splat.ply"))
-    ckpt = run.latest_checkpoint()
+    ckpt = read_checkpoint(run)
     if ckpt is None:
         raise InputError(run_dir, "no splat.ply and no checkpoint to export from")
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise InputError(ckpt, f"unreadable checkpoint ({str(err).splitlines()[0]})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise InputError(ckpt, "not a checkpoint of 'recon fit' (no model state)")
-    if state.get("model_kind", "gaussians") == "anchored":
-        return _decode_anchored(run, state["model"])
-    return {k.removeprefix("params."): v for k, v in state["model"].items() if k.startswith("params.")}
+    state = ckpt.get("trainer")
+    if not isinstance(state, dict) or not isinstance(state.get("fields"), list) or not state["fields"]:
+        raise InputError(run.latest_checkpoint() or run_dir, "not a checkpoint of 'recon fit' (no model state)")
+    model_state = state["fields"][0]["model"]
+    if state.get("model_kind") == "anchored":
+        return _decode_anchored(run, model_state)
+    return {k.removeprefix("params."): v for k, v in model_state.items() if k.startswith("params.")}
 
 
 def _decode_anchored(run: RunDir, model_state: dict) -> dict:
@@ -45,10 +41,7 @@ def _decode_anchored(run: RunDir, model_state: dict) -> dict:
 
     config = read_json(run.path("config.json"))
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["anchored"].items()}
-    coords = model_state["coords"]
-    model = AnchoredGaussians(coords, float(model_state["voxel_size"]), torch.zeros(coords.shape[0], 3),
-                              AnchoredConfig(**fields), sh_degree=int(config["sh_degree"]))  # fmt: skip
-    model.load_state_dict(model_state)
+    model = AnchoredGaussians.from_state_dict(model_state, AnchoredConfig(**fields), sh_degree=int(config["sh_degree"]))
     return {k: v.detach() for k, v in model.to_gaussian_model().params.items()}
 
 

@@ -26,7 +26,7 @@ from recon.io.run import RunDir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Job", "JobConfig", "ProgressFn", "run_job"]
+__all__ = ["Job", "JobBase", "JobConfig", "ProgressFn", "run_job"]
 
 ProgressFn = Callable[[int, int, dict], None]
 """``progress(step, total, record)`` while a job trains (record: loss, counts, ...)."""
@@ -37,7 +37,7 @@ class Job(Protocol):
 
     kind: str
     """``"capture"`` or ``"ct"`` (``run.json``'s ``kind``)."""
-    run: RunDir
+    run_dir: RunDir
     resume: bool
     overwrite: bool
 
@@ -68,7 +68,7 @@ def _one_line(err: BaseException) -> str:
 
 def run_job(job: Job, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run ``job`` into its run folder (see the module docstring); returns the metrics."""
-    run = job.run
+    run = job.run_dir
     run.prepare(resume=job.resume, overwrite=job.overwrite)
     run.start(job.kind, job.config_dict(), resume=job.resume, **job.run_info())
     try:
@@ -83,6 +83,14 @@ def run_job(job: Job, progress: ProgressFn | None = None) -> dict[str, Any]:
     return metrics
 
 
-def config_dict(config: Any) -> dict[str, Any]:
-    """A dataclass config as a JSON-ready dict (for :meth:`Job.config_dict`)."""
-    return dataclasses.asdict(config)
+class JobBase:
+    """What every job shares: ``config_dict`` from its dataclass config, and ``run()``."""
+
+    config: Any
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    def run(self, progress: ProgressFn | None = None) -> dict[str, Any]:
+        """:func:`run_job` on this job; returns the metrics."""
+        return run_job(self, progress)  # type: ignore[arg-type]

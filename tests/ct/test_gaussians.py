@@ -10,15 +10,8 @@ import pytest
 import torch
 
 from recon.ct.analytic import fdk
-from recon.ct.gaussians import (
-    GaussianFitConfig,
-    GaussianTrainer,
-    RadiativeGaussians,
-    bin_projections,
-    line_integral_factors,
-    render_xray,
-    xray_cameras,
-)
+from recon.ct.gaussian_trainer import GaussianFitConfig, GaussianTrainer
+from recon.ct.gaussians import RadiativeGaussians, bin_projections, line_integral_factors, render_xray, xray_cameras
 from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.phantoms import shepp_logan_3d
 from recon.ct.project import Projector

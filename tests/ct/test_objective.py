@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon.ct.objective import ViewBatches, coverage_is_short, exponential_lr, initial_volume, projection_loss
+from recon.ct.objective import ViewBatches, coverage_is_short, initial_volume, projection_loss
 from recon.ct.project import Projector
 
 from .conftest import MU, cone_geometry
@@ -32,12 +32,6 @@ def test_view_batches_cover_every_view_each_epoch(n_views, batch):
     assert max(len(g) for g in epoch) <= max(batch, 1) + 1
     again = ViewBatches(n_views, batch, np.random.default_rng(3))
     assert [again.next() for _ in range(vb.n_groups)] == epoch  # same seed, same order
-
-
-def test_exponential_lr_endpoints():
-    assert exponential_lr(0.5, 0, 100, 0.1) == pytest.approx(0.5)
-    assert exponential_lr(0.5, 50, 100, 0.1) == pytest.approx(0.5 * 0.1**0.5)
-    assert exponential_lr(0.5, 100, 100, 0.1) == pytest.approx(0.05)
 
 
 def test_initial_volume_sart_improves_on_fdk():

@@ -173,18 +173,19 @@ def test_ct_fit_that_raises_is_marked_failed(tmp_path):
     import numpy as np
 
     from recon.ct.phantoms import shepp_logan_3d
-    from recon.pipelines.ct import CTFit, CTSimulate
+    from recon.pipelines.ct import CTFitConfig
+    from recon.pipelines.ct_simulate import CTSimulateConfig
 
     np.savez(tmp_path / "p.npz", volume=(shepp_logan_3d((8, 8, 8)) * 1000 - 1000).astype(np.float32),
              spacing_mm_zyx=np.array([2.0, 2.0, 2.0], np.float32))  # fmt: skip
-    CTSimulate(tmp_path / "p.npz", views=6, out=tmp_path / "scan", n_test=0, detector=16).run()
+    CTSimulateConfig(tmp_path / "p.npz", views=6, out=tmp_path / "scan", n_test=0, detector=16).run()
 
     def boom(step, total, info):
         if step == 2:
             raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError, match="disk on fire"):
-        CTFit(tmp_path / "scan", method="sart", iterations=4, out=tmp_path / "run").run(progress=boom)
+        CTFitConfig(tmp_path / "scan", method="sart", iterations=4, out=tmp_path / "run").run(progress=boom)
     status = RunDir(tmp_path / "run").status()
     assert status["status"] == "failed" and "disk on fire" in status["error"]
     assert status["kind"] == "ct" and status["method"] == "sart"

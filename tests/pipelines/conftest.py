@@ -38,11 +38,11 @@ def tiny_ct_scan(tmp_path_factory) -> Path:
     import numpy as np
 
     from recon.ct.phantoms import shepp_logan_3d
-    from recon.pipelines.ct import CTSimulate
+    from recon.pipelines.ct_simulate import CTSimulateConfig
 
     vol = shepp_logan_3d((24, 24, 24)).astype(np.float32)
     hu = -1000.0 + 1200.0 * vol / vol.max()
     folder = tmp_path_factory.mktemp("tiny_ct")
     np.savez(folder / "phantom.npz", volume=hu.astype(np.float32), spacing_mm_zyx=np.array([2.0, 2.0, 2.0], np.float32))
-    CTSimulate(folder / "phantom.npz", views=12, out=folder / "scan", n_test=0, detector=40).run()
+    CTSimulateConfig(folder / "phantom.npz", views=12, out=folder / "scan", n_test=0, detector=40).run()
     return folder / "scan"

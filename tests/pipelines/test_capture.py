@@ -10,7 +10,8 @@ import torch
 from recon.io.ply import read_splat_ply
 from recon.io.run import RunDir
 from recon.metrics import lpips_status
-from recon.pipelines.capture import CaptureFitConfig, eval_cameras
+from recon.pipelines.capture import CaptureFitConfig
+from recon.pipelines.evaluate import eval_cameras
 from tests._floors import blank_floor, untrained_capture_scores
 
 
@@ -71,7 +72,7 @@ def test_fit_writes_complete_run(small_fox, tmp_path):
 def test_resume_continues_from_checkpoint(small_fox, tmp_path):
     out = tmp_path / "run"
     cfg = _cfg(small_fox, out, iterations=20, checkpoint_every=10)
-    cfg.setup().fit()
+    cfg.setup().run()
     # ask for more steps, resuming: starts at step 20, not 0
     trainer = _cfg(small_fox, out, iterations=40, checkpoint_every=10, resume=True).setup()
     seen = []
@@ -95,7 +96,7 @@ def test_eval_other_cameras(small_fox, tmp_path, fox_dir):
     from tests.pipelines.conftest import make_capture
 
     out = tmp_path / "run"
-    _cfg(small_fox, out, iterations=10).setup().fit()
+    _cfg(small_fox, out, iterations=10).setup().run()
     other = make_capture(fox_dir, tmp_path / "other", frames=slice(20, 23))
     scores = eval_cameras(out, other / "transforms.json")
     assert scores["mean"]["n_views"] == 3
@@ -107,7 +108,7 @@ def test_eval_other_cameras(small_fox, tmp_path, fox_dir):
 def test_eval_of_the_training_cameras_reproduces_metrics_json(small_fox, tmp_path):
     """``recon eval`` with exactly the training views scores what ``metrics.json["train"]`` says."""
     out = tmp_path / "run"
-    metrics = _cfg(small_fox, out, iterations=10).setup().fit()
+    metrics = _cfg(small_fox, out, iterations=10).setup().run()
     names = RunDir(out).status()["train_views"]
     meta = json.loads((small_fox / "transforms.json").read_text())
     meta["frames"] = [f for f in meta["frames"] if f["file_path"].split("/")[-1] in names]

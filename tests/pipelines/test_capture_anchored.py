@@ -11,7 +11,8 @@ from recon.cli import main
 from recon.errors import InputError
 from recon.io.ply import read_splat_ply
 from recon.io.run import RunDir
-from recon.pipelines.capture import CaptureFitConfig, apply_overrides
+from recon.pipelines.capture import CaptureFitConfig
+from recon.splat.config import apply_overrides
 from recon.splat.anchored import AnchoredConfig, AnchoredGaussians
 from tests._floors import blank_floor, run_images
 
@@ -90,9 +91,9 @@ def test_checkpoint_restores_the_training_state(small_fox, tmp_path):
 
 def test_gaussians_checkpoint_is_not_resumed_as_anchored(small_fox, tmp_path):
     out = tmp_path / "run"
-    _cfg(small_fox, out, model="gaussians", iterations=4, anchored=AnchoredConfig()).setup().fit()
+    _cfg(small_fox, out, model="gaussians", iterations=4, anchored=AnchoredConfig()).setup().run()
     with pytest.raises(InputError, match="--model gaussians fit"):
-        _cfg(small_fox, out, iterations=8, resume=True).setup().fit()
+        _cfg(small_fox, out, iterations=8, resume=True).setup().run()
 
 
 @pytest.mark.parametrize(

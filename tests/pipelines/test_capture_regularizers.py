@@ -10,7 +10,8 @@ import torch
 
 from recon.errors import InputError
 from recon.io.run import RunDir
-from recon.pipelines.capture import PRESETS, CaptureFitConfig, apply_overrides
+from recon.splat.config import PRESETS, apply_overrides
+from recon.pipelines.capture import CaptureFitConfig
 from recon.splat.regularizers import RegularizerConfig
 from tests._floors import constant_image_scores, untrained_capture_scores
 

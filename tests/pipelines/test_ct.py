@@ -13,10 +13,11 @@ import torch
 from recon.io.r2gaussian import read_r2gaussian
 from recon.io.naf import write_naf_pickle
 from recon.io.tigre import write_projection_stack
-from recon.ct.gaussians import GaussianFitConfig
+from recon.ct.gaussian_trainer import GaussianFitConfig
 from recon.ct.phantoms import shepp_logan_3d
 from recon.errors import InputError
-from recon.pipelines.ct import CTFit, CTSimulate
+from recon.pipelines.ct import CTFitConfig
+from recon.pipelines.ct_simulate import CTSimulateConfig
 from recon.io.formats import load_ct_data, load_volume_file
 from tests._floors import constant_volume_scores
 
@@ -42,7 +43,7 @@ def phantom_hu(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dataset(phantom_hu, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sim") / "ds"
-    summary = CTSimulate(phantom_hu, views=12, out=out, n_test=4, detector=32).run()
+    summary = CTSimulateConfig(phantom_hu, views=12, out=out, n_test=4, detector=32).run()
     assert summary["n_views"] == 12
     return out
 
@@ -64,27 +65,27 @@ def test_simulate_writes_an_r2gaussian_dataset(dataset, phantom_hu):
 
 def test_simulate_resample_and_refusals(phantom_hu, tmp_path):
     out = tmp_path / "small"
-    CTSimulate(phantom_hu, views=4, out=out, n_test=0, detector=16, size=8, noise=False).run()
+    CTSimulateConfig(phantom_hu, views=4, out=out, n_test=0, detector=16, size=8, noise=False).run()
     data = read_r2gaussian(out)
     assert data.volume.shape == (8, 8, 8)
     assert data.geometry.voxel_mm == pytest.approx((4.0, 4.0, 4.0))
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(InputError, match="not empty"):
-        CTSimulate(phantom_hu, views=4, out=out, n_test=0, detector=16).run()
+        CTSimulateConfig(phantom_hu, views=4, out=out, n_test=0, detector=16).run()
     assert sorted(p.name for p in out.iterdir()) == before
     bad = tmp_path / "bad.npz"
     np.savez(bad, volume=np.zeros((4, 4, 4), np.float32), spacing_mm_zyx=np.ones(3), extra=np.ones(2))
     with pytest.raises(InputError, match="unknown keys"):
-        CTSimulate(bad, out=tmp_path / "x").run()
+        CTSimulateConfig(bad, out=tmp_path / "x").run()
     nan = tmp_path / "nan.npy"
     arr = np.zeros((4, 4, 4), np.float32)
     arr[1, 1, 1] = np.nan
     np.save(nan, arr)
     with pytest.raises(InputError, match="NaN"):
-        CTSimulate(nan, voxel_mm=(1.0, 1.0, 1.0), out=tmp_path / "y").run()
+        CTSimulateConfig(nan, voxel_mm=(1.0, 1.0, 1.0), out=tmp_path / "y").run()
     np.save(tmp_path / "nospacing.npy", np.zeros((4, 4, 4), np.float32))
     with pytest.raises(InputError, match="voxel-mm"):
-        CTSimulate(tmp_path / "nospacing.npy", out=tmp_path / "z").run()
+        CTSimulateConfig(tmp_path / "nospacing.npy", out=tmp_path / "z").run()
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
@@ -111,7 +112,7 @@ def test_fit_each_method(dataset, tmp_path, method):
     out = tmp_path / method
     steps = []
     iterations = 5 if method == "sart" else 30
-    cfg = CTFit(dataset, method=method, out=out, iterations=iterations, gaussian=SMALL_GAUSSIANS)
+    cfg = CTFitConfig(dataset, method=method, out=out, iterations=iterations, gaussian=SMALL_GAUSSIANS)
     metrics = cfg.run(progress=lambda step, total, info: steps.append(step))
     m = _check_run(out, iterative=method in ("sart", "tv", "gaussian"))
     assert m == metrics
@@ -126,7 +127,7 @@ def test_fit_each_method(dataset, tmp_path, method):
     if method in ("tv", "gaussian"):
         # both start from a SART volume, already far above blank: training must add to it
         # (measured 24.9 -> 26.0 dB and SSIM 0.885 -> 0.931 for TV, 23.8 -> 25.2 and 0.75 -> 0.91 for Gaussians)
-        start = CTFit(dataset, method=method, out=tmp_path / "untrained", iterations=0, gaussian=SMALL_GAUSSIANS).run()
+        start = CTFitConfig(dataset, method=method, out=tmp_path / "untrained", iterations=0, gaussian=SMALL_GAUSSIANS).run()
         assert m["psnr_3d"] > start["psnr_3d"] + 0.5, (m["psnr_3d"], start["psnr_3d"])
         assert m["ssim_3d"] > start["ssim_3d"] + 0.02, (m["ssim_3d"], start["ssim_3d"])
     if method == "gaussian":
@@ -134,32 +135,32 @@ def test_fit_each_method(dataset, tmp_path, method):
 
 
 def test_iterative_methods_beat_fdk(dataset, tmp_path):
-    fdk = CTFit(dataset, method="fdk", out=tmp_path / "a").run()
-    sart = CTFit(dataset, method="sart", iterations=10, out=tmp_path / "b").run()
-    gs = CTFit(dataset, method="gaussian", iterations=250, out=tmp_path / "c", gaussian=GaussianFitConfig(n_gaussians=3000, max_gaussians=4000, init_fit_steps=20)).run()
+    fdk = CTFitConfig(dataset, method="fdk", out=tmp_path / "a").run()
+    sart = CTFitConfig(dataset, method="sart", iterations=10, out=tmp_path / "b").run()
+    gs = CTFitConfig(dataset, method="gaussian", iterations=250, out=tmp_path / "c", gaussian=GaussianFitConfig(n_gaussians=3000, max_gaussians=4000, init_fit_steps=20)).run()
     assert sart["psnr_3d"] > fdk["psnr_3d"] and gs["psnr_3d"] > fdk["psnr_3d"]
 
 
 def test_views_subset_and_reference(dataset, tmp_path, phantom_hu):
     ref = tmp_path / "ref.npy"
     np.save(ref, read_r2gaussian(dataset).volume)
-    m = CTFit(dataset, method="fdk", views=6, reference=ref, out=tmp_path / "sub").run()
+    m = CTFitConfig(dataset, method="fdk", views=6, reference=ref, out=tmp_path / "sub").run()
     assert m["n_views"] == 6 and "psnr_3d" in m
     with pytest.raises(InputError, match="--views"):
-        CTFit(dataset, method="fdk", views=13, out=tmp_path / "bad").run()
+        CTFitConfig(dataset, method="fdk", views=13, out=tmp_path / "bad").run()
     np.save(tmp_path / "wrong.npy", np.zeros((8, 8, 8), np.float32))
     with pytest.raises(InputError, match="reference volume"):
-        CTFit(dataset, method="fdk", reference=tmp_path / "wrong.npy", out=tmp_path / "bad").run()
+        CTFitConfig(dataset, method="fdk", reference=tmp_path / "wrong.npy", out=tmp_path / "bad").run()
     assert not (tmp_path / "bad").exists()
 
 
 def test_gaussian_resume(dataset, tmp_path):
     out = tmp_path / "g"
     g = GaussianFitConfig(n_gaussians=800, max_gaussians=1000, init_fit_steps=5, densify_from=5, densify_until=10, densify_every=5)
-    CTFit(dataset, method="gaussian", iterations=10, checkpoint_every=5, out=out, gaussian=g).run()
+    CTFitConfig(dataset, method="gaussian", iterations=10, checkpoint_every=5, out=out, gaussian=g).run()
     with pytest.raises(InputError, match="not empty"):
-        CTFit(dataset, method="gaussian", iterations=15, out=out, gaussian=g).run()
-    m = CTFit(dataset, method="gaussian", iterations=15, resume=True, out=out, gaussian=g).run()
+        CTFitConfig(dataset, method="gaussian", iterations=15, out=out, gaussian=g).run()
+    m = CTFitConfig(dataset, method="gaussian", iterations=15, resume=True, out=out, gaussian=g).run()
     assert m["iterations"] == 15
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 15
@@ -169,7 +170,7 @@ def test_tv_interrupted_then_resumed_matches_one_run(dataset, tmp_path):
     """Stopped at step 12 (checkpoints every 5), resumed: the same volume as one run of 20
     (the checkpoint holds the volume, Adam's moments and the view order)."""
     one = tmp_path / "one"
-    CTFit(dataset, method="tv", iterations=20, out=one).run()
+    CTFitConfig(dataset, method="tv", iterations=20, out=one).run()
     two = tmp_path / "two"
 
     def stop(step, total, info):
@@ -177,19 +178,19 @@ def test_tv_interrupted_then_resumed_matches_one_run(dataset, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        CTFit(dataset, method="tv", iterations=20, checkpoint_every=5, out=two).run(progress=stop)
+        CTFitConfig(dataset, method="tv", iterations=20, checkpoint_every=5, out=two).run(progress=stop)
     assert json.loads((two / "run.json").read_text())["status"] == "interrupted"
-    m = CTFit(dataset, method="tv", iterations=20, checkpoint_every=5, resume=True, out=two).run()
+    m = CTFitConfig(dataset, method="tv", iterations=20, checkpoint_every=5, resume=True, out=two).run()
     assert m["iterations"] == 20 and m["resumed_from_s"] is not None
     np.testing.assert_allclose(np.load(two / "volume.npy"), np.load(one / "volume.npy"), rtol=1e-5, atol=1e-7)
     with pytest.raises(InputError, match="holds a tv run"):
-        CTFit(dataset, method="sart", iterations=5, resume=True, out=two).run()
+        CTFitConfig(dataset, method="sart", iterations=5, resume=True, out=two).run()
 
 
 def test_sart_resume(dataset, tmp_path):
     out = tmp_path / "s"
-    CTFit(dataset, method="sart", iterations=5, out=out).run()
-    m = CTFit(dataset, method="sart", iterations=10, resume=True, out=out).run()
+    CTFitConfig(dataset, method="sart", iterations=5, out=out).run()
+    m = CTFitConfig(dataset, method="sart", iterations=10, resume=True, out=out).run()
     assert m["iterations"] == 10
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))
@@ -204,7 +205,7 @@ def test_load_ct_data_formats(dataset, tmp_path):
         got = load_ct_data(path)
         np.testing.assert_allclose(got.projections, data.projections, rtol=1e-5, atol=1e-6)
         assert got.geometry.n_views == 12
-    m = CTFit(tmp_path / "stack.npy", method="fdk", out=tmp_path / "f").run()
+    m = CTFitConfig(tmp_path / "stack.npy", method="fdk", out=tmp_path / "f").run()
     assert "psnr_3d" not in m  # a bare stack has no reference volume
     with pytest.raises(InputError, match="unknown CT data type"):
         load_ct_data(tmp_path / "scan.txt") if (tmp_path / "scan.txt").write_text("x") else None
@@ -217,17 +218,17 @@ def test_bad_inputs_write_nothing(dataset, tmp_path):
     write_projection_stack(tmp_path / "s.npy", data.projections, data.geometry)
     np.save(tmp_path / "s.npy", data.projections[:10])
     with pytest.raises(InputError, match="10 projections but 12 angles"):
-        CTFit(tmp_path / "s.npy", method="fdk", out=out).run()
+        CTFitConfig(tmp_path / "s.npy", method="fdk", out=out).run()
     # detector size mismatch
     np.save(tmp_path / "s.npy", data.projections[:, :30])
     with pytest.raises(InputError, match="detector"):
-        CTFit(tmp_path / "s.npy", method="fdk", out=out).run()
+        CTFitConfig(tmp_path / "s.npy", method="fdk", out=out).run()
     # NaN
     bad = data.projections.copy()
     bad[3, 4, 5] = np.nan
     np.save(tmp_path / "s.npy", bad)
     with pytest.raises(InputError, match="NaN"):
-        CTFit(tmp_path / "s.npy", method="sart", out=out).run()
+        CTFitConfig(tmp_path / "s.npy", method="sart", out=out).run()
     # unknown keys in an R2-Gaussian meta_data.json
     import shutil
 
@@ -237,29 +238,29 @@ def test_bad_inputs_write_nothing(dataset, tmp_path):
     meta["surprise"] = 1
     (ds2 / "meta_data.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="unknown keys"):
-        CTFit(ds2, method="fdk", out=out).run()
+        CTFitConfig(ds2, method="fdk", out=out).run()
     # unknown NAF keys
     with open(tmp_path / "bad.pickle", "wb") as f:
         pickle.dump({"nDetector": [4, 4], "wat": 1}, f)
     with pytest.raises(InputError, match="unknown NAF keys"):
-        CTFit(tmp_path / "bad.pickle", method="fdk", out=out).run()
+        CTFitConfig(tmp_path / "bad.pickle", method="fdk", out=out).run()
     assert not out.exists()
     # bad options
     with pytest.raises(InputError, match="filter"):
-        CTFit(dataset, method="fdk", filter="sinc", out=out).run()
+        CTFitConfig(dataset, method="fdk", filter="sinc", out=out).run()
     with pytest.raises(InputError, match="relaxation"):
-        CTFit(dataset, method="sart", relaxation=2.5, out=out).run()
+        CTFitConfig(dataset, method="sart", relaxation=2.5, out=out).run()
     with pytest.raises(InputError, match="resume"):
-        CTFit(dataset, method="fdk", resume=True, out=out).run()
+        CTFitConfig(dataset, method="fdk", resume=True, out=out).run()
     assert not out.exists()
 
 
 def test_existing_run_is_kept(dataset, tmp_path):
     out = tmp_path / "keep"
-    CTFit(dataset, method="fdk", out=out).run()
+    CTFitConfig(dataset, method="fdk", out=out).run()
     before = (out / "volume.npy").read_bytes()
     with pytest.raises(InputError, match="not empty"):
-        CTFit(dataset, method="fbp", out=out).run()
+        CTFitConfig(dataset, method="fbp", out=out).run()
     assert (out / "volume.npy").read_bytes() == before
-    CTFit(dataset, method="fdk", filter="hann", overwrite=True, out=out).run()
+    CTFitConfig(dataset, method="fdk", filter="hann", overwrite=True, out=out).run()
     assert json.loads((out / "metrics.json").read_text())["filter"] == "hann"

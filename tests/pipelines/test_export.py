@@ -43,7 +43,7 @@ def _assert_same(a: dict, b: dict, **tol) -> None:
 
 def test_complete_run_exports_its_splat_ply(small_fox, tmp_path):
     out = tmp_path / "run"
-    _cfg(small_fox, out).setup().fit()
+    _cfg(small_fox, out).setup().run()
     path = export_run(out)
     assert path == out / "export" / "splat.ply"
     exported, final = read_splat_ply(path), read_splat_ply(out / "splat.ply")
@@ -98,12 +98,13 @@ def test_cli_export_of_an_interrupted_run(small_fox, tmp_path, capsys):
 
 def _ct_run(tmp_path):
     from recon.ct.phantoms import shepp_logan_3d
-    from recon.pipelines.ct import CTFit, CTSimulate
+    from recon.pipelines.ct import CTFitConfig
+    from recon.pipelines.ct_simulate import CTSimulateConfig
 
     np.savez(tmp_path / "p.npz", volume=(shepp_logan_3d((8, 8, 8)) * 1000 - 1000).astype(np.float32),
              spacing_mm_zyx=np.array([2.0, 2.0, 2.0], np.float32))  # fmt: skip
-    CTSimulate(tmp_path / "p.npz", views=6, out=tmp_path / "scan", n_test=0, detector=16).run()
-    CTFit(tmp_path / "scan", method="sart", iterations=5, out=tmp_path / "ct").run()
+    CTSimulateConfig(tmp_path / "p.npz", views=6, out=tmp_path / "scan", n_test=0, detector=16).run()
+    CTFitConfig(tmp_path / "scan", method="sart", iterations=5, out=tmp_path / "ct").run()
     return tmp_path / "ct"
 
 
@@ -153,7 +154,7 @@ def test_folders_that_cannot_be_exported_are_one_line_errors(tmp_path, capsys, m
 def test_export_metadata_unchanged(small_fox, tmp_path):
     """Exporting reads the run; it does not touch run.json or metrics.json."""
     out = tmp_path / "run"
-    _cfg(small_fox, out, iterations=2).setup().fit()
+    _cfg(small_fox, out, iterations=2).setup().run()
     before = {name: (out / name).read_bytes() for name in ("run.json", "metrics.json", "config.json")}
     export_run(out)
     assert {name: (out / name).read_bytes() for name in before} == before

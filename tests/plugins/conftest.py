@@ -45,13 +45,13 @@ def make_ct_scan(out: Path) -> Path:
     import numpy as np
 
     from recon.ct.phantoms import shepp_logan_3d
-    from recon.pipelines.ct import CTSimulate
+    from recon.pipelines.ct_simulate import CTSimulateConfig
 
     vol = shepp_logan_3d((16, 16, 16)).astype(np.float32)
     hu = -1000.0 + 1200.0 * vol / vol.max()
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "phantom.npz", volume=hu, spacing_mm_zyx=np.array([2.0, 2.0, 2.0], np.float32))
-    CTSimulate(out / "phantom.npz", views=12, out=out / "scan", n_test=2, detector=32).run()
+    CTSimulateConfig(out / "phantom.npz", views=12, out=out / "scan", n_test=2, detector=32).run()
     return out / "scan"
 
 

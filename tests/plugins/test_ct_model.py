@@ -16,7 +16,8 @@ from nerfstudio.engine.optimizers import Optimizers
 
 from recon_nerfstudio.ct_model import ReconCTModel
 from recon_nerfstudio.methods import ct_optimizers, recon_ct
-from recon.ct.gaussians import PARAM_NAMES, GaussianFitConfig, GaussianTrainer, render_xray, xray_cameras
+from recon.ct.gaussians import PARAM_NAMES, render_xray, xray_cameras
+from recon.ct.gaussian_trainer import GaussianFitConfig, GaussianTrainer
 from recon.io.formats import load_ct_data
 from tests._floors import assert_loss_falls, constant_volume_scores
 

@@ -21,7 +21,8 @@ from recon.prior.ct_refiner import (
 )
 from recon.ct.simulate import simulate_projections
 from recon.errors import InputError
-from recon.pipelines.ct import CTFit, CTSimulate
+from recon.pipelines.ct import CTFitConfig
+from recon.pipelines.ct_simulate import CTSimulateConfig
 from recon.sparse.tensor import SparseTensor
 
 from tests.ct.conftest import psnr
@@ -188,7 +189,7 @@ def test_shipped_weights_load_and_help_on_a_phantom():
     assert (DEFAULT_WEIGHTS / "diffusion_pytorch_model.safetensors").stat().st_size < 20e6
     model = load_refiner(backend="torch")
     ref = (shepp_logan_3d((32, 32, 32)) * 1.2 * MU_WATER_PER_MM).astype(np.float32)
-    geo = CTSimulate(volume=Path("unused"), views=25).geometry(ref.shape, (2.0, 2.0, 2.0))
+    geo = CTSimulateConfig(volume=Path("unused"), views=25).geometry(ref.shape, (2.0, 2.0, 2.0))
     rec = fdk(simulate_projections(ref, geo, seed=3), geo).numpy()
     out = refine_volume(rec, model)
     mask = model.select(rec)
@@ -205,15 +206,15 @@ def dataset(tmp_path_factory) -> Path:
     hu = -1000.0 + 1000.0 * vol / vol.max() * 1.2
     folder = tmp_path_factory.mktemp("refine_data")
     np.savez(folder / "phantom.npz", volume=hu, spacing_mm_zyx=np.array([2.0, 2.0, 2.0], np.float32))
-    CTSimulate(folder / "phantom.npz", views=12, out=folder / "ds", n_test=0, detector=32).run()
+    CTSimulateConfig(folder / "phantom.npz", views=12, out=folder / "ds", n_test=0, detector=32).run()
     return folder / "ds"
 
 
 def test_fit_refine_end_to_end(dataset, tmp_path):
     weights = tmp_path / "w"
     _random_model(planes=(4, 8), layers=(1, 1), seed=1).save_pretrained(weights)
-    plain = CTFit(dataset, method="fdk", out=tmp_path / "plain").run()
-    m = CTFit(dataset, method="fdk", out=tmp_path / "refined", refine=True, refiner_path=weights).run()
+    plain = CTFitConfig(dataset, method="fdk", out=tmp_path / "plain").run()
+    m = CTFitConfig(dataset, method="fdk", out=tmp_path / "refined", refine=True, refiner_path=weights).run()
     out = tmp_path / "refined"
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
     unref, vol = np.load(out / "volume_unrefined.npy"), np.load(out / "volume.npy")
@@ -241,7 +242,7 @@ def test_fit_refine_with_shipped_weights_through_the_cli(dataset, tmp_path):
 
 def test_fit_refine_refusals_write_nothing(dataset, tmp_path):
     with pytest.raises(InputError, match="train_ct_refiner"):
-        CTFit(dataset, method="fdk", out=tmp_path / "a", refine=True, refiner_path=tmp_path / "missing").run()
+        CTFitConfig(dataset, method="fdk", out=tmp_path / "a", refine=True, refiner_path=tmp_path / "missing").run()
     with pytest.raises(InputError, match="--refine"):
-        CTFit(dataset, method="fdk", out=tmp_path / "b", refiner_path=tmp_path / "missing").run()
+        CTFitConfig(dataset, method="fdk", out=tmp_path / "b", refiner_path=tmp_path / "missing").run()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -172,7 +172,7 @@ def tooth() -> Dataset:
 def fov_mask(geo: CTGeometry) -> np.ndarray:
     """[Y, X] reconstruction circle: the largest disc around the axis that every view sees."""
     Z, Y, X = geo.n_voxel
-    _, yc, xc = geo.voxel_centers_mm()
+    _, yc, xc = geo.voxel_centres_mm()
     nu, du = geo.n_detector[1], geo.detector_pixel_mm[1]
     half = nu * du / 2.0 - abs(geo.offset_detector_mm[1])
     if geo.mode == "fan":

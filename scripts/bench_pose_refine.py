@@ -134,10 +134,10 @@ def main() -> int:
                 refine_poses=refine, pose_lr=lr if lr is not None else 1e-4, overwrite=True,
             )  # fmt: skip
             t0 = time.perf_counter()
-            trainer = cfg.setup()
-            before = train_pose_errors(trainer.train.cameras.w2c, ref_w2c)
-            metrics = trainer.fit()
-            after = train_pose_errors(trainer.refined_train_cameras().w2c, ref_w2c)
+            job = cfg.setup()
+            before = train_pose_errors(job.train.cameras.w2c, ref_w2c)
+            metrics = job.run()
+            after = train_pose_errors(job.trainer.train_cameras().w2c, ref_w2c)
             results["rows"][key] = {
                 "eval_psnr": metrics["eval"]["mean"]["psnr"], "eval_ssim": metrics["eval"]["mean"]["ssim"],
                 "train_psnr": metrics["train"]["mean"]["psnr"], "pose_error_before": before, "pose_error_after": after,

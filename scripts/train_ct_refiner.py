@@ -372,7 +372,7 @@ def model_card(path: Path, model: VolumeRefiner, info: dict, results: dict, weig
             "sparse-view CT reconstruction on its non-air voxels (smoothed value > "
             f"{c.threshold} x mu_water, holes filled per slice, dilated by {c.margin_vox} voxels); air is left as is."
         ),
-        "Use: `recon ct fit DATA --method fdk --refine` or `recon.prior.ct_refiner.refine_volume(volume, load_refiner())`.",
+        "Use: `recon ct fit DATA --method fdk --prior unet` or `recon.prior.ct_refiner.refine_volume(volume, load_refiner())`.",
         "",
         "## Model",
         f"- planes {list(c.planes)}, layers {list(c.layers)}; inputs: value / {c.value_scale_per_mm} per mm"

@@ -44,17 +44,17 @@ def blank_floor(targets: Tensor, background: Sequence[float] | Tensor) -> dict[s
 
 
 @torch.no_grad()
-def untrained_capture_scores(trainer) -> dict[str, dict[str, float]]:
-    """Scores of a :class:`recon.pipelines.capture.CaptureTrainer`'s current model (call it
-    before ``fit``: the untrained model), per split, rendered as ``finish`` renders them."""
+def untrained_capture_scores(job) -> dict[str, dict[str, float]]:
+    """Scores of a :class:`recon.pipelines.capture.CaptureFit` job's current model (call it
+    before ``run``: the untrained model), per split, rendered as the job's outputs are."""
     from recon.splat.render import render_all
-    from recon.splat.anchored import AnchoredGaussians
 
-    model = trainer.model.to_gaussian_model() if isinstance(trainer.model, AnchoredGaussians) else trainer.model
+    model = job.trainer.export_model()
     out = {}
-    for split, views in (("train", trainer.train), ("eval", trainer.eval)):
+    for split, views in (("train", job.train), ("eval", job.eval)):
         if views is not None:
-            out[split] = image_scores(render_all(model, views, trainer.config.sh_degree, trainer.background), views.images)
+            preds = render_all(model, views.cameras, views.width, views.height, job.config.sh_degree, job.background)
+            out[split] = image_scores(preds, views.images)
     return out
 
 

@@ -188,7 +188,7 @@ BAD_SCANS = {
     "too-many-views": lambda scan, tmp: (scan, ["--views", "13"], "--views"),
     "bad-relaxation": lambda scan, tmp: (scan, ["--method", "sart", "--relaxation", "2.5"], "relaxation"),
     "resume-non-iterative": lambda scan, tmp: (scan, ["--resume"], "resume"),
-    "missing-refiner-weights": lambda scan, tmp: (scan, ["--refine", "--refiner-path", str(tmp / "w")], "train_ct_refiner"),
+    "missing-prior-weights": lambda scan, tmp: (scan, ["--prior", "unet", "--prior-path", str(tmp / "w")], "train_ct_refiner"),
 }
 
 

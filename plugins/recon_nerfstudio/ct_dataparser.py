@@ -74,7 +74,7 @@ def world_scale_of(geometry: CTGeometry) -> float:
 
 
 def _scene_box(geometry: CTGeometry, world_scale: float) -> SceneBox:
-    zc, yc, xc = geometry.voxel_centers_mm()
+    zc, yc, xc = geometry.voxel_centres_mm()
     dz, dy, dx = geometry.voxel_mm
     lo = [xc[0] - dx / 2, yc[0] - dy / 2, zc[0] - dz / 2]
     hi = [xc[-1] + dx / 2, yc[-1] + dy / 2, zc[-1] + dz / 2]

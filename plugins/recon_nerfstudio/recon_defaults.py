@@ -1,6 +1,6 @@
 """Defaults shared with ``recon fit`` and ``recon ct fit``.
 
-The plugins read them from recon's configs (:class:`recon.splat.config.SplatTrainConfig`,
+The plugins read them from recon's configs (:class:`recon.pipelines.capture.CaptureFitConfig`,
 :class:`recon.ct.gaussian_trainer.GaussianFitConfig`) instead of restating the numbers, so ``ns-train
 recon-splat`` / ``recon-ct`` and recon's commands train with the same settings unless told otherwise.
 """
@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from recon.ct.gaussian_trainer import GaussianFitConfig
-from recon.splat.config import SplatTrainConfig
+from recon.pipelines.capture import CaptureFitConfig
 
 __all__ = ["capture_fit_default", "ct_fit_default"]
 
@@ -28,8 +28,8 @@ def _default(cls: type, name: str) -> Any:
 
 
 def capture_fit_default(name: str) -> Any:
-    """Default value of ``SplatTrainConfig.<name>`` (``recon fit --<name>``; a fresh object for factory defaults)."""
-    return _default(SplatTrainConfig, name)
+    """Default value of ``CaptureFitConfig.<name>`` (``recon fit --<name>``; a fresh object for factory defaults)."""
+    return _default(CaptureFitConfig, name)
 
 
 def ct_fit_default(name: str) -> Any:

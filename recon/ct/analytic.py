@@ -144,7 +144,7 @@ def view_weights(geometry: CTGeometry) -> tuple[np.ndarray, str, float]:
 def _cone_frame(geometry: CTGeometry):
     """Per-view (dsd, dso, principal-point offsets a_F, b_F in pixels) for cone/fan beams."""
     rays = geometry.per_view_rays()
-    s, d, u, v = rays.source_mm, rays.detector_center_mm, rays.u_mm, rays.v_mm
+    s, d, u, v = rays.source_mm, rays.detector_centre_mm, rays.u_mm, rays.v_mm
     n = np.cross(u, v)
     n /= np.linalg.norm(n, axis=1, keepdims=True)
     sign = np.sign(np.sum((d - s) * n, axis=1, keepdims=True))

@@ -593,7 +593,7 @@ def cor_by_image_quality(
     projections: torch.Tensor | np.ndarray,  # [V, v, u]
     geometry: CTGeometry,
     *,
-    center_px: float = 0.0,
+    centre_px: float = 0.0,
     search_px: float | None = None,
     step_px: float = 0.25,
     rows: Sequence[int] | None = None,
@@ -613,7 +613,7 @@ def cor_by_image_quality(
         projections: line integrals [V, v, u] (numpy or torch).
         geometry: parallel, fan or cone beam (cone: the central row only); its own u offset
             is ignored (it is what is estimated).
-        center_px, search_px: candidate shifts ``center_px +- search_px`` every ``step_px``
+        centre_px, search_px: candidate shifts ``centre_px +- search_px`` every ``step_px``
             (default: a +-n_u/8 px search at 1 px, then +-1.5 px at ``step_px``).
         rows: detector rows to reconstruct (parallel beam; default 3 rows with most structure).
         metric: ``"negativity"`` (sum of negative values in the field of view; default) or
@@ -663,9 +663,9 @@ def cor_by_image_quality(
     n = sgeo.n_voxel[1]
     yy, xx = np.mgrid[:n, :n]
     r = np.hypot(yy - (n - 1) / 2.0, xx - (n - 1) / 2.0)
-    radius = 0.95 * (n / 2.0 - (abs(center_px) + lim) / b - 1.0)
+    radius = 0.95 * (n / 2.0 - (abs(centre_px) + lim) / b - 1.0)
     if radius < n / 8.0:
-        raise InputError("search_px", f"search range {center_px:+.1f} +- {lim:.1f} px leaves too small a field of view for {nu} columns")
+        raise InputError("search_px", f"search range {centre_px:+.1f} +- {lim:.1f} px leaves too small a field of view for {nu} columns")
     mask = r <= radius
     short = "parker" if geo.mode == "fan" and views.size < geo.n_views else "error"
 
@@ -688,7 +688,7 @@ def cor_by_image_quality(
 
     with _quiet("recon.geometry.ct"):
         if search_px is None:
-            coarse = center_px + np.arange(-math.floor(lim), math.floor(lim) + 1, 1.0)
+            coarse = centre_px + np.arange(-math.floor(lim), math.floor(lim) + 1, 1.0)
             c_vals = evaluate(coarse)
             center = float(coarse[int(np.argmin(c_vals))])
             on_edge = center in (coarse[0], coarse[-1])
@@ -696,7 +696,7 @@ def cor_by_image_quality(
             f_vals = evaluate(fine)
             all_x, all_y = np.concatenate([coarse, fine]), np.concatenate([c_vals, f_vals])
         else:
-            fine = center_px + np.arange(-search_px, search_px + 1e-9, step_px)
+            fine = centre_px + np.arange(-search_px, search_px + 1e-9, step_px)
             f_vals = evaluate(fine)
             all_x, all_y = fine, f_vals
             on_edge = int(np.argmin(f_vals)) in (0, fine.size - 1)
@@ -787,7 +787,7 @@ def estimate_cor(
     if a is None:
         b = cor_by_image_quality(projections, geometry, **kwargs)
         return dataclasses.replace(b, details={**b.details, "registration": None})
-    b = cor_by_image_quality(projections, geometry, center_px=a.shift_px, search_px=refine_px, **kwargs)
+    b = cor_by_image_quality(projections, geometry, centre_px=a.shift_px, search_px=refine_px, **kwargs)
     delta = abs(a.shift_px - b.shift_px)
     details = {"registration": a.to_dict(), "image": b.to_dict(), "disagreement_px": delta}
     if b.details["minimum_on_edge"]:

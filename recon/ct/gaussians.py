@@ -85,7 +85,7 @@ class XrayCameras:
 
     viewmats: Tensor  # [C, 4, 4] OpenCV world-to-camera
     Ks: Tensor  # [C, 3, 3] intrinsics in (binned) detector pixels
-    centers: Tensor  # [C, 3] camera centres = sources (world mm)
+    centres: Tensor  # [C, 3] camera centres = sources (world mm)
     width: int  # detector columns (after binning)
     height: int  # detector rows (after binning)
     views: tuple[int, ...]  # view indices into the geometry
@@ -93,7 +93,7 @@ class XrayCameras:
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> XrayCameras:
         return XrayCameras(
-            self.viewmats.to(device, dtype), self.Ks.to(device, dtype), self.centers.to(device, dtype),
+            self.viewmats.to(device, dtype), self.Ks.to(device, dtype), self.centres.to(device, dtype),
             self.width, self.height, self.views, self.binning,
         )  # fmt: skip
 
@@ -124,7 +124,7 @@ def xray_cameras(
     idx = normalize_view_indices(views, geometry.n_views)
     rays = geometry.per_view_rays()
     sel = np.asarray(idx, dtype=np.int64)
-    D, U, V = rays.detector_center_mm[sel], rays.u_mm[sel], rays.v_mm[sel]
+    D, U, V = rays.detector_centre_mm[sel], rays.u_mm[sel], rays.v_mm[sel]
     du, dv = np.linalg.norm(U, axis=1), np.linalg.norm(V, axis=1)
     xh, yh = U / du[:, None], V / dv[:, None]
     if np.any(np.abs(np.sum(xh * yh, axis=1)) > 1e-6):
@@ -179,12 +179,12 @@ def line_integral_factors(
     means: Tensor,  # [N, 3]
     quats: Tensor,  # [N, 4]
     scales: Tensor,  # [N, 3] activated (mm)
-    centers: Tensor,  # [C, 3] sources (mm)
+    centres: Tensor,  # [C, 3] sources (mm)
 ) -> Tensor:  # [C, N]
     """``sqrt(2 pi / (r^T Sigma^{-1} r))`` (mm) with ``r`` the unit vector from each source to
     each centre: the integral of a unit-peak 3D Gaussian along the ray through its centre."""
     R = _rotmat(quats)  # [N, 3, 3]
-    r = means[None, :, :] - centers[:, None, :]  # [C, N, 3]
+    r = means[None, :, :] - centres[:, None, :]  # [C, N, 3]
     r = r / r.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     local = torch.einsum("nji,cnj->cni", R, r) / scales[None]  # R^T r / s
     return torch.sqrt(2.0 * math.pi / (local * local).sum(-1).clamp_min(1e-20))
@@ -206,7 +206,7 @@ def render_xray(
     if means.dim() != 2 or means.shape[1] != 3:
         raise InputError("means", f"expected [N, 3], got {list(means.shape)}")
     cams = cameras.to(means.device, means.dtype)
-    colors = line_integral_factors(means, quats, scales, cams.centers)[..., None]  # [C, N, 1]
+    colors = line_integral_factors(means, quats, scales, cams.centres)[..., None]  # [C, N, 1]
     if backend == "auto":
         backend = "cpu" if (means.device.type == "cpu" and means.dtype == torch.float32) else "torch"
     img, _alpha, meta = rasterization(
@@ -334,7 +334,7 @@ class RadiativeGaussians(nn.Module):
         _Z, Y, X = geometry.n_voxel
         k, rem = cand // (Y * X), cand % (Y * X)
         j, i = rem // X, rem % X
-        zc, yc, xc = (torch.as_tensor(c, dtype=torch.float32) for c in geometry.voxel_centers_mm())
+        zc, yc, xc = (torch.as_tensor(c, dtype=torch.float32) for c in geometry.voxel_centres_mm())
         dz, dy, dx = geometry.voxel_mm
         jitter = (torch.rand(n, 3, generator=gen) - 0.5) * torch.tensor([dx, dy, dz])
         means = torch.stack([xc[i], yc[j], zc[k]], dim=-1) + jitter

@@ -357,7 +357,7 @@ class Projector:
         idx = np.asarray(key, dtype=np.int64)
         nv, nu = geo.n_detector
         # Pixel centres [V, nv, nu, 3] in float64.
-        d = rays.detector_center_mm[idx][:, None, None, :]
+        d = rays.detector_centre_mm[idx][:, None, None, :]
         u = rays.u_mm[idx][:, None, None, :]
         v = rays.v_mm[idx][:, None, None, :]
         cu = (np.arange(nu, dtype=np.float64) - (nu - 1) / 2.0)[None, None, :, None]
@@ -696,9 +696,9 @@ def voxel_driven_backproject(
     rays = geo.per_view_rays()
     cdt = torch.float64 if dtype == torch.float64 else torch.float32
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=cdt, device=device)  # noqa: E731
-    zc, yc, xc = (t(c) for c in geo.voxel_centers_mm())
+    zc, yc, xc = (t(c) for c in geo.voxel_centres_mm())
     Z, Y, X = geo.n_voxel
-    d, u, v = rays.detector_center_mm, rays.u_mm, rays.v_mm
+    d, u, v = rays.detector_centre_mm, rays.u_mm, rays.v_mm
     n = np.cross(u, v)
     uu, vv, uv = np.sum(u * u, 1), np.sum(v * v, 1), np.sum(u * v, 1)
     det = uu * vv - uv * uv

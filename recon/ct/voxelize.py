@@ -57,7 +57,7 @@ class VoxelGrid:
     @classmethod
     def from_geometry(cls, geometry: CTGeometry) -> VoxelGrid:
         """The reconstruction grid of ``geometry`` (voxel centres as in :mod:`recon.geometry.ct`)."""
-        zc, yc, xc = geometry.voxel_centers_mm()
+        zc, yc, xc = geometry.voxel_centres_mm()
         return cls(tuple(geometry.n_voxel), tuple(geometry.voxel_mm), (float(xc[0]), float(yc[0]), float(zc[0])))
 
     def crop(self, start: Sequence[int], size: Sequence[int]) -> VoxelGrid:
@@ -71,7 +71,7 @@ class VoxelGrid:
         x0, y0, z0 = self.first_mm
         return VoxelGrid(size, self.voxel_mm, (x0 + start[2] * dx, y0 + start[1] * dy, z0 + start[0] * dz))
 
-    def centers_mm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def centres_mm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """1D world coordinates (z [Z], y [Y], x [X]) of the voxel centres."""
         Z, Y, X = self.shape
         dz, dy, dx = self.voxel_mm
@@ -177,7 +177,7 @@ class _VoxelizeNumba(torch.autograd.Function):
 
 def _voxelize_torch(means: Tensor, prec6: Tensor, dens: Tensor, grid: VoxelGrid, cut2: float) -> Tensor:
     """Reference twin: every Gaussian at every voxel (chunked), same support rule."""
-    zc, yc, xc = (torch.as_tensor(c, dtype=means.dtype, device=means.device) for c in grid.centers_mm())
+    zc, yc, xc = (torch.as_tensor(c, dtype=means.dtype, device=means.device) for c in grid.centres_mm())
     Z, Y, X = grid.shape
     pts = torch.stack(torch.meshgrid(xc, yc, zc, indexing="ij"), dim=-1)  # [X, Y, Z, 3] (x, y, z)
     pts = pts.permute(2, 1, 0, 3).reshape(-1, 3)  # [Z*Y*X, 3] in z, y, x order

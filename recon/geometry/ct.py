@@ -62,7 +62,7 @@ class ViewRays:
 
     source_mm: np.ndarray | None  # [V, 3] source position (cone, fan)
     ray_direction: np.ndarray | None  # [V, 3] unit ray direction (parallel)
-    detector_center_mm: np.ndarray  # [V, 3] centre of the detector
+    detector_centre_mm: np.ndarray  # [V, 3] centre of the detector
     u_mm: np.ndarray  # [V, 3] step from pixel (r, c) to (r, c+1)
     v_mm: np.ndarray  # [V, 3] step from pixel (r, c) to (r+1, c)
 
@@ -73,7 +73,7 @@ class ViewRays:
     def as_vectors(self) -> np.ndarray:
         """[V, 12] ASTRA-style rows: (source or direction, detector centre, U, V)."""
         first = self.ray_direction if self.is_parallel else self.source_mm
-        return np.concatenate([first, self.detector_center_mm, self.u_mm, self.v_mm], axis=1)
+        return np.concatenate([first, self.detector_centre_mm, self.u_mm, self.v_mm], axis=1)
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ class CTGeometry:
         """``angles_rad`` as a float64 array [V]."""
         return np.asarray(self.angles_rad, dtype=np.float64)
 
-    def voxel_centers_mm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def voxel_centres_mm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """1D world coordinates (z [Z], y [Y], x [X]) of the voxel centres in mm."""
         out = []
         for n, d, o in zip(self.n_voxel, self.voxel_mm, self.offset_origin_mm):
@@ -345,7 +345,7 @@ class CTGeometry:
         """
         rays = self.per_view_rays()
         p = np.asarray(points_mm, dtype=np.float64)[None]  # [1, P, 3]
-        d, u, v = rays.detector_center_mm[:, None], rays.u_mm[:, None], rays.v_mm[:, None]
+        d, u, v = rays.detector_centre_mm[:, None], rays.u_mm[:, None], rays.v_mm[:, None]
         n = np.cross(u, v)
         if rays.is_parallel:
             r = rays.ray_direction[:, None]
@@ -392,7 +392,7 @@ class CTGeometry:
             shape = tuple(np.shape(volume))[-3:]
             if shape != self.n_voxel:
                 raise InputError("fov_check", f"volume shape {shape} does not match n_voxel {self.n_voxel} (z, y, x)")
-        zc, yc, xc = geo.voxel_centers_mm()
+        zc, yc, xc = geo.voxel_centres_mm()
         half = np.asarray(geo.voxel_mm) / 2.0
         lo = np.array([xc[0] - half[2], yc[0] - half[1], zc[0] - half[0]])
         hi = np.array([xc[-1] + half[2], yc[-1] + half[1], zc[-1] + half[0]])

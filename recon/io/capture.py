@@ -53,7 +53,7 @@ class Capture:
     """``"nerfstudio"``, ``"blender"``, ``"colmap"`` or ``"llff"``."""
     points: Tensor | None = None  # [P, 3]
     """SfM points in world coordinates, float32 [P, 3], when the format has them."""
-    point_colors: Tensor | None = None  # [P, 3]
+    point_colours: Tensor | None = None  # [P, 3]
     """Colours of :attr:`points`, float32 in 0..1 [P, 3]."""
     scene_aabb: Tensor | None = None  # [2, 3]
     """Box around the scene, ``[min_xyz, max_xyz]`` float32 [2, 3], when the format gives one."""
@@ -70,9 +70,9 @@ class Capture:
         if self.points is not None:
             if self.points.ndim != 2 or self.points.shape[1] != 3:
                 raise ValueError(f"Capture.points must be [P, 3], got {tuple(self.points.shape)}")
-            if self.point_colors is not None and self.point_colors.shape != self.points.shape:
+            if self.point_colours is not None and self.point_colours.shape != self.points.shape:
                 raise ValueError(
-                    f"Capture.point_colors {tuple(self.point_colors.shape)} does not match "
+                    f"Capture.point_colours {tuple(self.point_colours.shape)} does not match "
                     f"points {tuple(self.points.shape)}"
                 )
         if self.scene_aabb is not None and tuple(self.scene_aabb.shape) != (2, 3):
@@ -94,7 +94,7 @@ class Capture:
             names=[self.names[i] for i in idx],
             format=self.format,
             points=self.points,
-            point_colors=self.point_colors,
+            point_colours=self.point_colours,
             scene_aabb=self.scene_aabb,
             source=self.source,
         )

@@ -66,7 +66,7 @@ def load_colmap(root: str | Path, *, check_images: bool = True) -> Capture:
     Images without a pose (not registered) are skipped with a warning.
 
     Returns:
-        The :class:`Capture` with :attr:`Capture.points` / ``point_colors`` from points3D.
+        The :class:`Capture` with :attr:`Capture.points` / ``point_colours`` from points3D.
     """
     import pycolmap
 
@@ -138,7 +138,7 @@ def load_colmap(root: str | Path, *, check_images: bool = True) -> Capture:
         names=unique_names(image_paths, root),
         format="colmap",
         points=points,
-        point_colors=colors,
+        point_colours=colors,
         source=cameras_file,
     )
 

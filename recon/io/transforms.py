@@ -271,7 +271,7 @@ def load_transforms_json(
         names=unique_names(image_paths, root),
         format=format,
         points=points,
-        point_colors=colors,
+        point_colours=colors,
         scene_aabb=_aabb_from_meta(meta, path),
         source=path,
     )

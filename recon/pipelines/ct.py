@@ -287,6 +287,7 @@ class CTFit(JobBase):
 
         seconds = train(
             trainer, n_steps, run=run, resumed=ckpt, checkpoint_every=self.config.checkpoint_every, progress=on_step,
+            log_every=1 if self.config.method == "sart" else 10,  # a SART step is a whole iteration
             on_checkpoint=lambda t: self._write_nifti("volume.nii.gz", np.asarray(t.volume().detach().cpu().numpy(), dtype=np.float32)),  # type: ignore[attr-defined]
         )  # fmt: skip
         run.progress(trainer.step, n_steps)
@@ -296,6 +297,8 @@ class CTFit(JobBase):
             plot_curve(run.path("loss.png"), [r["step"] for r in hist], [r["loss"] for r in hist],
                        "residual RMS" if self.config.method == "sart" else "loss", second)  # fmt: skip
         extra.update(iterations=trainer.step, init=getattr(trainer, "init_description", None), train_time_s=round(seconds, 2))
+        if ckpt is not None:
+            extra.update(resumed_from_step=int(ckpt["step"]), resumed_from_s=round(float(ckpt["elapsed_s"]), 2))
         if isinstance(trainer, GaussianTrainer):
             atomic_torch_save(run.path("gaussians.pt"), {**trainer.model.state_dict_full(), "scale": trainer.scale})
             extra.update(n_gaussians=trainer.model.num_gaussians, lambda_tv=trainer.config.lambda_tv)
@@ -321,7 +324,7 @@ class CTFit(JobBase):
 
     def _write_nifti(self, name: str, volume: np.ndarray) -> Path:
         geo = self.data.geometry
-        zc, yc, xc = geo.voxel_centers_mm()
+        zc, yc, xc = geo.voxel_centres_mm()
         return write_nifti(self.run_dir.path(name), volume, geo.voxel_mm, origin_mm=(float(zc[0]), float(yc[0]), float(xc[0])))
 
     def _finish(self, volume: np.ndarray, wall: float, cpu: float, extra: dict, before_prior: np.ndarray | None) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from recon.sparse.collate import sparse_quantize
 from recon.sparse.tensor import CoordinateManager, SparseTensor
-from recon.splat.model import GaussianModel, points_and_colors
+from recon.splat.model import GaussianModel, points_and_colours
 from recon.splat.sh import MAX_SH_DEGREE, num_sh_bases
 
 __all__ = ["AnchoredConfig", "AnchoredGaussians", "choose_voxel_size", "set_learning_rates"]
@@ -177,7 +177,7 @@ class AnchoredGaussians(nn.Module):
         self,
         coords: Tensor,  # [N, 3] int
         voxel_size: float,
-        colors: Tensor,  # [N, 3] in 0..1
+        colours: Tensor,  # [N, 3] in 0..1
         config: AnchoredConfig | None = None,
         sh_degree: int = 3,
         init_opacity: float = 0.1,
@@ -191,8 +191,8 @@ class AnchoredGaussians(nn.Module):
             raise ValueError(f"config: {problems[0]}")
         if coords.ndim != 2 or coords.shape[1] != 3 or coords.shape[0] < 2:
             raise ValueError(f"coords: expected [N, 3] with N >= 2, got {tuple(coords.shape)}")
-        if colors.shape != coords.shape:
-            raise ValueError(f"colors: expected {tuple(coords.shape)} like coords, got {tuple(colors.shape)}")
+        if colours.shape != coords.shape:
+            raise ValueError(f"colours: expected {tuple(coords.shape)} like coords, got {tuple(colours.shape)}")
         if not voxel_size > 0:
             raise ValueError(f"voxel_size: expected > 0, got {voxel_size}")
         if not (isinstance(sh_degree, int) and 0 <= sh_degree <= MAX_SH_DEGREE):
@@ -216,7 +216,7 @@ class AnchoredGaussians(nn.Module):
         self.register_buffer("positions", (coords.double() + 0.5).mul(voxel_size).float())
         self.register_buffer("voxel_size", torch.tensor(float(voxel_size), dtype=torch.float64))
         features = 0.1 * torch.randn(n, C, generator=gen)
-        features[:, : min(3, C)] = (2.0 * colors.float() - 1.0)[:, : min(3, C)]
+        features[:, : min(3, C)] = (2.0 * colours.float() - 1.0)[:, : min(3, C)]
         log_voxel = math.log(voxel_size)
         scales = torch.cat([torch.full((n, 3), log_voxel + math.log(0.5)), torch.full((n, 3), log_voxel)], dim=1)
         self.anchors = nn.ParameterDict({"features": nn.Parameter(features), "scales": nn.Parameter(scales)})
@@ -247,7 +247,7 @@ class AnchoredGaussians(nn.Module):
     def from_points(
         cls,
         points: Tensor | np.ndarray,  # [P, 3]
-        colors: Tensor | np.ndarray,  # [P, 3] in 0..1
+        colours: Tensor | np.ndarray,  # [P, 3] in 0..1
         config: AnchoredConfig | None = None,
         sh_degree: int = 3,
         init_opacity: float = 0.1,
@@ -260,9 +260,9 @@ class AnchoredGaussians(nn.Module):
         ``init_scale`` is the decoded Gaussians' initial size as a fraction of the voxel size.
         """
         cfg = config if config is not None else AnchoredConfig()
-        pts, rgb = points_and_colors(points, colors)
+        pts, rgb = points_and_colours(points, colours)
         if not (torch.isfinite(pts).all() and torch.isfinite(rgb).all()):
-            raise ValueError("points/colors: expected finite values, got NaN or inf")
+            raise ValueError("points/colours: expected finite values, got NaN or inf")
         size = cfg.voxel_size if cfg.voxel_size > 0 else choose_voxel_size(pts, cfg.max_anchors)
         coords, _, inverse = sparse_quantize(pts, quantization_size=size, return_index=True, return_inverse=True)
         counts = torch.zeros(len(coords)).index_add_(0, inverse, torch.ones(len(pts)))

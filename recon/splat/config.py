@@ -32,9 +32,9 @@ _C = TypeVar("_C", bound="SplatTrainConfig")
 
 def default_densify() -> DensifyStrategy:
     return DensifyStrategy(
-        refine_start_iter=300,
-        refine_stop_iter=2500,
-        refine_every=100,
+        start_iter=300,
+        stop_iter=2500,
+        every=100,
         reset_every=3000,
         max_gaussians=150_000,
     )
@@ -225,7 +225,7 @@ def apply_overrides(cfg: _C, overrides: Mapping[str, Any], only_defaults: bool =
             if not only_defaults or getattr(cfg, name) == default:
                 setattr(cfg, name, value)
         else:
-            raise ValueError(f"override {key!r}: not a training option (SplatTrainConfig or reg.*)")
+            raise ValueError(f"override {key!r}: not an option of SplatTrainConfig (or reg.*)")
     if reg_changes:
         cfg.reg = dataclasses.replace(cfg.reg, **reg_changes)
     return cfg

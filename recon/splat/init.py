@@ -61,7 +61,7 @@ def initial_points(
     mode = cfg.init
     cams, images = train.cameras, train.images
     if mode in ("auto", "sfm") and capture.points is not None and len(capture.points) > 0:
-        pts, cols = capture.points.float(), capture.point_colors
+        pts, cols = capture.points.float(), capture.point_colours
         if cols is None:
             cols = torch.full_like(pts, 0.5)
         how = f"{len(pts)} SfM points"

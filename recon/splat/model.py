@@ -109,7 +109,7 @@ class GaussianModel(nn.Module):
     def from_points(
         cls,
         points: Tensor | np.ndarray,  # [P, 3]
-        colors: Tensor | np.ndarray,  # [P, 3] in 0..1
+        colours: Tensor | np.ndarray,  # [P, 3] in 0..1
         sh_degree: int = 3,
         init_opacity: float = 0.1,
         init_scale: float = 1.0,
@@ -118,7 +118,7 @@ class GaussianModel(nn.Module):
 
         Args:
             points: [P, 3] positions, P >= 2.
-            colors: [P, 3] RGB in 0..1; stored in ``sh0`` so degree 0 renders exactly them.
+            colours: [P, 3] RGB in 0..1; stored in ``sh0`` so degree 0 renders exactly them.
             sh_degree: highest SH degree the model holds (0..3); ``shN`` starts at zero.
             init_opacity: opacity of every Gaussian, in (0, 1).
             init_scale: multiplier on the neighbour distance.
@@ -127,14 +127,14 @@ class GaussianModel(nn.Module):
         3 nearest neighbours (what INRIA's ``distCUDA2`` and gsplat's ``knn`` init compute),
         floored at 1e-7 so duplicate points do not give log(0). Rotations start at identity.
         """
-        pts, rgb = points_and_colors(points, colors)
+        pts, rgb = points_and_colours(points, colours)
         _check_sh_degree(sh_degree, "sh_degree")
         if not 0.0 < init_opacity < 1.0:
             raise ValueError(f"init_opacity: expected a value in (0, 1), got {init_opacity}")
         if not init_scale > 0.0:
             raise ValueError(f"init_scale: expected > 0, got {init_scale}")
         if not (torch.isfinite(pts).all() and torch.isfinite(rgb).all()):
-            raise ValueError("points/colors: expected finite values, got NaN or inf")
+            raise ValueError("points/colours: expected finite values, got NaN or inf")
 
         n = pts.shape[0]
         dist = _knn_rms_distance(pts, k=min(3, n - 1))  # [P]
@@ -298,14 +298,14 @@ def _knn_rms_distance(points: Tensor, k: int) -> Tensor:
     return torch.from_numpy(rms).to(torch.float32)
 
 
-def points_and_colors(points, colors) -> tuple[Tensor, Tensor]:  # [P, 3], [P, 3] -> float32 tensors
+def points_and_colours(points, colours) -> tuple[Tensor, Tensor]:  # [P, 3], [P, 3] -> float32 tensors
     """Initial points and their RGB as float32 tensors, checked: [P, 3] each with P >= 2."""
     pts = torch.as_tensor(points, dtype=torch.float32)
-    rgb = torch.as_tensor(colors, dtype=torch.float32)
+    rgb = torch.as_tensor(colours, dtype=torch.float32)
     if pts.ndim != 2 or pts.shape[-1] != 3 or pts.shape[0] < 2:
         raise ValueError(f"points: expected [P, 3] with P >= 2, got {tuple(pts.shape)}")
     if rgb.shape != pts.shape:
-        raise ValueError(f"colors: expected {tuple(pts.shape)} like points, got {tuple(rgb.shape)}")
+        raise ValueError(f"colours: expected {tuple(pts.shape)} like points, got {tuple(rgb.shape)}")
     return pts, rgb
 
 

@@ -41,24 +41,29 @@ Optimizers = Mapping[str, torch.optim.Optimizer]
 class DensifyStrategy:
     """The 3DGS densification schedule, as gsplat 1.4.0 ``DefaultStrategy`` plus a size cap.
 
-    Every step before ``refine_stop_iter`` it accumulates, per Gaussian visible in a view
+    Field names drop gsplat's "refine" (in recon, refining means pose refinement):
+    ``start_iter``, ``stop_iter``, ``every``, ``pause_after_reset`` and ``scale2d_stop_iter`` are
+    gsplat's ``refine_start_iter``, ``refine_stop_iter``, ``refine_every``,
+    ``pause_refine_after_reset`` and ``refine_scale2d_stop_iter``.
+
+    Every step before ``stop_iter`` it accumulates, per Gaussian visible in a view
     (radius > 0), the norm of the gradient of its projected 2D mean, scaled to [-1, 1] screen
     units (x by W/2 * n_cameras, y by H/2 * n_cameras), and how often it was visible. Every
-    ``refine_every`` steps with ``refine_start_iter < step < refine_stop_iter`` it then
+    ``every`` steps with ``start_iter < step < stop_iter`` it then
 
     - duplicates Gaussians whose mean gradient exceeds ``grow_grad2d`` and whose largest scale
       is at most ``grow_scale3d * scene_scale`` (copies appended at the end);
     - splits those with a high gradient and a larger scale (or, before
-      ``refine_scale2d_stop_iter``, a screen radius above ``grow_scale2d``) into 2 samples drawn
+      ``scale2d_stop_iter``, a screen radius above ``grow_scale2d``) into 2 samples drawn
       from the Gaussian, with scales divided by 1.6 (the originals are removed and the pairs
       appended at the end);
     - prunes Gaussians with opacity below ``prune_opa`` and, once ``step > reset_every``, those
-      larger than ``prune_scale3d * scene_scale`` (or, before ``refine_scale2d_stop_iter``,
+      larger than ``prune_scale3d * scene_scale`` (or, before ``scale2d_stop_iter``,
       wider on screen than ``prune_scale2d``);
     - zeroes the accumulated statistics.
 
     Opacity reset: every ``reset_every`` steps it clamps opacities to at most ``2 * prune_opa``
-    and zeroes their Adam moments, **only for step > 0** (and before ``refine_stop_iter``).
+    and zeroes their Adam moments, **only for step > 0** (and before ``stop_iter``).
     gsplat 1.4.0 also resets at step 0, clamping a freshly initialised model's opacities (0.1)
     to 0.01 before it has been trained at all; gsplat 1.5.3 never resets, because its condition
     ``step % self.reset_every == 0 & step > 0`` parses as a chained comparison ending in
@@ -83,24 +88,24 @@ class DensifyStrategy:
     above, it is split."""
     grow_scale2d: float = 0.05
     """Screen radius (relative to max(W, H)) above which a Gaussian is split, before
-    ``refine_scale2d_stop_iter``."""
+    ``scale2d_stop_iter``."""
     prune_scale3d: float = 0.1
     """Largest scale (relative to ``scene_scale``) above which a Gaussian is pruned, after the
     first opacity reset."""
     prune_scale2d: float = 0.15
     """Screen radius (relative to max(W, H)) above which a Gaussian is pruned, before
-    ``refine_scale2d_stop_iter``."""
-    refine_scale2d_stop_iter: int = 0
+    ``scale2d_stop_iter``."""
+    scale2d_stop_iter: int = 0
     """Use the 2D-radius criteria before this step; 0 disables them (and the radius state)."""
-    refine_start_iter: int = 500
+    start_iter: int = 500
     """Refine only at steps strictly greater than this."""
-    refine_stop_iter: int = 15_000
+    stop_iter: int = 15_000
     """From this step on, nothing happens: no statistics, no refinement, no reset."""
     reset_every: int = 3000
     """Reset opacities at every positive multiple of this step."""
-    refine_every: int = 100
+    every: int = 100
     """Refine at multiples of this step."""
-    pause_refine_after_reset: int = 0
+    pause_after_reset: int = 0
     """Skip refinement for this many steps after each reset (e.g. the number of images)."""
     absgrad: bool = False
     """Accumulate absolute gradients (AbsGS; rasterise with ``absgrad=True`` and raise
@@ -115,7 +120,7 @@ class DensifyStrategy:
     """Never grow beyond this many Gaussians; None for no cap."""
 
     def __post_init__(self) -> None:
-        for name in ("refine_every", "reset_every"):
+        for name in ("every", "reset_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.max_gaussians is not None and self.max_gaussians < 1:
@@ -129,7 +134,7 @@ class DensifyStrategy:
         """This strategy with refinement stopping by ``fraction`` of a run of ``iterations``
         steps (so the last Gaussians added still get trained); unchanged when it already does."""
         stop = int(fraction * iterations)
-        return self if self.refine_stop_iter <= stop else dataclasses.replace(self, refine_stop_iter=stop)
+        return self if self.stop_iter <= stop else dataclasses.replace(self, stop_iter=stop)
 
     # ------------------------------------------------------------------ hooks
     def initialize_state(self, scene_scale: float = 1.0) -> dict[str, Any]:
@@ -141,7 +146,7 @@ class DensifyStrategy:
         refine step (``duplicated``, ``split``, ``pruned``, ``reset``).
         """
         state: dict[str, Any] = {"grad2d": None, "count": None, "scene_scale": float(scene_scale)}
-        if self.refine_scale2d_stop_iter > 0:
+        if self.scale2d_stop_iter > 0:
             state["radii"] = None
         state["last"] = {"step": None, "duplicated": 0, "split": 0, "pruned": 0, "reset": False}
         return state
@@ -213,15 +218,15 @@ class DensifyStrategy:
         """
         last = {"step": step, "duplicated": 0, "split": 0, "pruned": 0, "reset": False}
         state["last"] = last
-        if step >= self.refine_stop_iter:
+        if step >= self.stop_iter:
             return last
 
         self._accumulate(params, state, info, packed)
 
         if (
-            step > self.refine_start_iter
-            and step % self.refine_every == 0
-            and step % self.reset_every >= self.pause_refine_after_reset
+            step > self.start_iter
+            and step % self.every == 0
+            and step % self.reset_every >= self.pause_after_reset
         ):
             last["duplicated"], last["split"] = self._grow(params, optimizers, state, step)
             last["pruned"] = self._prune(params, optimizers, state, step)
@@ -279,7 +284,7 @@ class DensifyStrategy:
             norms, radii = norms[visible_ax], radii[visible_ax]  # [nnz]
 
         n = params["means"].shape[0]
-        keys = ["grad2d", "count"] + (["radii"] if self.refine_scale2d_stop_iter > 0 else [])
+        keys = ["grad2d", "count"] + (["radii"] if self.scale2d_stop_iter > 0 else [])
         for key in keys:
             if state.get(key) is None:
                 state[key] = torch.zeros(n, device=grads.device)
@@ -290,7 +295,7 @@ class DensifyStrategy:
                 )
         state["grad2d"].index_add_(0, ids, norms.to(state["grad2d"].dtype))
         state["count"].index_add_(0, ids, torch.ones_like(ids, dtype=state["count"].dtype))
-        if self.refine_scale2d_stop_iter > 0:
+        if self.scale2d_stop_iter > 0:
             rel = radii.to(state["radii"].dtype) / float(max(info["width"], info["height"]))
             state["radii"].scatter_reduce_(0, ids, rel, reduce="amax")
 
@@ -304,7 +309,7 @@ class DensifyStrategy:
         small = max_scale <= self.grow_scale3d * state["scene_scale"]
         to_dupe = high & small
         to_split = high & ~small
-        if step < self.refine_scale2d_stop_iter:
+        if step < self.scale2d_stop_iter:
             to_split |= state["radii"] > self.grow_scale2d
 
         if self.max_gaussians is not None:
@@ -333,7 +338,7 @@ class DensifyStrategy:
         doomed = torch.sigmoid(params["opacities"].flatten()) < self.prune_opa  # [N]
         if step > self.reset_every:
             too_big = torch.exp(params["scales"]).amax(dim=-1) > self.prune_scale3d * state["scene_scale"]
-            if step < self.refine_scale2d_stop_iter:
+            if step < self.scale2d_stop_iter:
                 too_big |= state["radii"] > self.prune_scale2d
             doomed |= too_big
         n_pruned = int(doomed.sum())

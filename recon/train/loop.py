@@ -158,7 +158,8 @@ def train(
             random state and elapsed time are restored.
         checkpoint_every: steps between checkpoints (0: only the final one).
         log_every: steps between ``log.jsonl`` records (the last step is always logged).
-        progress: called after every step with ``(step, n_steps, record)``.
+        progress: called after every step with ``(step, n_steps, record)``; raising
+            ``KeyboardInterrupt`` there cancels like a signal (checkpoint, then :class:`Interrupted`).
         on_checkpoint: called after each checkpoint is written (e.g. to write a preview of the
             model for a viewer); not after the final one.
         final_checkpoint: save a checkpoint after the last step (lets ``--resume`` extend a run).
@@ -189,7 +190,10 @@ def train(
                 if on_checkpoint is not None:
                     on_checkpoint(trainer)
             if progress is not None:
-                progress(int(trainer.step), n_steps, record)
+                try:
+                    progress(int(trainer.step), n_steps, record)
+                except KeyboardInterrupt:  # a caller's way to cancel between steps
+                    flag["signal"] = flag["signal"] or "cancelled"
             if flag["signal"] is not None:
                 if run is not None:
                     _save(run, trainer, elapsed(), keep_checkpoints)

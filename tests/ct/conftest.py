@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.phantoms import shepp_logan_3d
+from recon.geometry.ct import CTGeometry, circular_angles
 
 MU = 0.02  # 1/mm, scale of the test phantoms
 CT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ct"  # real data, read-only

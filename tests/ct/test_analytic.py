@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from recon.ct.analytic import FILTERS, fbp, fdk, filter_projections, ramp_filter_response, view_weights
-from recon.geometry.ct import CTGeometry
+from recon.ct.analytic import (
+    FILTERS,
+    fbp,
+    fdk,
+    filter_projections,
+    ramp_filter_response,
+    view_weights,
+)
 from recon.ct.phantoms import ball
 from recon.ct.project import Projector
 from recon.errors import InputError
+from recon.geometry.ct import CTGeometry
 
 from .conftest import CT_DATA, MU, cone_geometry, psnr
 

@@ -24,11 +24,11 @@ from recon.ct.cor import (
     offset_mm_to_shift,
     shift_to_offset_mm,
 )
-from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.phantoms import shepp_logan_3d
 from recon.ct.project import Projector
 from recon.ct.simulate import add_noise
 from recon.errors import InputError
+from recon.geometry.ct import CTGeometry, circular_angles
 
 from .conftest import CT_DATA, MU, psnr
 
@@ -163,7 +163,7 @@ def test_cone_uses_central_row():
 def test_image_quality_parallel_recovers_shift(slice48, metric, shift):
     p, geo0, _ = _scan(slice48, "parallel", HALF, shift)
     # start 1.2 px off, as after a rough registration
-    res = cor_by_image_quality(p, geo0, center_px=shift + 1.2, search_px=3.0, metric=metric)
+    res = cor_by_image_quality(p, geo0, centre_px=shift + 1.2, search_px=3.0, metric=metric)
     assert res.method == f"fbp-{metric}"
     assert res.shift_px == pytest.approx(shift, abs=0.25)
     assert res.confidence > 0.5 and not res.details["minimum_on_edge"]
@@ -171,13 +171,13 @@ def test_image_quality_parallel_recovers_shift(slice48, metric, shift):
 
 def test_image_quality_full_scan_uses_half_turn(slice48):
     p, geo0, _ = _scan(slice48, "parallel", FULL, -2.9)
-    res = cor_by_image_quality(p, geo0, center_px=-2.0, search_px=3.0)
+    res = cor_by_image_quality(p, geo0, centre_px=-2.0, search_px=3.0)
     assert res.shift_px == pytest.approx(-2.9, abs=0.25)
 
 
 def test_image_quality_fan_recovers_shift(slice48):
     p, geo0, _ = _scan(slice48, "fan", circular_angles(72), 2.7)
-    res = cor_by_image_quality(p, geo0, center_px=2.0, search_px=3.0)
+    res = cor_by_image_quality(p, geo0, centre_px=2.0, search_px=3.0)
     assert res.shift_px == pytest.approx(2.7, abs=0.25)
 
 
@@ -191,14 +191,14 @@ def test_image_quality_wide_search(slice48):
 def test_image_quality_binning_keeps_units(slice48):
     """Binned detectors (max_columns) still report shifts in original detector pixels."""
     p, geo0, _ = _scan(slice48, "parallel", HALF, -3.0)
-    res = cor_by_image_quality(p, geo0, center_px=-2.0, search_px=3.0, max_columns=48)
+    res = cor_by_image_quality(p, geo0, centre_px=-2.0, search_px=3.0, max_columns=48)
     assert res.details["binning"] == 2
     assert res.shift_px == pytest.approx(-3.0, abs=0.25)
 
 
 def test_image_quality_edge_minimum_has_zero_confidence(slice48, caplog):
     p, geo0, _ = _scan(slice48, "parallel", HALF, 5.0)
-    res = cor_by_image_quality(p, geo0, center_px=0.0, search_px=2.0)
+    res = cor_by_image_quality(p, geo0, centre_px=0.0, search_px=2.0)
     assert res.details["minimum_on_edge"] and res.confidence == 0.0
     assert "edge of the search range" in caplog.text
 
@@ -301,7 +301,7 @@ def test_real_savu_methods_agree():
                      voxel_mm=(1.0, 1.0, 1.0), angles_rad=tuple(np.radians(d["angles_deg"].astype(np.float64))))
     a = cor_from_mirrored_projections(li, geo)
     assert 5.5 < a.shift_px < 7.5 and a.confidence > 0.8
-    b = cor_by_image_quality(li, geo, rows=[67], center_px=a.shift_px, search_px=2.0)
+    b = cor_by_image_quality(li, geo, rows=[67], centre_px=a.shift_px, search_px=2.0)
     assert abs(a.shift_px - b.shift_px) < 0.5
 
 

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from recon.ct.objective import ViewBatches, coverage_is_short, initial_volume, projection_loss
+from recon.ct.objective import (
+    ViewBatches,
+    coverage_is_short,
+    initial_volume,
+    projection_loss,
+)
 from recon.ct.project import Projector
 
 from .conftest import MU, cone_geometry

@@ -8,10 +8,15 @@ import pytest
 import torch
 
 from recon.ct import _joseph_numba as nb
-from recon.geometry.ct import CTGeometry, circular_angles
 from recon.ct.phantoms import ball
-from recon.ct.project import Projector, backproject, forward_project, voxel_driven_backproject
+from recon.ct.project import (
+    Projector,
+    backproject,
+    forward_project,
+    voxel_driven_backproject,
+)
 from recon.errors import InputError
+from recon.geometry.ct import CTGeometry, circular_angles
 
 from .conftest import MU, cone_geometry
 

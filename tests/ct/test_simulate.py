@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from recon.ct.analytic import fdk
-from recon.io.units import hu_to_mu
-from recon.io.r2gaussian import read_r2gaussian
-from recon.geometry.ct import CTGeometry
 from recon.ct.project import Projector
 from recon.ct.simulate import add_noise, simulate_projections, write_r2gaussian_dataset
 from recon.errors import InputError
+from recon.geometry.ct import CTGeometry
+from recon.io.r2gaussian import read_r2gaussian
+from recon.io.units import hu_to_mu
 
 from .conftest import CT_DATA, cone_geometry, psnr
 

@@ -10,6 +10,8 @@ from recon.ct.project import Projector
 from recon.ct.sart import sart
 from recon.ct.tv_trainer import TVConfig, TVTrainer
 from recon.errors import InputError
+from recon.io.run import RunDir
+from recon.train.loop import load_checkpoint_file
 
 from .conftest import MU, cone_geometry, psnr
 
@@ -49,15 +51,16 @@ def test_tv_weight_smooths(noisy_scan):
     assert tv_of(1.0) < tv_of(0.0)
 
 
-def test_checkpoint_continues_exactly(noisy_scan):
-    """A state saved at step 6 of 12, resumed, ends where the uninterrupted run ends."""
+def test_checkpoint_continues_exactly(noisy_scan, tmp_path):
+    """A checkpoint of step 6 of 12, resumed, ends where the uninterrupted run ends, bit for bit."""
     g, _vol, proj = noisy_scan
     cfg = TVConfig(iterations=12, init="fdk")
-    saved = {}
-    full = TVTrainer(proj, g, cfg).fit(checkpoint=lambda step, state: saved.setdefault(step, state), checkpoint_every=6)
-    resumed = TVTrainer(proj, g, cfg, state=saved[6])
+    run = RunDir(tmp_path / "run")
+    full = TVTrainer(proj, g, cfg).fit(run=run, checkpoint_every=6)
+    ckpt = load_checkpoint_file(run.checkpoint_path(6))
+    resumed = TVTrainer(proj, g, cfg, state=ckpt["trainer"])
     assert resumed.step == 6
-    torch.testing.assert_close(resumed.fit(), full, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(resumed.fit(resumed=ckpt), full, rtol=0, atol=0)
 
 
 def test_bad_inputs(noisy_scan):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from recon.ct import _voxelize_numba
-from recon.geometry.ct import CTGeometry
 from recon.ct.voxelize import VoxelGrid, precision_matrices, tv_3d, voxelize
 from recon.errors import InputError
+from recon.geometry.ct import CTGeometry
 
 GRID = VoxelGrid((10, 12, 14), (1.0, 1.2, 0.9), (-5.85, -6.6, -4.5))
 
@@ -34,7 +34,7 @@ def brute_force(means, quats, scales, dens, grid: VoxelGrid) -> np.ndarray:
     """Every Gaussian at every voxel centre, no cut-off, in numpy float64."""
     from scipy.spatial.transform import Rotation
 
-    zc, yc, xc = grid.centers_mm()
+    zc, yc, xc = grid.centres_mm()
     pts = np.stack(np.meshgrid(xc, yc, zc, indexing="ij"), -1).transpose(2, 1, 0, 3)  # [Z, Y, X, 3]
     out = np.zeros(grid.shape)
     q = quats.detach().numpy()
@@ -50,10 +50,10 @@ def brute_force(means, quats, scales, dens, grid: VoxelGrid) -> np.ndarray:
 def test_grid_from_geometry_matches_voxel_centres():
     geo = CTGeometry(mode="parallel", n_detector=(4, 4), detector_pixel_mm=(1, 1), n_voxel=(3, 4, 5), voxel_mm=(2.0, 1.5, 1.0), offset_origin_mm=(1.0, -2.0, 3.0), angles_rad=(0.0,))
     grid = VoxelGrid.from_geometry(geo)
-    for a, b in zip(grid.centers_mm(), geo.voxel_centers_mm()):
+    for a, b in zip(grid.centres_mm(), geo.voxel_centres_mm()):
         np.testing.assert_allclose(a, b)
     crop = grid.crop((1, 2, 3), (2, 2, 2))
-    np.testing.assert_allclose(crop.centers_mm()[2], geo.voxel_centers_mm()[2][3:5])
+    np.testing.assert_allclose(crop.centres_mm()[2], geo.voxel_centres_mm()[2][3:5])
     with pytest.raises(InputError):
         grid.crop((2, 0, 0), (2, 1, 1))
 

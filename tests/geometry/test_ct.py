@@ -21,7 +21,7 @@ def test_basic_properties(cone_geo):
     assert g.projection_shape == (8, 24, 34)
     assert g.detector_size_mm == pytest.approx((28.8, 40.8))
     assert g.volume_size_mm == (16.0, 16.0, 16.0)
-    zc, yc, xc = g.voxel_centers_mm()
+    zc, yc, xc = g.voxel_centres_mm()
     assert xc[0] == pytest.approx(-7.5) and xc[-1] == pytest.approx(7.5)
     hash(g)  # frozen and hashable (used as a cache key)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -70,7 +70,7 @@ def test_per_view_rays_follow_tigre_convention():
     np.testing.assert_allclose(r.source_mm[0], [250, 0, 0], atol=1e-12)
     np.testing.assert_allclose(r.source_mm[1], [0, 250, 0], atol=1e-9)  # counter-clockwise seen from +z
     # detector centre: -(DSD - DSO) on the far side, shifted +u (= +y at angle 0) and +z
-    np.testing.assert_allclose(r.detector_center_mm[0], [-150, 3.0, 2.0], atol=1e-12)
+    np.testing.assert_allclose(r.detector_centre_mm[0], [-150, 3.0, 2.0], atol=1e-12)
     np.testing.assert_allclose(r.u_mm[0], [0, 1.2, 0], atol=1e-12)
     np.testing.assert_allclose(r.v_mm[0], [0, 0, -1.2], atol=1e-12)  # row 0 is the top row
     np.testing.assert_allclose(r.u_mm[1], [-1.2, 0, 0], atol=1e-12)

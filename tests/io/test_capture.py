@@ -248,10 +248,10 @@ def test_colmap(tmp_path, text, sub):
         (30, 31, 7.5, 6.5, 0.1, -0.05, 0.001, 0.002)
     )
     assert (b.fx, b.fy, b.cx, b.cy, b.has_distortion) == (20.0, 21.0, 8.0, 6.0, False)
-    assert cap.points.shape == (5, 3) and cap.point_colors.shape == (5, 3)
+    assert cap.points.shape == (5, 3) and cap.point_colours.shape == (5, 3)
     order = torch.argsort(cap.points[:, 0])
     torch.testing.assert_close(cap.points[order][3], torch.tensor([3.0, 6.0, -1.0]))
-    torch.testing.assert_close(cap.point_colors[order][1], torch.tensor([1.0, 0.0, 0.2]))
+    torch.testing.assert_close(cap.point_colours[order][1], torch.tensor([1.0, 0.0, 0.2]))
 
 
 @pytest.mark.parametrize(

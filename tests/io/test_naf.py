@@ -20,7 +20,9 @@ def test_naf_pickle_roundtrip_and_units(tmp_path, geo):
     assert raw["nVoxel"] == [5, 4, 3] and raw["numTrain"] == 5
     np.testing.assert_allclose(raw["train"]["projections"], proj[:, ::-1, :] / NAF_PROJECTION_SCALE, rtol=1e-6)
     np.testing.assert_array_equal(raw["image"], vol.transpose(2, 1, 0))
-    back = read_naf_pickle(path)
+    with pytest.raises(InputError, match="runs code from the file: pass --trust-pickle"):
+        read_naf_pickle(path)  # refused unless trusted: unpickling runs code
+    back = read_naf_pickle(path, trust=True)
     assert back.geometry == geo
     np.testing.assert_allclose(back.projections, proj, rtol=1e-6)
     np.testing.assert_array_equal(back.volume, vol)
@@ -28,4 +30,4 @@ def test_naf_pickle_roundtrip_and_units(tmp_path, geo):
     with open(path, "wb") as f:
         pickle.dump(raw, f)
     with pytest.raises(InputError, match=r"unknown NAF keys \['mystery'\]"):
-        read_naf_pickle(path)
+        read_naf_pickle(path, trust=True)

@@ -10,6 +10,7 @@ import torch
 
 from recon.errors import InputError
 from recon.io.run import RunDir, atomic_torch_save, read_json
+from recon.train import read_checkpoint
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -63,8 +64,8 @@ def test_mark_keeps_earlier_fields_and_updates_status(tmp_path):
 @pytest.mark.parametrize(
     "content, needle",
     [
-        (b'{"status": "compl', "not valid JSON"),
-        (b"", "not valid JSON"),
+        (b'{"status": "compl', "malformed JSON"),
+        (b"", "malformed JSON"),
         (b'{"status": "complete", "note": "\xff\xfe"}', "not UTF-8"),
         (b'["complete"]', "expected a JSON object"),
     ],
@@ -137,36 +138,38 @@ def _tiny_fit(small_fox, out, **kw):
 
 
 def test_capture_fit_that_raises_is_marked_failed(small_fox, tmp_path, monkeypatch):
-    trainer = _tiny_fit(small_fox, tmp_path / "run")
+    job = _tiny_fit(small_fox, tmp_path / "run")
+    trainer = job.trainer
     real_step = trainer.train_step
 
-    def step(i, view):
-        if i == 3:
+    def step():
+        if trainer.step == 3:
             raise RuntimeError("rasteriser exploded")
-        return real_step(i, view)
+        return real_step()
 
     monkeypatch.setattr(trainer, "train_step", step)
     with pytest.raises(RuntimeError, match="rasteriser exploded"):
-        trainer.fit()
+        job.run()
     status = RunDir(tmp_path / "run").status()
     assert status["status"] == "failed" and "rasteriser exploded" in status["error"]
     assert status["kind"] == "capture" and len(status["train_views"]) == 3  # fields from the start kept
     assert RunDir(tmp_path / "run").latest_checkpoint().name == "ckpt_0000002.pt"
-    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "splat.ply").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()  # splat.ply is the step-2 preview (run-folder contract)
+    assert any("status is 'failed'" in p for p in RunDir(tmp_path / "run").problems())
 
 
 def test_capture_fit_interrupted_by_ctrl_c_is_marked_interrupted(small_fox, tmp_path):
-    trainer = _tiny_fit(small_fox, tmp_path / "run")
+    job = _tiny_fit(small_fox, tmp_path / "run")
 
     def stop(step, total, stats):
-        if step == 4:
+        if step == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(progress=stop)
+        job.run(progress=stop)
     run = RunDir(tmp_path / "run")
     assert run.status()["status"] == "interrupted" and not run.is_complete()
-    assert torch.load(run.latest_checkpoint(), weights_only=False)["step"] == 4
+    assert read_checkpoint(run)["step"] == 3  # written on the way out, between steps
 
 
 def test_ct_fit_that_raises_is_marked_failed(tmp_path):

@@ -34,18 +34,23 @@ def _cfg(data, out, **kw) -> CaptureFitConfig:
 @pytest.mark.slow  # ~20-35 s: 60 steps
 def test_fit_writes_complete_run(small_fox, tmp_path):
     out = tmp_path / "run"
-    trainer = _cfg(small_fox, out, iterations=60).setup()
-    untrained = untrained_capture_scores(trainer)
-    metrics = trainer.fit()
+    job = _cfg(small_fox, out, iterations=60).setup()
+    untrained = untrained_capture_scores(job)
+    metrics = job.run()
     run = RunDir(out)
     assert run.is_complete()
-    for name in ("config.json", "metrics.json", "splat.ply", "loss.png", "log.jsonl"):
+    assert run.problems() == []
+    for name in ("config.json", "metrics.json", "splat.ply", "loss.png", "log.jsonl", "cameras.json"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert set(saved["eval"]["views"]) == set(run.status()["eval_views"])
     assert len(list((out / "renders" / "eval").glob("*.png"))) == 2
     assert len(list((out / "compare" / "train").glob("*.png"))) == 3
+    assert len(list((out / "photos" / "eval").glob("*.jpg"))) == 2
+    cams = run.read_cameras()
+    assert cams["train"][0] == run.status()["train_views"] and cams["eval"][0] == run.status()["eval_views"]
+    torch.testing.assert_close(cams["train"][1].w2c, job.train.cameras.w2c, atol=1e-5, rtol=0)
     # LPIPS: scores for every view when its weights are on this machine, else the reason why not
     status = lpips_status()
     for split in ("train", "eval"):
@@ -60,8 +65,8 @@ def test_fit_writes_complete_run(small_fox, tmp_path):
     # on these views) and over any blank render (the background / mean colour: 12.0 dB)
     for split, gain in (("train", 3.0), ("eval", 2.0)):
         got, before = metrics[split]["mean"], untrained[split]
-        views = trainer.train if split == "train" else trainer.eval
-        blank = blank_floor(views.images, trainer.background)
+        views = job.train if split == "train" else job.eval
+        blank = blank_floor(views.images, job.background)
         assert got["psnr"] > max(before["psnr"], blank["psnr"]) + gain, (split, got, before, blank)
         assert got["ssim"] > max(before["ssim"], blank["ssim"]) + 0.15, (split, got, before, blank)
     params = read_splat_ply(out / "splat.ply")
@@ -74,9 +79,9 @@ def test_resume_continues_from_checkpoint(small_fox, tmp_path):
     cfg = _cfg(small_fox, out, iterations=20, checkpoint_every=10)
     cfg.setup().run()
     # ask for more steps, resuming: starts at step 20, not 0
-    trainer = _cfg(small_fox, out, iterations=40, checkpoint_every=10, resume=True).setup()
+    job = _cfg(small_fox, out, iterations=40, checkpoint_every=10, resume=True).setup()
     seen = []
-    trainer.fit(progress=lambda s, t, st: seen.append(s))
+    job.run(progress=lambda s, t, st: seen.append(s))
     assert seen[0] == 21 and seen[-1] == 40
     assert RunDir(out).is_complete()
 

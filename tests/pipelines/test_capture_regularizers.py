@@ -10,6 +10,7 @@ import torch
 
 from recon.errors import InputError
 from recon.io.run import RunDir
+from recon.train import read_checkpoint
 from recon.splat.config import PRESETS, apply_overrides
 from recon.pipelines.capture import CaptureFitConfig
 from recon.splat.regularizers import RegularizerConfig
@@ -41,15 +42,15 @@ SWITCHES = {
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "coreg" else n for n in SWITCHES])  # coreg: two fields
 def test_each_switch_fits_and_writes_metrics(small_fox, tmp_path, name):
     out = tmp_path / name
-    trainer = _cfg(small_fox, out, SWITCHES[name], iterations=30).setup()
-    untrained = untrained_capture_scores(trainer)
-    metrics = trainer.fit()
+    job = _cfg(small_fox, out, SWITCHES[name], iterations=30).setup()
+    untrained = untrained_capture_scores(job)
+    metrics = job.run()
     assert RunDir(out).is_complete()
     saved = json.loads((out / "metrics.json").read_text())
     # training did something. Plain preset, black background: a black image scores 4.8 dB on the
     # eval view, the untrained model 6.4-8.4 (train 6.9-9.2); 30 steps gain 2.8-3.9 dB on the
     # eval view and 3.5-5 dB on the training views with every switch
-    black = constant_image_scores(trainer.eval.images, (0.0, 0.0, 0.0))
+    black = constant_image_scores(job.eval.images, (0.0, 0.0, 0.0))
     got = saved["eval"]["mean"]
     assert got["psnr"] > max(untrained["eval"]["psnr"] + 1.5, black["psnr"] + 4.0), (got, untrained, black)
     assert saved["train"]["mean"]["psnr"] > untrained["train"]["psnr"] + 2.5, (saved["train"]["mean"], untrained)
@@ -63,20 +64,20 @@ def test_each_switch_fits_and_writes_metrics(small_fox, tmp_path, name):
 
 
 def test_mvs_init_uses_stereo_points_and_tops_up(small_fox, tmp_path):
-    trainer = _cfg(small_fox, tmp_path / "m", {"init": "mvs", "mvs_resolution": 120}, init_points=20_000).setup()
+    trainer = _cfg(small_fox, tmp_path / "m", {"init": "mvs", "mvs_resolution": 120}, init_points=20_000).setup().trainer
     how = trainer.init_description
     assert "plane-sweep points" in how and "triangulated" in how and "photo-consistent" in how, how
     n_stereo = int(how.split(" plane-sweep")[0])
     assert n_stereo > 100  # the 3 fox views at 120 px overlap: stereo finds points
     assert trainer.fields[0].model.num_gaussians == 20_000  # topped up to --init-points
-    capped = _cfg(small_fox, tmp_path / "c", {"init": "mvs", "mvs_resolution": 120, "mvs_max_points": 50}, init_points=10).setup()
+    capped = _cfg(small_fox, tmp_path / "c", {"init": "mvs", "mvs_resolution": 120, "mvs_max_points": 50}, init_points=10).setup().trainer
     assert "50 kept" in capped.init_description and capped.fields[0].model.num_gaussians == 50
 
 
 def test_regularizer_terms_are_logged(small_fox, tmp_path):
     trainer = _cfg(small_fox, tmp_path / "r", {"reg.depth_smooth": 0.1, "reg.opacity_reg": 0.01, "reg.pseudo_every": 1,
-                                                "reg.pseudo_start": 0.0}).setup()
-    stats = trainer.train_step(0, 0)
+                                                "reg.pseudo_start": 0.0}).setup().trainer
+    stats = trainer.train_step()
     for term in ("opacity_reg", "depth_smooth", "pseudo_depth_smooth"):
         assert stats[term] > 0, term
     assert stats["loss"] > stats["l1"]
@@ -100,11 +101,11 @@ def test_presets(tmp_path):
 
 
 def test_background_mean_is_the_training_colour_and_saved(small_fox, tmp_path):
-    trainer = _cfg(small_fox, tmp_path / "b", {"background_mean": True}, iterations=2).setup()
-    expected = trainer.train.images.mean(dim=(0, 1, 2))
-    assert torch.allclose(trainer.background, expected, atol=1e-4)
+    job = _cfg(small_fox, tmp_path / "b", {"background_mean": True}, iterations=2).setup()
+    expected = job.train.images.mean(dim=(0, 1, 2))
+    assert torch.allclose(job.background, expected, atol=1e-4)
     assert float(expected.min()) > 0.1  # the fox photos are not black
-    trainer.fit()
+    job.run()
     saved = json.loads((tmp_path / "b" / "config.json").read_text())
     assert saved["background"] == pytest.approx(expected.tolist(), abs=1e-4)
 
@@ -135,15 +136,16 @@ def test_mask_files_required_for_masks_files(small_fox, tmp_path):
 def test_coreg_trains_two_fields_and_resumes(small_fox, tmp_path):
     out = tmp_path / "run"
     sw = SWITCHES["coreg"]
-    trainer = _cfg(small_fox, out, sw, iterations=6, checkpoint_every=3).setup()
+    job = _cfg(small_fox, out, sw, iterations=6, checkpoint_every=3).setup()
+    trainer = job.trainer
     assert len(trainer.fields) == 2
-    trainer.fit()
-    ckpt = torch.load(RunDir(out).latest_checkpoint(), weights_only=False)
-    assert "partner" in ckpt and ckpt["partner"]["model"]["params.means"].shape[0] > 0
+    job.run()
+    fields = read_checkpoint(RunDir(out))["trainer"]["fields"]
+    assert len(fields) == 2 and fields[1]["model"]["params.means"].shape[0] > 0
     a, b = trainer.fields[0].model.params["means"], trainer.fields[1].model.params["means"]
     assert a.shape != b.shape or not torch.equal(a, b)  # different fields (different init samples)
     seen = []
-    _cfg(small_fox, out, sw, iterations=8, checkpoint_every=3, resume=True).setup().fit(
+    _cfg(small_fox, out, sw, iterations=8, checkpoint_every=3, resume=True).setup().run(
         progress=lambda s, t, st: seen.append(s)
     )
     assert seen == [7, 8]
@@ -151,21 +153,21 @@ def test_coreg_trains_two_fields_and_resumes(small_fox, tmp_path):
 
 def test_pose_refinement_only_moves_training_views(small_fox, tmp_path):
     out = tmp_path / "run"
-    trainer = _cfg(small_fox, out, SWITCHES["refine_poses"]).setup()
-    eval_before = trainer.eval.cameras.w2c.clone()
-    metrics = trainer.fit()
-    assert trainer.pose_refiner.n_views == 3
+    job = _cfg(small_fox, out, SWITCHES["refine_poses"]).setup()
+    eval_before = job.eval.cameras.w2c.clone()
+    metrics = job.run()
+    assert job.trainer.pose_refiner.n_views == 3
     corr = metrics["pose_corrections"]
-    assert list(corr) == trainer.train.names
-    first = corr[trainer.train.names[0]]
+    assert list(corr) == job.train.names
+    first = corr[job.train.names[0]]
     assert first["rot_deg"] == 0.0 and first["trans"] == 0.0  # the first view pins the frame
     assert any(c["rot_deg"] > 0 or c["trans"] > 0 for c in corr.values())
-    assert torch.equal(trainer.eval.cameras.w2c, eval_before)
+    assert torch.equal(job.eval.cameras.w2c, eval_before)
 
 
 def test_outlier_pruning_during_training_removes_planted_floaters(small_fox, tmp_path):
-    trainer = _cfg(small_fox, tmp_path / "run", {"prune_outliers": True}).setup()
-    trainer.train_step(0, 0)  # Adam state exists now
+    trainer = _cfg(small_fox, tmp_path / "run", {"prune_outliers": True}).setup().trainer
+    trainer.train_step()  # Adam state exists now
     n = trainer.model.num_gaussians
     means = trainer.model.params["means"]
     centre, spread = means.detach().mean(0), means.detach().std(0).max()
@@ -179,7 +181,7 @@ def test_outlier_pruning_during_training_removes_planted_floaters(small_fox, tmp
     for name, opt in trainer.optimizers.items():
         state = opt.state[opt.param_groups[0]["params"][0]]
         assert state["exp_avg"].shape[0] == trainer.model.num_gaussians, name
-    trainer.train_step(1, 1)  # training goes on with the smaller model
+    trainer.train_step()  # training goes on with the smaller model
 
 
 def test_cli_preset_and_nested_flags(small_fox, tmp_path, capsys):

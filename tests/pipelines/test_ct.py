@@ -201,8 +201,10 @@ def test_load_ct_data_formats(dataset, tmp_path):
     data = read_r2gaussian(dataset)
     naf = write_naf_pickle(tmp_path / "scan.pickle", data.geometry, data.projections, volume=data.volume)
     stack = write_projection_stack(tmp_path / "stack.npy", data.projections, data.geometry)
+    with pytest.raises(InputError, match="--trust-pickle"):
+        load_ct_data(naf)
     for path in (dataset, naf, stack, tmp_path / "stack.json"):
-        got = load_ct_data(path)
+        got = load_ct_data(path, trust_pickle=True)
         np.testing.assert_allclose(got.projections, data.projections, rtol=1e-5, atol=1e-6)
         assert got.geometry.n_views == 12
     m = CTFitConfig(tmp_path / "stack.npy", method="fdk", out=tmp_path / "f").run()
@@ -243,6 +245,8 @@ def test_bad_inputs_write_nothing(dataset, tmp_path):
     with open(tmp_path / "bad.pickle", "wb") as f:
         pickle.dump({"nDetector": [4, 4], "wat": 1}, f)
     with pytest.raises(InputError, match="unknown NAF keys"):
+        CTFitConfig(tmp_path / "bad.pickle", method="fdk", out=out, trust_pickle=True).run()
+    with pytest.raises(InputError, match="loading a pickle runs code"):
         CTFitConfig(tmp_path / "bad.pickle", method="fdk", out=out).run()
     assert not out.exists()
     # bad options

@@ -13,6 +13,7 @@ from recon.cli import main
 from recon.errors import InputError
 from recon.io.ply import read_splat_ply
 from recon.io.run import RunDir
+from recon.train import read_checkpoint
 from recon.pipelines.capture import CaptureFitConfig
 from recon.pipelines.export import export_run, load_run_params
 from recon.splat.anchored import AnchoredConfig
@@ -55,16 +56,17 @@ def test_complete_run_exports_its_splat_ply(small_fox, tmp_path):
 def test_interrupted_run_exports_its_newest_checkpoint(small_fox, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        _cfg(small_fox, out, iterations=20).setup().fit(progress=_interrupt_at(5))
+        _cfg(small_fox, out, iterations=20, checkpoint_every=10).setup().run(progress=_interrupt_at(5))
     run = RunDir(out)
-    assert run.status()["status"] == "interrupted" and not (out / "splat.ply").exists()
-    ckpt = torch.load(run.latest_checkpoint(), weights_only=False)
-    assert ckpt["step"] == 4
+    assert run.status()["status"] == "interrupted" and not (out / "splat.ply").exists()  # no preview before step 10
+    ckpt = read_checkpoint(run)
+    assert ckpt["step"] == 5  # the cancelled step's checkpoint, written on the way out
     exported = read_splat_ply(export_run(out, out=tmp_path / "x.ply"))
-    _assert_same(exported, {k.removeprefix("params."): v for k, v in ckpt["model"].items()}, rtol=0, atol=0)
+    model = ckpt["trainer"]["fields"][0]["model"]
+    _assert_same(exported, {k.removeprefix("params."): v for k, v in model.items()}, rtol=0, atol=0)
     # what the checkpoint's model renders is what the PLY renders: a trainer resumed from it agrees
-    trainer = _cfg(small_fox, tmp_path / "other", iterations=20).setup()
-    trainer.load_checkpoint(run.latest_checkpoint())
+    trainer = _cfg(small_fox, tmp_path / "other", iterations=20).setup().trainer
+    trainer.load_state_dict(ckpt["trainer"])
     _assert_same(exported, {k: v.detach() for k, v in trainer.model.params.items()}, rtol=0, atol=0)
 
 
@@ -72,13 +74,14 @@ def test_interrupted_anchored_run_exports_the_decoded_gaussians(small_fox, tmp_p
     anchored = {"model": "anchored", "init_points": 2000, "anchored": AnchoredConfig(max_anchors=300, planes=(8, 16))}
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        _cfg(small_fox, out, iterations=20, **anchored).setup().fit(progress=_interrupt_at(3))
+        _cfg(small_fox, out, iterations=20, **anchored).setup().run(progress=_interrupt_at(3))
     assert RunDir(out).status()["status"] == "interrupted"
-    assert torch.load(RunDir(out).latest_checkpoint(), weights_only=False)["model_kind"] == "anchored"
+    ckpt = read_checkpoint(RunDir(out))
+    assert ckpt["trainer"]["model_kind"] == "anchored"
     exported = read_splat_ply(export_run(out))
     # the same Gaussians as the checkpoint's model decodes (what a resumed fit would render)
-    trainer = _cfg(small_fox, tmp_path / "other", iterations=20, **anchored).setup()
-    trainer.load_checkpoint(RunDir(out).latest_checkpoint())
+    trainer = _cfg(small_fox, tmp_path / "other", iterations=20, **anchored).setup().trainer
+    trainer.load_state_dict(ckpt["trainer"])
     want = trainer.model.to_gaussian_model()
     assert exported["means"].shape[0] == want.num_gaussians > 0
     _assert_same(exported, {k: v.detach() for k, v in want.params.items()}, rtol=1e-5, atol=1e-5)
@@ -88,7 +91,7 @@ def test_interrupted_anchored_run_exports_the_decoded_gaussians(small_fox, tmp_p
 def test_cli_export_of_an_interrupted_run(small_fox, tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        _cfg(small_fox, out, iterations=20).setup().fit(progress=_interrupt_at(3))
+        _cfg(small_fox, out, iterations=20).setup().run(progress=_interrupt_at(3))
     code = main(["export", str(out), "--out", str(tmp_path / "x.ply")])
     err = capsys.readouterr().err
     assert code == 0, err

@@ -89,12 +89,12 @@ def test_xray_cameras_round_trip(mode):
     # OpenGL: the camera looks down its -z, i.e. its third column points from the volume to the source
     back_dir = cams.camera_to_worlds[:, :, 2]
     torch.testing.assert_close(back_dir, -ref.viewmats[:, 2, :3], atol=1e-6, rtol=0)
-    torch.testing.assert_close(cams.camera_to_worlds[:, :, 3], ref.centers * 0.25, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(cams.camera_to_worlds[:, :, 3], ref.centres * 0.25, rtol=1e-6, atol=1e-5)
     back = xray_cameras_from_nerfstudio(cams, 0.25)
     assert (back.width, back.height, back.views) == (12, 8, (0, 1, 2, 3, 4))
     torch.testing.assert_close(back.Ks, ref.Ks)
     torch.testing.assert_close(back.viewmats[:, :3, :3], ref.viewmats[:, :3, :3], atol=1e-6, rtol=0)
-    torch.testing.assert_close(back.centers, ref.centers, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(back.centres, ref.centres, rtol=1e-6, atol=1e-4)
     one = cams[3:4]
     one.metadata = {"cam_idx": 3}
     assert xray_cameras_from_nerfstudio(one, 0.25).views == (3,)

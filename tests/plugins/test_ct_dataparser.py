@@ -36,7 +36,7 @@ def test_cameras_images_and_intrinsics(ct_scan):
     torch.testing.assert_close(train.cameras.camera_to_worlds[:, :3, 3].norm(dim=-1), torch.full((12,), 5.0))
     back = xray_cameras_from_nerfstudio(train.cameras, s)
     torch.testing.assert_close(back.viewmats, ref.viewmats, atol=1e-5, rtol=0)
-    torch.testing.assert_close(back.centers, ref.centers, atol=1e-4, rtol=0)
+    torch.testing.assert_close(back.centres, ref.centres, atol=1e-4, rtol=0)
     # evaluation: the dataset's test views, in the same units as training
     ct_train, ct_eval = train.metadata["ct"], evals.metadata["ct"]
     assert isinstance(ct_train, CTViews) and ct_train.split == "train" and ct_eval.split == "eval"

@@ -74,7 +74,8 @@ def test_initial_render_matches_recon_fit(pipeline, tiny_fox, tmp_path):
 
     A camera-convention slip (axes, c2w vs w2c, intrinsics) would cost many dB here.
     """
-    from recon.pipelines.capture import CaptureFitConfig, render
+    from recon.pipelines.capture import CaptureFitConfig
+    from recon.splat.render import render
 
     model, dm = pipeline.model, pipeline.datamanager
     model.eval()
@@ -86,13 +87,12 @@ def test_initial_render_matches_recon_fit(pipeline, tiny_fox, tmp_path):
         ours[path.name] = float(psnr(out["rgb"], gt))
     cfg = CaptureFitConfig(data=tiny_fox, out=tmp_path / "run", preset="plain", train_views=(4,), eval_views=2, downscale=8.0,
                            init_points=INIT_POINTS)  # fmt: skip
-    trainer = cfg.setup()
+    job = cfg.setup()
     theirs = {}
     with torch.no_grad():
-        for i, name in enumerate(trainer.train.names):
-            c, _, _ = render(trainer.model, trainer.train.cameras, trainer.train.width, trainer.train.height, 0,
-                             trainer.background, [i])  # fmt: skip
-            theirs[Path(name).name] = float(psnr(c[0, ..., :3].clamp(0, 1), trainer.train.images[i]))
+        for i, name in enumerate(job.train.names):
+            c, _, _ = render(job.trainer.model, job.train.cameras, job.train.width, job.train.height, 0, job.background, [i])
+            theirs[Path(name).name] = float(psnr(c[0, ..., :3].clamp(0, 1), job.train.images[i]))
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert abs(ours[name] - theirs[name]) < 0.75, (name, ours[name], theirs[name])
@@ -112,7 +112,7 @@ def test_image_metrics(pipeline):
 
 def test_train_steps_densify_and_keep_optimizers_in_sync(tiny_fox):
     config = fox_config(tiny_fox)
-    config.pipeline.model.densify = DensifyStrategy(refine_start_iter=1, refine_every=2, refine_stop_iter=100,
+    config.pipeline.model.densify = DensifyStrategy(start_iter=1, every=2, stop_iter=100,
                                                     reset_every=1000, grow_grad2d=1e-7)  # fmt: skip
     pipe = config.pipeline.setup(device="cpu", test_mode="val")
     model = pipe.model
@@ -120,7 +120,7 @@ def test_train_steps_densify_and_keep_optimizers_in_sync(tiny_fox):
     attrs = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipe, trainer=None)
     callbacks = pipe.get_training_callbacks(attrs)
     n0 = model.num_points
-    for step in range(4):  # refines at step 2 (> refine_start_iter, multiple of refine_every)
+    for step in range(4):  # refines at step 2 (> start_iter, multiple of every)
         pipe.train()
         for cb in callbacks:
             cb.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
@@ -250,5 +250,5 @@ def test_densification_window_follows_max_num_iterations(tiny_fox):
     trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=500))
     attrs = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipe, trainer=trainer)
     pipe.get_training_callbacks(attrs)
-    assert pipe.model.strategy.refine_stop_iter == 400
+    assert pipe.model.strategy.stop_iter == 400
     assert pipe.model.strategy == config.pipeline.model.densify.within(500)

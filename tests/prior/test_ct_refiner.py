@@ -198,7 +198,7 @@ def test_shipped_weights_load_and_help_on_a_phantom():
     assert psnr(out, ref) > psnr(rec, ref) + 0.2
 
 
-# ---------------------------------------------------------------------------- recon ct fit --refine
+# ---------------------------------------------------------------------------- recon ct fit --prior unet
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """16^3 Shepp-Logan phantom in HU, simulated with 12 noisy views (as tests/pipelines/test_ct.py)."""
@@ -214,35 +214,35 @@ def test_fit_refine_end_to_end(dataset, tmp_path):
     weights = tmp_path / "w"
     _random_model(planes=(4, 8), layers=(1, 1), seed=1).save_pretrained(weights)
     plain = CTFitConfig(dataset, method="fdk", out=tmp_path / "plain").run()
-    m = CTFitConfig(dataset, method="fdk", out=tmp_path / "refined", refine=True, refiner_path=weights).run()
+    m = CTFitConfig(dataset, method="fdk", out=tmp_path / "refined", prior="unet", prior_path=weights).run()
     out = tmp_path / "refined"
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
-    unref, vol = np.load(out / "volume_unrefined.npy"), np.load(out / "volume.npy")
+    unref, vol = np.load(out / "volume_before_prior.npy"), np.load(out / "volume.npy")
     np.testing.assert_allclose(unref, np.load(tmp_path / "plain" / "volume.npy"), atol=1e-7)
     assert not np.array_equal(vol, unref) and vol.shape == (16, 16, 16)
-    assert m["refined"] is True and plain["refined"] is False and m["refiner"] == str(weights)
-    assert m["psnr_3d_unrefined"] == plain["psnr_3d"] and m["ssim_3d_unrefined"] == plain["ssim_3d"]
-    assert m["psnr_3d"] != plain["psnr_3d"] and 0.0 < m["refined_fraction"] <= 1.0
+    assert m["prior"] == "unet" and plain["prior"] == "none" and m["prior_path"] == str(weights)
+    assert m["psnr_3d_before_prior"] == plain["psnr_3d"] and m["ssim_3d_before_prior"] == plain["ssim_3d"]
+    assert m["psnr_3d"] != plain["psnr_3d"] and 0.0 < m["prior_fraction"] <= 1.0
     assert json.loads((out / "metrics.json").read_text()) == m
     from recon.io.nifti import read_nifti
 
     np.testing.assert_allclose(read_nifti(out / "volume.nii.gz")[0], vol, atol=1e-6)  # the main output is refined
-    assert "psnr_3d_unrefined" not in plain and not (tmp_path / "plain" / "volume_unrefined.npy").exists()
+    assert "psnr_3d_before_prior" not in plain and not (tmp_path / "plain" / "volume_before_prior.npy").exists()
 
 
 def test_fit_refine_with_shipped_weights_through_the_cli(dataset, tmp_path):
     from recon.cli import main
 
     out = tmp_path / "cli"
-    assert main(["ct", "fit", str(dataset), "--method", "fdk", "--refine", "--out", str(out)]) == 0
+    assert main(["ct", "fit", str(dataset), "--method", "fdk", "--prior", "unet", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["refiner"] == str(DEFAULT_WEIGHTS) and np.isfinite(np.load(out / "volume.npy")).all()
-    assert {"psnr_3d", "psnr_3d_unrefined", "ssim_3d", "ssim_3d_unrefined"} <= set(m)
+    assert m["prior_path"] == str(DEFAULT_WEIGHTS) and np.isfinite(np.load(out / "volume.npy")).all()
+    assert {"psnr_3d", "psnr_3d_before_prior", "ssim_3d", "ssim_3d_before_prior"} <= set(m)
 
 
 def test_fit_refine_refusals_write_nothing(dataset, tmp_path):
     with pytest.raises(InputError, match="train_ct_refiner"):
-        CTFitConfig(dataset, method="fdk", out=tmp_path / "a", refine=True, refiner_path=tmp_path / "missing").run()
-    with pytest.raises(InputError, match="--refine"):
-        CTFitConfig(dataset, method="fdk", out=tmp_path / "b", refiner_path=tmp_path / "missing").run()
+        CTFitConfig(dataset, method="fdk", out=tmp_path / "a", prior="unet", prior_path=tmp_path / "missing").run()
+    with pytest.raises(InputError, match="--prior"):
+        CTFitConfig(dataset, method="fdk", out=tmp_path / "b", prior_path=tmp_path / "missing").run()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

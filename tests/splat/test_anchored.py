@@ -208,7 +208,7 @@ def test_set_learning_rates_decays_networks_only():
     "call,match",
     [
         (lambda: AnchoredGaussians.from_points(torch.zeros(5, 2), torch.zeros(5, 2), SMALL), r"points: expected \[P, 3\]"),
-        (lambda: AnchoredGaussians.from_points(torch.zeros(5, 3), torch.zeros(4, 3), SMALL), "colors"),
+        (lambda: AnchoredGaussians.from_points(torch.zeros(5, 3), torch.zeros(4, 3), SMALL), "colours"),
         (lambda: AnchoredGaussians.from_points(torch.full((5, 3), math.nan), torch.zeros(5, 3), SMALL), "finite"),
         (lambda: _model(AnchoredConfig(k=0)), "--anchored.k"),
         (lambda: _model(AnchoredConfig(planes=(4, 8), layers=(1,))), "planes/layers"),

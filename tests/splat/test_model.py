@@ -68,8 +68,8 @@ def test_from_points_duplicates_and_two_points_stay_finite():
     "kwargs",
     [
         {"points": torch.zeros(5, 2)},
-        {"points": torch.zeros(1, 3), "colors": torch.zeros(1, 3)},
-        {"colors": torch.zeros(4, 3)},
+        {"points": torch.zeros(1, 3), "colours": torch.zeros(1, 3)},
+        {"colours": torch.zeros(4, 3)},
         {"sh_degree": 4},
         {"init_opacity": 1.0},
         {"init_scale": 0.0},
@@ -77,7 +77,7 @@ def test_from_points_duplicates_and_two_points_stay_finite():
     ],
 )
 def test_from_points_bad_input(kwargs):
-    args = {"points": torch.randn(5, 3), "colors": torch.rand(5, 3), **kwargs}
+    args = {"points": torch.randn(5, 3), "colours": torch.rand(5, 3), **kwargs}
     with pytest.raises(ValueError):
         GaussianModel.from_points(**args)
 

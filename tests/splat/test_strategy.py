@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from recon.splat.model import GaussianModel
-from recon.splat.strategy import DensifyStrategy, _duplicate, _remove, _reset_opacities, _split
+from recon.splat.strategy import DensifyStrategy, duplicate_rows, remove_rows, _reset_opacities, split_rows
 
 W = H = 100  # grads scale by W/2 * C = 50 with one camera
 HIGH, LOW = 1e-3, 1e-7  # -> normalised 0.05 and 5e-6 against grow_grad2d = 2e-4
@@ -97,7 +97,7 @@ def test_accumulates_normalised_grads_over_visible():
 def test_packed_and_per_axis_radii_match_unpacked():
     g = torch.rand(2, 5, 2) * 1e-3
     radii = torch.tensor([[1, 0, 2, 3, 0], [0, 4, 4, 0, 0]], dtype=torch.int32)
-    s = DensifyStrategy(refine_scale2d_stop_iter=1000)
+    s = DensifyStrategy(scale2d_stop_iter=1000)
     ref = s.initialize_state()
     s.step_post_backward(_params(5), {}, ref, 1, _info(g, radii))
     # packed: only visible (camera, gaussian) pairs
@@ -176,9 +176,9 @@ def test_revised_opacity_split():
 @pytest.mark.parametrize(
     "op",
     [
-        lambda p, o, st: _duplicate(p, o, st, torch.tensor([True, False, True, False, False])),
-        lambda p, o, st: _split(p, o, st, torch.tensor([False, True, True, False, False]), False),
-        lambda p, o, st: _remove(p, o, st, torch.tensor([True, False, False, False, True])),
+        lambda p, o, st: duplicate_rows(p, o, st, torch.tensor([True, False, True, False, False])),
+        lambda p, o, st: split_rows(p, o, st, torch.tensor([False, True, True, False, False]), False),
+        lambda p, o, st: remove_rows(p, o, st, torch.tensor([True, False, False, False, True])),
         lambda p, o, st: _reset_opacities(p, o, 0.01),
     ],
     ids=["duplicate", "split", "remove", "reset"],
@@ -199,7 +199,7 @@ def test_still_trains_after_each_op(op):
 
 
 def test_opacity_reset_at_reset_every_not_at_zero():
-    s = DensifyStrategy(reset_every=200, refine_start_iter=10_000)
+    s = DensifyStrategy(reset_every=200, start_iter=10_000)
     for step, resets in [(0, False), (1, False), (200, True), (400, True), (401, False)]:
         params = _params(4)
         opts = _adam(params)
@@ -213,8 +213,8 @@ def test_opacity_reset_at_reset_every_not_at_zero():
             assert (opts["opacities"].state[params["opacities"]]["exp_avg"] == 0).all()
         else:
             assert torch.equal(params["opacities"].detach(), before) and (torch.sigmoid(before) > 0.2).all()
-    # past refine_stop_iter: nothing at all
-    s2 = DensifyStrategy(reset_every=200, refine_stop_iter=300)
+    # past stop_iter: nothing at all
+    s2 = DensifyStrategy(reset_every=200, stop_iter=300)
     params = _params(4)
     assert not s2.step_post_backward(params, _adam(params), s2.initialize_state(), 400, _info(torch.zeros(1, 4, 2)))["reset"]
 
@@ -318,8 +318,8 @@ def test_same_decisions_as_gsplat_140(step, reset_every, capsys):
 
 
 def test_within_caps_the_refine_window():
-    s = DensifyStrategy(refine_start_iter=300, refine_stop_iter=2500)
-    assert s.within(500).refine_stop_iter == 400
-    assert s.within(500).refine_start_iter == 300
+    s = DensifyStrategy(start_iter=300, stop_iter=2500)
+    assert s.within(500).stop_iter == 400
+    assert s.within(500).start_iter == 300
     assert s.within(10_000) is s  # already stops early enough
-    assert s.within(1000, fraction=0.5).refine_stop_iter == 500
+    assert s.within(1000, fraction=0.5).stop_iter == 500

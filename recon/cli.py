@@ -1,5 +1,5 @@
 """The ``recon`` command line: ``recon fit``, ``recon eval``, ``recon export``, ``recon poses``,
-``recon ct fit`` and ``recon ct simulate``.
+``recon ct fit``, ``recon ct simulate`` and ``recon view``.
 
 Library errors of type :class:`recon.errors.InputError` are printed as one line and exit 2;
 anything else is a bug and keeps its traceback.
@@ -219,12 +219,32 @@ class Ct:
         self.command.run()
 
 
+@dataclass
+class View:
+    """Look at run folders in the browser, offline: splats with their cameras, CT volumes in HU."""
+
+    runs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run folders written by recon fit / recon ct fit (two capture runs show side by side)."""
+    port: int | None = None
+    """TCP port (default 8765, or any free one if that is taken)."""
+    host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 exposes the runs to your network (printed as a warning)."""
+    no_browser: tyro.conf.FlagCreatePairsOff[bool] = False
+    """Do not open a browser."""
+
+    def run(self) -> None:
+        from recon_viewer import serve  # the viewer imports no training code
+
+        serve(self.runs, host=self.host, port=self.port, open_browser=not self.no_browser)
+
+
 Commands = Union[
     Annotated[Fit, tyro.conf.subcommand("fit")],
     Annotated[Eval, tyro.conf.subcommand("eval")],
     Annotated[Export, tyro.conf.subcommand("export")],
     Annotated[Poses, tyro.conf.subcommand("poses")],
     Annotated[Ct, tyro.conf.subcommand("ct")],
+    Annotated[View, tyro.conf.subcommand("view")],
 ]
 
 

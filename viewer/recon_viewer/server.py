@@ -68,8 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: "_HTTPServer"
     protocol_version = "HTTP/1.1"
-    server_version = "recon-view"
-    sys_version = ""
+    def version_string(self) -> str:
+        return "recon-view"
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet unless asked
         if self.server.verbose:

@@ -33,7 +33,7 @@ await build({
   bundle: true,
   splitting: true,
   format: 'esm',
-  minify: true,
+  minify: process.env.NO_MINIFY ? false : true,
   target: ['es2022'],
   outdir: out,
   entryNames: '[name]',

@@ -182,12 +182,18 @@ class SplatPane {
     this.renderer.render(this.scene, camera);
   }
 
+  /** Remove the pane now; free the GPU once Spark's asynchronous sort (a GPU readback) has
+   * finished, since losing the context under it rejects Spark's internal promise. */
   dispose() {
-    this.clearModel();
-    this.spark.dispose?.();
-    this.renderer.dispose();
-    this.renderer.forceContextLoss();
     this.el.remove();
+    const free = () => {
+      this.clearModel();
+      this.spark.dispose?.();
+      this.renderer.dispose();
+      this.renderer.forceContextLoss();
+    };
+    const whenIdle = (tries) => (this.spark.sorting && tries > 0 ? setTimeout(() => whenIdle(tries - 1), 50) : free());
+    whenIdle(200);
   }
 }
 

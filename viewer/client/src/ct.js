@@ -33,7 +33,8 @@ function makeNiivue(fixedSize) {
   const nv = new Niivue({
     backColor: [0.05, 0.06, 0.08, 1],
     show3Dcrosshair: true,
-    crosshairColor: [1, 0.8, 0.2, 1],
+    crosshairColor: [1, 0.8, 0.2, 0.9],
+    crosshairWidth: 0.5, // voxels (niivue's unit): thin, yet visible on coarse volumes
     isRadiologicalConvention: true,
     multiplanarShowRender: SHOW_RENDER.ALWAYS,
     multiplanarLayout: MULTIPLANAR_TYPE.GRID,
@@ -100,6 +101,7 @@ export class CTView {
     hooks.mark('ct:start');
     await Promise.all([this.nvLeft.attachToCanvas(this.paneLeft.canvas), this.nvRight.attachToCanvas(this.paneRight.canvas)]);
     hooks.mark('ct:attached');
+    if (this.disposed) return;
     const sync = { '2d': true, '3d': true, crosshair: true, sliceType: true, zoomPan: true };
     this.nvLeft.broadcastTo([this.nvRight], sync);
     this.nvRight.broadcastTo([this.nvLeft], sync);
@@ -144,10 +146,12 @@ export class CTView {
     try {
       await nv.loadVolumes([{ url, name: `${which}.nii`, colormap: which === 'difference' ? 'recon_difference' : 'gray', cal_min: calMin, cal_max: calMax, trustCalMinMax: true }]);
     } catch (err) {
+      if (this.disposed) return false;
       pane.note.textContent = `${which} could not be loaded: ${err.message || err}`;
       hooks.errors.push(String(err));
       return false;
     }
+    if (this.disposed) return false;
     this.applyWindow(nv, which);
     if (crosshair) {
       nv.scene.crosshairPos = crosshair;
@@ -160,12 +164,14 @@ export class CTView {
   }
 
   async loadAll() {
+    if (this.disposed) return;
     this.paneLeft.label.textContent = `${this.state.name}: reconstruction`;
     this.paneRight.label.textContent = this.right === 'none' ? '' : `${this.state.name}: ${this.right}`;
     this.paneRight.el.style.display = this.right === 'none' ? 'none' : '';
     this.panesEl.classList.toggle('two', this.right !== 'none');
     const [ok] = await Promise.all([this.loadInto(this.nvLeft, this.paneLeft, 'volume'), this.loadInto(this.nvRight, this.paneRight, this.right)]);
     hooks.mark('ct:loaded');
+    if (this.disposed) return;
     this.setLayout(this.layout, false);
     if (ok) await new Promise((r) => requestAnimationFrame(() => r()));
     hooks.frameDrawn(ok);
@@ -236,6 +242,7 @@ export class CTView {
   }
 
   dispose() {
+    this.disposed = true;
     this.scan?.dispose();
     for (const nv of [this.nvLeft, this.nvRight]) {
       try {

@@ -66,7 +66,9 @@ function allBanners(state, besideState) {
 async function openRun(id) {
   clearTimeout(app.pollTimer);
   if (app.current?.view) app.current.view.dispose();
-  app.current = { id, state: null, view: null, beside: null };
+  const current = { id, state: null, view: null, beside: null };
+  app.current = current;
+  const stale = () => app.current !== current; // another tab was opened meanwhile
   setParam('run', id);
   tabs();
   const stage = document.getElementById('stage');
@@ -75,31 +77,37 @@ async function openRun(id) {
   try {
     state = await hooks.track(getJSON(`/api/run/${id}`));
   } catch (err) {
-    return fatal(`cannot read run ${id}: ${err.message}`);
+    return stale() || fatal(`cannot read run ${id}: ${err.message}`);
   }
-  app.current.state = state;
+  if (stale()) return;
+  current.state = state;
   app.panel.update(state);
   try {
+    let view;
     if (state.kind === 'capture') {
       const besideId = defaultBeside(id);
       const beside = besideId !== null ? await hooks.track(getJSON(`/api/run/${besideId}`)) : null;
-      app.current.beside = beside;
-      showBanners(allBanners(state, beside));
       hooks.mark('capture:import');
       const { CaptureView } = await hooks.track(import('./capture.js'));
       hooks.mark('capture:imported');
-      app.current.view = new CaptureView(stage, state, {
+      if (stale()) return;
+      current.beside = beside;
+      showBanners(allBanners(state, beside));
+      view = new CaptureView(stage, state, {
         beside, besideChoices: besideChoices(id), params,
         onBeside: (other) => { setParam('beside', other === null ? 'none' : other); openRun(id); },
       });
     } else {
-      showBanners(allBanners(state, null));
       hooks.mark('ct:import');
       const { CTView } = await hooks.track(import('./ct.js'));
       hooks.mark('ct:imported');
-      app.current.view = new CTView(stage, state, { params });
+      if (stale()) return;
+      showBanners(allBanners(state, null));
+      view = new CTView(stage, state, { params });
     }
+    current.view = view;
   } catch (err) {
+    if (stale()) return;
     console.warn(err);
     fatal(`the ${state.kind} view could not start: ${err.message || err} (WebGL2 is required)`);
   }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -18,29 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recon_viewer.headless import CHROMIUM_ARGS, chromium_path
+
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PIXEL_TOLERANCE = 8
 """A pixel differs when one of its channels differs by more than this (0..255)."""
 MAX_DIFF_RATIO = 0.002
 """At most this fraction of a snapshot's pixels may differ (131 of 65,536 at 256x256)."""
-
-
-def chromium_path() -> str | None:
-    """Debian's Chromium (or ``$CHROMIUM``), if installed."""
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def png_array(data: bytes) -> np.ndarray:

@@ -114,6 +114,7 @@ class SplatPane {
       return;
     }
     if (this.mesh !== mesh) return mesh.dispose();
+    hooks.mark('capture:splats-loaded');
     mesh.maxSh = this.shDegree ?? 3;
     this.scene.add(mesh);
     this.note.textContent = '';

@@ -7,7 +7,7 @@ import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
 import { SparkRenderer, SplatMesh, SplatFileType } from '@sparkjsdev/spark';
 import { getBytes, versioned } from './api.js';
 import { h, clear, fmt } from './dom.js';
-import { buildFrustum, glCameraMatrix, highlight, lookAtPoint, sceneScale, viewFov, worldUp } from './frustums.js';
+import { buildFrustum, glCameraMatrix, hideOnly, highlight, lookAtPoint, sceneScale, viewFov, worldUp } from './frustums.js';
 import { hooks } from './testhooks.js';
 
 const FLY_MS = 350;
@@ -174,7 +174,7 @@ class SplatPane {
     const ndc = new THREE.Vector2(((event.clientX - rect.left) / rect.width) * 2 - 1, -((event.clientY - rect.top) / rect.height) * 2 + 1);
     const ray = new THREE.Raycaster();
     ray.setFromCamera(ndc, camera);
-    const planes = this.frustums.visible ? this.frustums.children.map((f) => f.userData.plane) : [];
+    const planes = this.frustums.visible ? this.frustums.children.filter((f) => f.visible).map((f) => f.userData.plane) : [];
     const hit = ray.intersectObjects(planes, false)[0];
     return hit ? hit.object.userData.viewName : null;
   }
@@ -258,6 +258,7 @@ export class CaptureView {
   makeControls(pane) {
     const controls = new OrbitControls(this.camera, pane.canvas);
     controls.enableDamping = false;
+    controls.addEventListener('start', () => this.panes.forEach((p) => hideOnly(p.frustums, null)));
     controls.addEventListener('change', () => {
       for (const other of this.controls || []) if (other !== controls) other.target.copy(controls.target);
       this.requestRender();
@@ -349,12 +350,13 @@ export class CaptureView {
     this.flyTo(position, probe.quaternion, DEFAULT_FOV, this.target.clone(), false);
   }
 
-  flyTo(position, quaternion, fov, target, animate) {
+  flyTo(position, quaternion, fov, target, animate, atView = null) {
     this.controls.forEach((c) => (c.enabled = false));
+    this.panes.forEach((p) => hideOnly(p.frustums, null));
     this.flight = {
       start: performance.now(), duration: animate ? FLY_MS : 0,
       from: { position: this.camera.position.clone(), quaternion: this.camera.quaternion.clone(), fov: this.camera.fov },
-      to: { position: position.clone(), quaternion: quaternion.clone(), fov }, target,
+      to: { position: position.clone(), quaternion: quaternion.clone(), fov }, target, atView,
     };
     this.stepFlight();
   }
@@ -370,6 +372,7 @@ export class CaptureView {
     this.requestRender();
     if (t >= 1) {
       this.flight = null;
+      if (f.atView) this.panes.forEach((p) => hideOnly(p.frustums, f.atView));
       for (const c of this.controls) {
         c.target.copy(f.target);
         c.enabled = true;
@@ -392,7 +395,7 @@ export class CaptureView {
     m.decompose(position, quaternion, new THREE.Vector3());
     const forward = new THREE.Vector3(0, 0, -1).applyQuaternion(quaternion);
     const distance = Math.max(0.1 * this.scale, this.target.clone().sub(position).dot(forward));
-    this.flyTo(position, quaternion, viewFov(view), position.clone().add(forward.multiplyScalar(distance)), true);
+    this.flyTo(position, quaternion, viewFov(view), position.clone().add(forward.multiplyScalar(distance)), true, name);
   }
 
   key(e) {

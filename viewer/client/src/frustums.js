@@ -126,3 +126,8 @@ export function highlight(frustums, name) {
     f.userData.lines.material.color.set(selected ? SELECTED_COLOUR : SPLIT_COLOURS[f.userData.view.split] ?? 0xffffff);
   }
 }
+
+/** Hide one frustum (the camera the view sits at: its own image plane would cover the view). */
+export function hideOnly(frustums, name) {
+  for (const f of frustums.children) f.visible = f.userData.view.name !== name;
+}

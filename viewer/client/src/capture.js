@@ -248,6 +248,8 @@ export class CaptureView {
     this.loop = this.loop.bind(this);
     requestAnimationFrame(this.loop);
     hooks.mode = 'capture';
+    // idle = nothing to draw, no camera flight, and Spark has no depth sort pending or running
+    hooks.busy = () => !this.disposed && (this.dirty || Boolean(this.flight) || this.panes.some((p) => p.spark.sorting || p.spark.sortDirty));
     hooks.api = {
       projectView: (name, paneIndex = 0) => this.projectView(name, paneIndex),
       selected: () => this.selected,

@@ -84,6 +84,7 @@ export class CTView {
     this.nvLeft = makeNiivue(this.fixedSize);
     this.nvRight = makeNiivue(this.fixedSize);
     hooks.mode = 'ct';
+    hooks.busy = () => false;
     hooks.api = { window: () => [this.width, this.level], layout: () => this.layout, mip: () => [this.mip, this.slabMm], right: () => this.right };
     this.ready = hooks.track(this.start());
   }

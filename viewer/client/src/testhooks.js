@@ -2,7 +2,8 @@
 //   firstFrameMs   ms from navigation start to the first frame showing the model / volume
 //   frames         frames drawn so far; lastFrameAt: performance.now() of the last one
 //   pending        loads in flight
-//   settled()      resolves when nothing is loading and no frame was drawn for `quietMs`
+//   settled()      resolves when nothing is loading, the view says it is idle (busy() is false:
+//                  e.g. no splat sort in flight) and no frame was drawn for `quietMs`
 //   errors         messages of failed loads (also shown to the user as banners)
 //   marks          ms from navigation start at named steps (where the start-up time goes)
 
@@ -14,6 +15,7 @@ export const hooks = {
   errors: [],
   mode: null,
   api: {},
+  busy: () => false,
   marks: {},
   mark(name) {
     this.marks[name] = Math.round(performance.now());
@@ -37,7 +39,8 @@ export const hooks = {
     return new Promise((resolve, reject) => {
       const check = () => {
         const now = performance.now();
-        if (this.pending === 0 && now - this.lastFrameAt >= quietMs) return resolve(this.frames);
+        if (this.busy()) this.lastFrameAt = Math.max(this.lastFrameAt, now - quietMs / 2);
+        else if (this.pending === 0 && now - this.lastFrameAt >= quietMs) return resolve(this.frames);
         if (now - start > timeoutMs) return reject(new Error(`not settled after ${timeoutMs} ms (pending ${this.pending})`));
         setTimeout(check, 50);
       };

@@ -1,7 +1,8 @@
 // Build the web client into ../recon_viewer/static/ (committed: pip users need no Node.js).
 //   npm ci && npm run build
 // ES modules with code splitting: main.js loads capture.js (three + Spark) or ct.js (niivue +
-// three) on demand. Minified, no source maps, nothing loaded from a CDN at run time.
+// three) on demand. Minified (NO_MINIFY=1 for readable output while debugging), no source maps,
+// nothing loaded from a CDN at run time.
 //
 // niivue reads Zarr through zarrita, which lazily imports the numcodecs WASM codecs (blosc,
 // zstd, lz4: 1.3 MB). The viewer only loads NIfTI, so they are replaced by a stub that fails

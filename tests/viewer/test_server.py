@@ -64,8 +64,8 @@ def test_all_interfaces_only_when_asked(capture_run, serve_runs):
     socket.create_connection(("127.0.1.1", server.port), timeout=2).close()
 
 
-def _launch(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+def _launch(*args: str, **env_changes: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, **env_changes}
     return subprocess.Popen([sys.executable, "-m", "recon_viewer", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -95,6 +95,18 @@ def test_no_warning_on_localhost(capture_run):
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "warning" not in err
+
+
+def test_no_display_prints_the_url_instead_of_a_text_browser(capture_run):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.Popen([sys.executable, "-m", "recon_viewer", str(capture_run), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env={**env, "PYTHONPATH": PYTHONPATH, "BROWSER": "false"})
+    try:
+        url = proc.stdout.readline().split()[2]
+        assert proc.stdout.readline().startswith(f"no display here: open {url} in a browser")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
 
 
 # ---------------------------------------------------------------------- bad folders

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import socket
@@ -267,9 +268,17 @@ def serve(runs: Sequence[str | Path], host: str = "127.0.0.1", port: int | None 
             flush=True,
         )
     print(f"recon view: {server.url}  ({len(runs)} run{'s' if len(runs) != 1 else ''}; Ctrl-C to stop)", flush=True)
-    if open_browser:
+    if open_browser and _has_display():
         threading.Thread(target=webbrowser.open, args=(server.url,), daemon=True).start()
+    elif open_browser:
+        print(f"no display here: open {server.url} in a browser (over ssh: ssh -L {server.port}:127.0.0.1:{server.port} <this host>)", flush=True)
     server.serve_forever()
+
+
+def _has_display() -> bool:
+    """Whether a graphical browser can open here (without one, Python's webbrowser module would
+    start a text browser such as lynx in this terminal)."""
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def build_parser() -> argparse.ArgumentParser:

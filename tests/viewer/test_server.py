@@ -349,6 +349,11 @@ def test_slab_mip(ct_run, serve_runs):
     assert get(server, "/api/run/0/ct/mip/oblique/10/volume.nii")[0] == 404
 
 
+@pytest.mark.parametrize(("slab", "voxel", "n"), [(0, 2.0, 1), (2.9, 2.0, 1), (3.0, 2.0, 3), (10, 6.667, 1), (10, 2.0, 5), (11, 2.0, 7), (20, 6.667, 3)])
+def test_mip_slices(slab, voxel, n):
+    assert ct_volumes.mip_slices(slab, voxel) == n
+
+
 def test_ct_without_reference_has_no_difference(ct_old_run, serve_runs):
     server = serve_runs(ct_old_run)
     assert get(server, "/api/run/0/ct/reference.nii")[0] == 404

@@ -12,6 +12,7 @@ drawn scan geometry share one frame.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "difference",
     "geometry_affine",
     "load_hu",
+    "mip_slices",
     "nifti_bytes",
     "scan_drawing",
     "slab_mip",
@@ -133,19 +135,25 @@ def difference(recon: HUVolume, reference: HUVolume) -> HUVolume:
     return HUVolume(hu=recon.hu - reference.hu, voxel_mm=recon.voxel_mm, affine=recon.affine)
 
 
+def mip_slices(slab_mm: float, voxel_mm: float) -> int:
+    """Slices in a MIP slab: ``slab_mm / voxel_mm`` rounded half up, then up to an odd number
+    (the slab is centred on a slice), at least 1. The client labels the slab with the same rule."""
+    n = max(1, int(math.floor(float(slab_mm) / float(voxel_mm) + 0.5)))
+    return n + 1 - n % 2
+
+
 def slab_mip(volume: HUVolume, orientation: str, slab_mm: float) -> HUVolume:
     """Thick-slab maximum intensity projection: every slice becomes the maximum over the
     ``slab_mm`` of slices centred on it, along the axis normal to ``orientation``.
 
-    ``slab_mm`` is rounded to an odd number of slices (at least 1: the volume itself).
+    ``slab_mm`` becomes :func:`mip_slices` slices (1: the volume itself).
     """
     from scipy.ndimage import maximum_filter1d
 
     if orientation not in AXES:
         raise ValueError(f"orientation {orientation!r} (expected one of {', '.join(AXES)})")
     axis = AXES[orientation]
-    n = max(1, int(round(float(slab_mm) / volume.voxel_mm[axis])))
-    n += 1 - n % 2
+    n = mip_slices(slab_mm, volume.voxel_mm[axis])
     if n == 1:
         return volume
     mip = maximum_filter1d(volume.hu, size=n, axis=axis, mode="nearest")

@@ -159,7 +159,7 @@ export class CTView {
       nv.drawScene();
     }
     pane.stamp = stamp;
-    const mipNote = this.mip && which !== 'difference' && url.includes('/mip/') ? ` — MIP ${this.slabMm} mm slab (${this.layout})` : '';
+    const mipNote = this.mip && which !== 'difference' && url.includes('/mip/') ? ` — ${this.mipLabel(nv)}` : '';
     pane.note.textContent = `${which === 'volume' ? 'reconstruction' : which} in HU${mipNote}`;
     return true;
   }
@@ -167,6 +167,16 @@ export class CTView {
   /** Load what the panes show: the reconstruction first (the first frame), then the right
    * pane. niivue prepares each volume on the GPU (textures, a gradient volume for the 3D
    * render): quick on a GPU, seconds per 256^3 volume on a CPU renderer, so one after the other. */
+  /** "MIP 10 mm (3 slices = 20.0 mm, axial)": the slab as the server computes it (mip_slices). */
+  mipLabel(nv) {
+    const pix = nv.volumes[0]?.hdr?.pixDims;
+    const voxel = pix ? pix[{ axial: 3, coronal: 2, sagittal: 1 }[this.layout]] : null;
+    if (!voxel) return `MIP ${this.slabMm} mm (${this.layout})`;
+    let n = Math.max(1, Math.floor(this.slabMm / voxel + 0.5));
+    n += 1 - (n % 2);
+    return `MIP ${this.slabMm} mm (${n} slice${n > 1 ? 's' : ''} = ${(n * voxel).toFixed(1)} mm, ${this.layout})`;
+  }
+
   async loadAll() {
     if (this.disposed) return;
     this.paneLeft.label.textContent = `${this.state.name}: reconstruction`;
@@ -207,6 +217,14 @@ export class CTView {
   setLayout(layout, reload = true) {
     const changedPlane = this.layout !== layout;
     this.layout = layout;
+    const singlePlane = layout in { axial: 1, coronal: 1, sagittal: 1 };
+    if (reload && this.mip && !singlePlane) {
+      this.mip = false; // a slab MIP is a projection in one plane: leaving the plane ends it
+      this.updateControls();
+      this.nvLeft.setSliceType(LAYOUTS[layout][1]);
+      this.nvRight.setSliceType(LAYOUTS[layout][1]);
+      return hooks.track(this.loadAll());
+    }
     const type = LAYOUTS[layout][1];
     this.nvLeft.setSliceType(type);
     this.nvRight.setSliceType(type);

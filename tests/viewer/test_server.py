@@ -349,6 +349,23 @@ def test_slab_mip(ct_run, serve_runs):
     assert get(server, "/api/run/0/ct/mip/oblique/10/volume.nii")[0] == 404
 
 
+def test_patient_orientation_in_the_file_is_kept(tmp_path, serve_runs):
+    from recon_viewer.synthetic import write_ct_run
+
+    run = write_ct_run(tmp_path / "ct", shape_zyx=(8, 12, 16), reference=False)
+    img = nib.load(str(run / "volume.nii.gz"))
+    xyz = np.asarray(img.dataobj, dtype=np.float32)
+    flipped = np.diag([-2.0, -2.0, 3.0, 1.0])  # x runs to the patient's left, y posterior
+    nib.save(nib.Nifti1Image(xyz, flipped), str(run / "volume.nii.gz"))
+    server = serve_runs(run)
+    vol, affine = _nifti(server, "/api/run/0/ct/volume.nii")
+    canonical = nib.as_closest_canonical(nib.load(str(run / "volume.nii.gz")))
+    np.testing.assert_allclose(affine, canonical.affine)
+    expected = mu_to_hu(np.transpose(np.asarray(canonical.dataobj), (2, 1, 0)))
+    assert np.max(np.abs(vol - expected)) <= 0.51
+    assert np.max(np.abs(vol - mu_to_hu(np.transpose(xyz, (2, 1, 0))))) > 100  # flipped, not as stored
+
+
 @pytest.mark.parametrize(("slab", "voxel", "n"), [(0, 2.0, 1), (2.9, 2.0, 1), (3.0, 2.0, 3), (10, 6.667, 1), (10, 2.0, 5), (11, 2.0, 7), (20, 6.667, 3)])
 def test_mip_slices(slab, voxel, n):
     assert ct_volumes.mip_slices(slab, voxel) == n

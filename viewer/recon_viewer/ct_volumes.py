@@ -60,7 +60,9 @@ def load_hu(path: Path, mu_water_per_mm: float, units: str, geometry: dict | Non
         mu_water_per_mm: water attenuation used for the conversion.
         units: ``"attenuation_per_mm"`` (converted) or ``"HU"`` (kept as is).
         geometry: ``geometry.json`` contents or ``None``; when its ``n_voxel`` matches the
-            volume, the affine is rebuilt from it (voxel centres of ``recon.ct.geometry``).
+            volume and the file's affine carries no orientation (a positive diagonal, as recon
+            writes), the affine is rebuilt from it (voxel centres of ``recon.ct.geometry``).
+            A file whose affine flips or rotates axes (a patient orientation) keeps its own.
 
     Raises:
         ValueError: one-line reason (unreadable file, not 3D, non-finite values).
@@ -73,11 +75,16 @@ def load_hu(path: Path, mu_water_per_mm: float, units: str, geometry: dict | Non
         zyx = np.asarray(zyx, dtype=np.float32)
         spacing = tuple(float(v) for v in (geometry or {}).get("voxel_mm", (1.0, 1.0, 1.0)))
         file_affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+        placed_by_file = False
     else:
         import nibabel as nib
 
         try:
-            img = nib.as_closest_canonical(nib.load(str(path)))
+            original = nib.load(str(path))
+            # recon writes a positive diagonal affine (no patient orientation): only then may
+            # geometry.json place the volume; a file with its own orientation keeps it
+            placed_by_file = not _positive_diagonal(original.affine)
+            img = nib.as_closest_canonical(original)
             xyz = np.asarray(img.dataobj, dtype=np.float32)
         except Exception as err:  # nibabel raises several types for bad files
             raise ValueError(f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
@@ -95,13 +102,19 @@ def load_hu(path: Path, mu_water_per_mm: float, units: str, geometry: dict | Non
         hu = zyx.astype(np.float32)
     else:
         hu = (1000.0 * (zyx / np.float32(mu_water_per_mm) - 1.0)).astype(np.float32)
-    affine = geometry_affine(geometry, zyx.shape) if geometry else None
+    affine = geometry_affine(geometry, zyx.shape) if geometry and not placed_by_file else None
     if affine is None:
         affine = file_affine
         spacing_out = spacing
     else:
         spacing_out = tuple(float(v) for v in geometry["voxel_mm"])  # type: ignore[index]
     return HUVolume(hu=hu, voxel_mm=spacing_out, affine=affine)  # type: ignore[arg-type]
+
+
+def _positive_diagonal(affine: np.ndarray) -> bool:
+    """Whether a NIfTI affine only scales (positively) and shifts: no rotation, no flip."""
+    rot = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return bool(np.all(np.diag(rot) > 0) and np.allclose(rot - np.diag(np.diag(rot)), 0.0))
 
 
 def geometry_affine(geometry: dict, shape_zyx: tuple[int, ...]) -> np.ndarray | None:

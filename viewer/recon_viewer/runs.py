@@ -162,7 +162,9 @@ class RunFolder:
         run = run or {}
         status = run.get("status", "unknown")
         fmt = run.get("format")
-        if run and fmt is not None and fmt != RUN_FORMAT:
+        # older CT runs used "format" for the input data's format (e.g. "r2gaussian"): only a
+        # recon-run/N other than ours is worth a word
+        if isinstance(fmt, str) and fmt.startswith("recon-run/") and fmt != RUN_FORMAT:
             banners.append(_banner("warning", f"run.json format {fmt!r}: this viewer reads {RUN_FORMAT}; some parts may be missing"))
         step, total = run.get("step"), run.get("total_steps")
         progress = f" (step {step}/{total})" if step is not None and total else ""

@@ -444,7 +444,8 @@ export class CaptureView {
       if (view?.compare) body = h('img', { class: 'compare-img', src: view.compare, alt: 'render · photo · error' });
       else if (view?.render || view?.photo) body = h('div', { class: 'compare-pair' }, view.render ? h('img', { src: view.render, alt: 'render' }) : null, view.photo ? h('img', { src: view.photo, alt: 'photo' }) : null);
       else body = h('p', { class: 'muted' }, 'no render or photo for this view');
-      this.comparePanel.append(h('div', { class: 'compare-run' }, header, h('div', { class: 'compare-labels' }, h('span', {}, 'render'), h('span', {}, 'photo'), h('span', {}, '|error|')), body));
+      const labels = view?.compare ? h('div', { class: 'compare-labels' }, h('span', {}, 'render'), h('span', {}, 'photo'), h('span', {}, '|error|')) : null;
+      this.comparePanel.append(h('div', { class: 'compare-run' }, header, h('div', { class: 'compare-body' }, labels, body)));
     }
   }
 

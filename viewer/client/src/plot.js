@@ -42,7 +42,7 @@ export function drawCurve(canvas, rows, column) {
   ctx.fillStyle = '#9aa4b2';
   const pts = rows.filter((r) => typeof r[column] === 'number' && Number.isFinite(r[column]) && typeof r.step === 'number');
   if (pts.length === 0) {
-    ctx.fillText(`no ${column} values in log.jsonl yet`, PAD.left, height / 2);
+    ctx.fillText(rows.length ? `no ${column} values in log.jsonl` : 'no log.jsonl (yet, or a method without iterations)', 8, height / 2);
     return;
   }
   const logY = pts.every((p) => p[column] > 0);
@@ -67,6 +67,10 @@ export function drawCurve(canvas, rows, column) {
   ctx.beginPath();
   pts.forEach((p, i) => (i ? ctx.lineTo(sx(xs[i]), sy(ys[i])) : ctx.moveTo(sx(xs[i]), sy(ys[i]))));
   ctx.stroke();
+  if (pts.length === 1) {
+    ctx.fillStyle = '#4cc2ff';
+    ctx.beginPath(); ctx.arc(sx(xs[0]), sy(ys[0]), 3, 0, 2 * Math.PI); ctx.fill();
+  }
   ctx.fillStyle = '#cfd6df';
   ctx.fillText(`${column}${logY ? ' (log)' : ''} vs step`, PAD.left + 4, PAD.top + 8);
 }
@@ -84,6 +88,7 @@ export function curveWidget(preferred = 'loss') {
     update(newRows) {
       rows = newRows || [];
       const columns = logColumns(rows);
+      select.style.display = columns.length ? '' : 'none';
       const current = select.value || preferred;
       if (select.options.length !== columns.length || [...select.options].some((o, i) => o.value !== columns[i])) {
         select.replaceChildren(...columns.map((c) => h('option', { value: c }, c)));

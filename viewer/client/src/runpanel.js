@@ -7,6 +7,11 @@ function kv(rows) {
   return h('table', { class: 'kv' }, rows.filter(([, v]) => v !== undefined && v !== null && v !== '').map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, v))));
 }
 
+/** A count given as a number or as the list of names. */
+function count(value) {
+  return Array.isArray(value) ? value.length : value ?? 0;
+}
+
 function scalarRows(obj, skip) {
   return Object.entries(obj || {})
     .filter(([k, v]) => !skip.has(k) && (typeof v === 'number' || typeof v === 'string' || typeof v === 'boolean'))
@@ -64,7 +69,7 @@ export class RunPanel {
       h('div', { class: `status status-${state.status}`, id: 'run-status' }, state.status),
       kv([
         ['kind', state.kind], ['path', state.path], ['step', progress], ['method', run.method], ['device', run.device],
-        ['views', run.train_views !== undefined ? `${run.train_views} train, ${run.eval_views ?? 0} eval` : run.n_views],
+        ['views', run.train_views !== undefined ? `${count(run.train_views)} train, ${count(run.eval_views)} eval` : run.n_views],
         ['created', run.created], ['updated', run.updated], ['error', run.error],
       ]),
     );

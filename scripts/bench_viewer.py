@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "viewer")]  # a source checkout works without reinstalling
 
-from recon_viewer import start  # noqa: E402
-from recon_viewer.headless import CHROMIUM_ARGS, chromium_path, first_frame_ms  # noqa: E402
-from recon_viewer.synthetic import write_capture_run, write_ct_run  # noqa: E402
+from recon_viewer import start
+from recon_viewer.headless import CHROMIUM_ARGS, chromium_path, first_frame_ms
+from recon_viewer.synthetic import write_capture_run, write_ct_run
 
 
 def asset_sizes() -> tuple[int, int]:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from recon_viewer.headless import CHROMIUM_ARGS, chromium_path
 
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"

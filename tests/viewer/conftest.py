@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from recon_viewer import start
 from recon_viewer.synthetic import write_capture_run, write_ct_run
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.viewer.browser import ViewerPage, assert_not_blank, assert_snapshot, launch, mean_abs_diff, png_array
+from tests.viewer.browser import ViewerPage, assert_not_blank, assert_snapshot, launch, mean_abs_diff
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,8 @@ CT_RIGHT = ".nv-pane >> nth=1 >> canvas"
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright  # the test extra; a missing one is an error, not a skip
+    # playwright is in the test extra: a missing one is an error, not a skip
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         chromium = launch(playwright)

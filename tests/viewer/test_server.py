@@ -10,20 +10,19 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from recon_viewer import ct_volumes
+from recon_viewer.runs import check_run_folder
+from recon_viewer.splats import SH_C0, read_ply_header
+from recon_viewer.synthetic import chest_phantom_hu
 
 from recon.ct.formats import MU_WATER_PER_MM, mu_to_hu
 from recon.ct.geometry import CTGeometry, circular_angles
 from recon.errors import InputError
 from recon.io.ply import read_splat_ply
-from recon_viewer import ct_volumes, start
-from recon_viewer.runs import check_run_folder
-from recon_viewer.splats import SH_C0, read_ply_header
-from recon_viewer.synthetic import chest_phantom_hu
 from tests.viewer.conftest import ROOT
 
 PYTHONPATH = os.pathsep.join(str(ROOT / p) for p in (".", "plugins", "viewer"))

@@ -86,7 +86,7 @@ def load_hu(path: Path, mu_water_per_mm: float, units: str, geometry: dict | Non
             placed_by_file = not _positive_diagonal(original.affine)
             img = nib.as_closest_canonical(original)
             xyz = np.asarray(img.dataobj, dtype=np.float32)
-        except Exception as err:  # nibabel raises several types for bad files
+        except Exception as err:  # noqa: BLE001 - nibabel raises several types for bad files
             raise ValueError(f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
         if xyz.ndim == 4 and xyz.shape[3] == 1:
             xyz = xyz[..., 0]
@@ -151,7 +151,7 @@ def difference(recon: HUVolume, reference: HUVolume) -> HUVolume:
 def mip_slices(slab_mm: float, voxel_mm: float) -> int:
     """Slices in a MIP slab: ``slab_mm / voxel_mm`` rounded half up, then up to an odd number
     (the slab is centred on a slice), at least 1. The client labels the slab with the same rule."""
-    n = max(1, int(math.floor(float(slab_mm) / float(voxel_mm) + 0.5)))
+    n = max(1, math.floor(float(slab_mm) / float(voxel_mm) + 0.5))
     return n + 1 - n % 2
 
 

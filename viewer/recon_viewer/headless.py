@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 
-__all__ = ["CHROMIUM_ARGS", "chromium_path", "wait_for", "first_frame_ms"]
+__all__ = ["CHROMIUM_ARGS", "chromium_path", "first_frame_ms", "wait_for"]
 
 CHROMIUM_ARGS = [
     "--no-sandbox",

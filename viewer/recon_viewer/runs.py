@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 from recon.errors import InputError
 from recon_viewer import ct_volumes
 from recon_viewer.splats import read_ply_header
 
-__all__ = ["RunFolder", "check_run_folder", "MAX_SPLATS_IN_BROWSER"]
+__all__ = ["MAX_SPLATS_IN_BROWSER", "RunFolder", "check_run_folder"]
 
 RUN_FORMAT = "recon-run/1"
 MARKERS = ("run.json", "splat.ply", "volume.nii.gz", "volume.npy")

@@ -29,11 +29,11 @@ import socket
 import sys
 import threading
 import webbrowser
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import unquote
 
 from recon.errors import InputError
@@ -67,20 +67,20 @@ def static_files() -> dict[str, Path]:
 class _Handler(BaseHTTPRequestHandler):
     """Serves one :class:`ViewerServer`'s runs; see the module docstring for the routes."""
 
-    server: "_HTTPServer"
+    server: _HTTPServer
     protocol_version = "HTTP/1.1"
     def version_string(self) -> str:
         return "recon-view"
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet unless asked
+    def log_message(self, format: str, *args) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
 
     # ------------------------------------------------------------------ dispatch
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch(head=True)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch(head=False)
 
     def _dispatch(self, head: bool) -> None:
@@ -145,11 +145,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path is None:
             return self._not_found(head)
         try:
-            f = open(path, "rb")
-        except OSError:
+            f = open(path, "rb")  # noqa: SIM115 - only the open may answer 404; closed below
+        except OSError:  # removed or unreadable since the check
             return self._not_found(head)
         with f:
-            size = Path(path).stat().st_size
+            size = os.fstat(f.fileno()).st_size
             self._headers(200, content_type(path), size, cache)
             if not head:
                 shutil.copyfileobj(f, self.wfile, 1 << 20)
@@ -214,7 +214,7 @@ class ViewerServer:
         finally:
             self.httpd.server_close()
 
-    def serve_in_thread(self) -> "ViewerServer":
+    def serve_in_thread(self) -> ViewerServer:
         """Serve from a daemon thread (tests, notebooks); returns ``self``."""
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PlyHeader", "SH_C0", "read_ply_header", "points_bytes"]
+__all__ = ["SH_C0", "PlyHeader", "points_bytes", "read_ply_header"]
 
 SH_C0 = 0.28209479177387814
 """Degree-0 spherical-harmonic constant: colour = 0.5 + SH_C0 * f_dc (as in recon.splat.sh)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["write_capture_run", "write_ct_run", "look_at_opencv", "splat_image"]
+__all__ = ["look_at_opencv", "splat_image", "write_capture_run", "write_ct_run"]
 
 SH_C0 = 0.28209479177387814
 MARKERS = {"red": ((1.0, 0.0, 0.0), (0.9, 0.1, 0.1)), "green": ((0.0, 1.0, 0.0), (0.1, 0.8, 0.1)), "blue": ((0.0, 0.0, 1.0), (0.15, 0.25, 0.95))}

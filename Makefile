@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	  echo "installing Debian package libusb-1.0-0 (open3d needs it)"; \
 	  (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) >/dev/null || \
 	  echo "warning: could not install libusb-1.0-0; open3d will not import"; fi
+	@if command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then \
+	  echo "installing Debian package chromium (the web viewer's browser tests drive it through playwright)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
+	  echo "warning: could not install chromium; the viewer's browser tests will be skipped"; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"

@@ -24,6 +24,7 @@ coronal / sagittal: reference, FDK, SART, TV, Gaussians), and every run folder u
 
     python scripts/bench_ct_sparse.py --out runs/bench_ct_sparse              # 25 views
     python scripts/bench_ct_sparse.py --views 25 50 75 --out runs/bench_ct_sparse
+    python scripts/bench_ct_sparse.py --volume ../shared/data/ct/more/itkelastix_4dct_phase00_chest.npz --out runs/bench_ct_heldout
 """
 
 from __future__ import annotations
@@ -48,16 +49,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ct" / "lidc_idri_0001_ds2.npz"
 
 
-def simulate(views: int, size: int, out: Path, seed: int) -> Path:
+def simulate(volume: Path, views: int, size: int, out: Path, seed: int) -> Path:
     from recon.pipelines.ct_simulate import CTSimulateConfig
 
-    folder = out / "data" / f"lidc_{size}_{views}v"
+    folder = out / "data" / f"{volume.stem}_{size}_{views}v"
     stamp = folder / "simulation.json"
     if stamp.is_file():
         s = json.loads(stamp.read_text())
         if s["n_views"] == views and s["volume_shape"] == [size] * 3:
             return folder
-    CTSimulateConfig(DATA, views=views, out=folder, n_test=0, size=size, seed=seed, overwrite=True).run()
+    CTSimulateConfig(volume, views=views, out=folder, n_test=0, size=size, seed=seed, overwrite=True).run()
     return folder
 
 
@@ -126,9 +127,10 @@ def main() -> int:
     p.add_argument("--tv-iterations", type=int, default=None, help="default: TVConfig.iterations")
     p.add_argument("--gaussian-iterations", type=int, default=None, help="default: GaussianFitConfig.iterations")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--volume", type=Path, default=DATA, help="the real CT volume to simulate scans of (.npz with volume + spacing_mm_zyx, HU)")
     args = p.parse_args()
-    if not DATA.is_file():
-        print(f"missing {DATA} (the shared data folder beside the project)", file=sys.stderr)
+    if not args.volume.is_file():
+        print(f"missing {args.volume} (the shared data folder beside the project)", file=sys.stderr)
         return 2
     logging_setup()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +144,7 @@ def main() -> int:
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
     }
     for views in args.views:
-        data = simulate(views, args.size, args.out, args.seed)
+        data = simulate(args.volume, views, args.size, args.out, args.seed)
         from recon.io.r2gaussian import read_r2gaussian
 
         reference = read_r2gaussian(data).volume

@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 
 from recon.geometry.ct import CTGeometry
-from recon.ct.objective import ViewBatches, checked_projections, initial_volume, projection_loss
-from recon.ct.project import Projector, torch_threads
+from recon.ct.objective import ProjectionTrainer, projection_loss
+from recon.ct.project import torch_threads
 from recon.ct.voxelize import VoxelGrid, tv_3d, voxelize
 from recon.errors import InputError
-from recon.train import exponential_decay, seed_everything, train
+from recon.train import exponential_decay, set_learning_rate
 from recon.splat.strategy import (  # row ops that carry Adam moments
     duplicate_rows,
     remove_rows,
@@ -138,7 +138,7 @@ class GaussianFitConfig:
             raise InputError("--init", f"expected 'fdk' or 'sart', got {self.init!r}")
 
 
-class GaussianTrainer:
+class GaussianTrainer(ProjectionTrainer):
     """Fits :class:`RadiativeGaussians` to projections (see the module docstring).
 
     Args:
@@ -160,25 +160,12 @@ class GaussianTrainer:
         state: dict[str, Any] | None = None,
         num_threads: int | str | None = "auto",
     ) -> None:
-        self.config = cfg = config or GaussianFitConfig()
-        cfg.validate()
-        b, scale = checked_projections(projections, geometry)
-        if cfg.render == "splat":
+        super().__init__(projections, geometry, config or GaussianFitConfig(), num_threads=num_threads)
+        if self.config.render == "splat":
             xray_cameras(geometry, [0])  # refuses unsupported detectors before any work
-        self.geometry = geometry
-        self.num_threads = num_threads
-        self.scale = scale
-        self.b = b  # normalised projections
         self.grid = VoxelGrid.from_geometry(geometry)
-        self.projector = Projector(geometry, num_threads=None)
-        seed_everything(cfg.seed)
-        self.step = 0
-        self.history: list[dict] = []
         self._cameras: dict[tuple[int, ...], XrayCameras] = {}
-        self._rng = np.random.default_rng(cfg.seed)
-        self._batches = ViewBatches(geometry.n_views, cfg.batch_views, self._rng)
         if state is not None:
-            self.init_description = str(state.get("init_description", "checkpoint"))
             self.load_state_dict(state)
             return
         with torch_threads(num_threads):
@@ -187,19 +174,9 @@ class GaussianTrainer:
         self.reset_gradient_stats()
 
     # ------------------------------------------------------------------ setup
-    def _init_volume(self) -> Tensor:
-        cfg = self.config
-        return initial_volume(self.b, self.geometry, init=cfg.init, filter=cfg.init_filter, sart_iterations=cfg.init_sart_iterations, projector=self.projector)
-
     def _init_model(self, init_volume) -> None:
         cfg = self.config
-        if init_volume is None:
-            vol = self._init_volume()
-            self.init_description = f"{cfg.init}" + (f" ({cfg.init_sart_iterations} OS-SART iterations)" if cfg.init == "sart" else f" ({cfg.init_filter})")
-        else:
-            vol = torch.as_tensor(np.asarray(init_volume) if not isinstance(init_volume, Tensor) else init_volume).float() / self.scale
-            self.init_description = "given volume"
-        vol = vol.clamp_min(0)
+        vol = self.starting_volume(init_volume)
         self.vol_max = float(vol.max()) or 1.0
         self.model = RadiativeGaussians.from_volume(
             vol, self.geometry, cfg.n_gaussians, threshold=cfg.init_threshold, scale_multiplier=cfg.init_scale,
@@ -214,10 +191,8 @@ class GaussianTrainer:
         opts = self._make_optimizers()
         target = vol / self.vol_max
         for it in range(steps):
-            decay = 0.1 ** (it / max(1, steps))
             for name, lr in self._base_lrs().items():
-                for g in opts[name].param_groups:
-                    g["lr"] = lr * decay
+                set_learning_rate(opts[name], exponential_decay(lr, it, steps, 0.1))
             pred = voxelize(**self.model.activated(), grid=self.grid, support_sigmas=self.config.support_sigmas)
             loss = ((pred / self.vol_max - target) ** 2).mean()
             loss.backward()
@@ -254,8 +229,7 @@ class GaussianTrainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "grad_accum": self._grad_accum,
             "grad_count": self._grad_count,
-            "order": list(self._batches.order),
-            "rng": self._rng.bit_generator.state,
+            **self.sampling_state(),
             "scale": self.scale,
             "vol_max": self.vol_max,
             "history": self.history,
@@ -273,10 +247,10 @@ class GaussianTrainer:
             opt.load_state_dict(state["optimizers"][k])
         self._grad_accum = state["grad_accum"]
         self._grad_count = state["grad_count"]
-        self._batches.order = list(state["order"])
-        self._rng.bit_generator.state = state["rng"]
+        self.load_sampling_state(state)
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
+        self.init_description = str(state.get("init_description", "checkpoint"))
 
     # ------------------------------------------------------------------ training
     def _set_lrs(self) -> None:
@@ -396,13 +370,6 @@ class GaussianTrainer:
             remove_rows(params, opts, state, prune)
         self.reset_gradient_stats()
         logger.debug("density control at step %d: %d cloned, %d split, %d pruned -> %d", self.step, n_clone, n_split, n_prune, self.model.num_gaussians)
-
-    def fit(self, **loop_options: Any) -> Tensor:
-        """Train to ``config.iterations`` steps with :func:`recon.train.train` (in memory unless
-        ``run=`` is given; other keywords are the loop's) and return :meth:`volume`."""
-        with torch_threads(self.num_threads):
-            train(self, self.config.iterations, **loop_options)
-        return self.volume()
 
     @torch.no_grad()
     def volume(self) -> Tensor:  # [Z, Y, X] attenuation (1/mm)

@@ -6,11 +6,14 @@
   projections (R2-Gaussian's data term).
 * :class:`ViewBatches`: fixed interleaved view groups (views k, k + n, k + 2n, ...: spread in
   angle, and the projector's ray tables stay cached), visited in a random order per epoch.
+* :class:`ProjectionTrainer`: the set-up every such trainer shares (normalised projections, the
+  projector, seeding, view batches, the starting volume, ``fit``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +23,9 @@ from recon.geometry.ct import CTGeometry
 from recon.ct.project import Projector
 from recon.errors import InputError
 from recon.metrics import ssim
+from recon.train import seed_everything, train
 
-__all__ = ["ViewBatches", "checked_projections", "coverage_is_short", "initial_volume", "projection_loss"]
+__all__ = ["ProjectionTrainer", "ViewBatches", "checked_projections", "coverage_is_short", "initial_volume", "projection_loss"]
 
 
 def checked_projections(projections: Tensor | np.ndarray, geometry: CTGeometry) -> tuple[Tensor, float]:  # [V, v, u]
@@ -98,3 +102,63 @@ class ViewBatches:
         if not self.order:
             self.order = [int(v) for v in self.rng.permutation(self.n_groups)]
         return self.groups[self.order.pop()]
+
+
+class ProjectionTrainer:
+    """What the projection-domain trainers (:class:`recon.ct.gaussian_trainer.GaussianTrainer`,
+    :class:`recon.ct.tv_trainer.TVTrainer`) share; they implement :class:`recon.train.Trainer`.
+
+    Args:
+        projections: [V, v, u] line integrals (stored as ``b`` = projections / ``scale``).
+        geometry: the scan (``projections.shape == geometry.projection_shape``).
+        config: hyperparameters with ``validate()``, ``seed``, ``batch_views``, ``iterations``,
+            ``init``, ``init_filter``, ``init_sart_iterations``.
+        num_threads: CPU threads policy (see :func:`recon.ct.project.torch_threads`).
+    """
+
+    def __init__(self, projections: Tensor | np.ndarray, geometry: CTGeometry, config: Any, *, num_threads: int | str | None = "auto") -> None:
+        config.validate()
+        self.config = config
+        self.b, self.scale = checked_projections(projections, geometry)  # [V, v, u] normalised, and the scale
+        self.geometry = geometry
+        self.num_threads = num_threads
+        self.projector = Projector(geometry, num_threads=None)
+        seed_everything(config.seed)
+        self.step = 0
+        self.history: list[dict] = []
+        self._rng = np.random.default_rng(config.seed)
+        self._batches = ViewBatches(geometry.n_views, config.batch_views, self._rng)
+        self.init_description = "checkpoint"
+
+    def starting_volume(self, init_volume: Tensor | np.ndarray | None) -> Tensor:  # -> [Z, Y, X], in units of ``scale``, >= 0
+        """The given volume (1/mm) or ``config.init``'s (FDK, or FDK + OS-SART); sets ``init_description``."""
+        cfg = self.config
+        if init_volume is None:
+            vol = initial_volume(self.b, self.geometry, init=cfg.init, filter=cfg.init_filter, sart_iterations=cfg.init_sart_iterations, projector=self.projector)
+            self.init_description = f"{cfg.init}" + (f" ({cfg.init_sart_iterations} OS-SART iterations)" if cfg.init == "sart" else f" ({cfg.init_filter})")
+        else:
+            vol = torch.as_tensor(np.asarray(init_volume) if not isinstance(init_volume, Tensor) else init_volume).float() / self.scale
+            if tuple(vol.shape) != self.geometry.n_voxel:
+                raise InputError("init_volume", f"expected shape {list(self.geometry.n_voxel)} (z, y, x), got {list(vol.shape)}")
+            self.init_description = "given volume"
+        return vol.clamp_min(0)
+
+    def sampling_state(self) -> dict[str, Any]:
+        """The view order and the trainer's generator, for :meth:`state_dict`."""
+        return {"order": list(self._batches.order), "rng": self._rng.bit_generator.state}
+
+    def load_sampling_state(self, state: dict[str, Any]) -> None:
+        self._batches.order = [int(v) for v in state["order"]]
+        self._rng.bit_generator.state = state["rng"]
+
+    def volume(self) -> Tensor:  # [Z, Y, X] attenuation (1/mm)
+        raise NotImplementedError
+
+    def fit(self, **loop_options: Any) -> Tensor:
+        """Train to ``config.iterations`` steps with :func:`recon.train.train` (in memory unless
+        ``run=`` is given; other keywords are the loop's) and return :meth:`volume`."""
+        from recon.ct.project import torch_threads
+
+        with torch_threads(self.num_threads):
+            train(self, self.config.iterations, **loop_options)  # type: ignore[arg-type]
+        return self.volume()

@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 from recon.geometry.ct import CTGeometry
-from recon.ct.objective import ViewBatches, checked_projections, initial_volume, projection_loss
-from recon.ct.project import Projector, torch_threads
+from recon.ct.objective import ProjectionTrainer, projection_loss
+from recon.ct.project import torch_threads
 from recon.ct.voxelize import tv_3d
 from recon.errors import InputError
-from recon.train import exponential_decay, seed_everything, train
+from recon.train import exponential_decay
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class TVConfig:
             raise InputError("--tv.init", f"expected 'fdk' or 'sart', got {self.init!r}")
 
 
-class TVTrainer:
+class TVTrainer(ProjectionTrainer):
     """Runs the optimisation (see the module docstring).
 
     Args:
@@ -95,6 +95,8 @@ class TVTrainer:
         num_threads: CPU threads policy (see :func:`recon.ct.project.torch_threads`).
     """
 
+    config: TVConfig
+
     def __init__(
         self,
         projections: Tensor | np.ndarray,  # [V, v, u]
@@ -105,34 +107,15 @@ class TVTrainer:
         state: dict[str, Any] | None = None,
         num_threads: int | str | None = "auto",
     ) -> None:
-        self.config = cfg = config or TVConfig()
-        cfg.validate()
-        b, scale = checked_projections(projections, geometry)
-        self.geometry = geometry
-        self.num_threads = num_threads
-        self.scale = scale
-        self.b = b  # normalised projections
-        self.projector = Projector(geometry, num_threads=None)
-        seed_everything(cfg.seed)
-        self._batches = ViewBatches(geometry.n_views, cfg.batch_views, np.random.default_rng(cfg.seed))
-        self.step = 0
-        self.history: list[dict] = []
+        super().__init__(projections, geometry, config or TVConfig(), num_threads=num_threads)
         if state is not None:
             self.load_state_dict(state)
             return
         with torch_threads(num_threads):
-            if init_volume is None:
-                vol = initial_volume(self.b, geometry, init=cfg.init, filter=cfg.init_filter, sart_iterations=cfg.init_sart_iterations, projector=self.projector)
-                self.init_description = f"{cfg.init}" + (f" ({cfg.init_sart_iterations} OS-SART iterations)" if cfg.init == "sart" else f" ({cfg.init_filter})")
-            else:
-                vol = torch.as_tensor(np.asarray(init_volume) if not isinstance(init_volume, Tensor) else init_volume).float() / self.scale
-                if tuple(vol.shape) != geometry.n_voxel:
-                    raise InputError("init_volume", f"expected shape {list(geometry.n_voxel)} (z, y, x), got {list(vol.shape)}")
-                self.init_description = "given volume"
-        vol = vol.clamp_min(0)
+            vol = self.starting_volume(init_volume)
         self.vol_max = float(vol.max()) or 1.0
         self.x = (vol / self.vol_max).clone().requires_grad_(True)  # [Z, Y, X], units of vol_max
-        self.optimizer = torch.optim.Adam([self.x], lr=cfg.lr)
+        self.optimizer = torch.optim.Adam([self.x], lr=self.config.lr)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -141,8 +124,7 @@ class TVTrainer:
             "step": self.step,
             "x": self.x.detach(),
             "optimizer": self.optimizer.state_dict(),
-            "order": list(self._batches.order),
-            "rng": self._batches.rng.bit_generator.state,
+            **self.sampling_state(),
             "scale": self.scale,
             "vol_max": self.vol_max,
             "history": self.history,
@@ -159,8 +141,7 @@ class TVTrainer:
         self.x = x.clone().requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.x], lr=self.config.lr)
         self.optimizer.load_state_dict(state["optimizer"])
-        self._batches.order = list(state["order"])
-        self._batches.rng.bit_generator.state = state["rng"]
+        self.load_sampling_state(state)
         self.vol_max = float(state["vol_max"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
@@ -184,13 +165,6 @@ class TVTrainer:
             self.x.clamp_(min=0.0)
         self.step += 1
         return {"loss": float(total.detach()), "l1": float(l1.detach()), "tv": float(tv.detach())}
-
-    def fit(self, **loop_options: Any) -> Tensor:
-        """Train to ``config.iterations`` steps with :func:`recon.train.train` (in memory unless
-        ``run=`` is given; other keywords are the loop's) and return :meth:`volume`."""
-        with torch_threads(self.num_threads):
-            train(self, self.config.iterations, **loop_options)
-        return self.volume()
 
     @torch.no_grad()
     def volume(self) -> Tensor:  # [Z, Y, X] attenuation (1/mm)

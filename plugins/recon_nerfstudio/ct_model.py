@@ -54,6 +54,7 @@ from .ct_dataparser import CTViews
 from .optim_utils import adopt_parameters
 from .recon_defaults import ct_fit_default
 from .schedulers import bind_schedules
+from .warmup import warm_up_cpu_kernels
 
 __all__ = ["ReconCTModelConfig", "ReconCTModel", "STEPS_PER_RECON_STEP"]
 
@@ -113,6 +114,8 @@ class ReconCTModel(Model):
     # ------------------------------------------------------------------ setup
     def populate_modules(self) -> None:
         super().populate_modules()
+        # on the main thread, before the viewer's render thread exists (see .warmup)
+        warm_up_cpu_kernels("ct", "cuda" if torch.cuda.is_available() else "cpu")
         metadata = self.kwargs.get("metadata") or {}
         ct = metadata.get("ct")
         if not isinstance(ct, CTViews):

@@ -44,6 +44,7 @@ from recon.splat.strategy import DensifyStrategy
 from .convert import viewmats_from_c2w
 from .optim_utils import adopt_parameters
 from .recon_defaults import capture_fit_default
+from .warmup import warm_up_cpu_kernels
 from .schedulers import bind_schedules
 
 __all__ = ["ReconSplatModelConfig", "ReconSplatModel", "GAUSS_PARAM_NAMES"]
@@ -118,6 +119,8 @@ class ReconSplatModel(SplatfactoModel):
         )
         self.step = 0
         self.crop_box = None
+        # on the main thread, before the viewer's render thread exists (see .warmup)
+        warm_up_cpu_kernels("splat", "cuda" if torch.cuda.is_available() else "cpu")
         if cfg.background_color == "random":
             self.background_color = torch.tensor(VISER_BACKGROUND)
         else:

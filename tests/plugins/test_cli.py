@@ -215,3 +215,63 @@ def test_ns_viewer_reopens_finished_run(trained_run):
            "--viewer.websocket-host", "127.0.0.1", "--viewer.websocket-port", str(port)]  # fmt: skip
     with running(cmd, log) as proc:
         wait_for(lambda: http_ok(port), proc, log, 240, "ns-viewer's HTTP port")
+
+
+def _jpeg_frames(payload: bytes) -> list[bytes]:
+    """JPEG images embedded in a viser websocket message (the viewer's renders)."""
+    out, start = [], payload.find(b"\xff\xd8\xff")
+    while start >= 0:
+        end = payload.find(b"\xff\xd9", start)
+        if end < 0:
+            break
+        out.append(payload[start : end + 2])
+        start = payload.find(b"\xff\xd8\xff", end)
+    return out
+
+
+@pytest.mark.slow
+def test_ns_viewer_renders_in_chromium_from_a_cold_numba_cache(trained_run, tmp_path):
+    """``ns-viewer`` with an empty numba cache, opened in Chromium: the render thread sends a
+    real image of the model (the kernels were loaded on the main thread first, recon_nerfstudio
+    .warmup), and nothing crashes on the way."""
+    import io
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from recon_viewer.headless import CHROMIUM_ARGS, chromium_path
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency (pip install -e .[test])")
+    chromium = chromium_path()
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make install-test installs it)")
+    run_dir, _ = trained_run
+    port = free_port()
+    log = tmp_path / "viewer.log"
+    cmd = [str(BIN / "ns-viewer"), "--load-config", str(run_dir / "config.yml"),
+           "--viewer.websocket-host", "127.0.0.1", "--viewer.websocket-port", str(port)]  # fmt: skip
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold-numba-cache")}
+    renders: list[bytes] = []
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_for(lambda: http_ok(port), proc, log, 300, "ns-viewer's HTTP port")
+            with sync_api.sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 640, "height": 480})
+                page.on("websocket", lambda ws: ws.on("framereceived", lambda f: renders.extend(_jpeg_frames(f if isinstance(f, bytes) else b""))))
+                page.goto(f"http://127.0.0.1:{port}/")
+                deadline = time.monotonic() + 240
+                while not renders and time.monotonic() < deadline and proc.poll() is None:
+                    page.wait_for_timeout(500)
+                page.screenshot(path=str(tmp_path / "ns-viewer.png"))
+                browser.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "StopIteration" not in text, text[-3000:]
+    assert renders, f"no rendered image reached the browser in 240 s:\n{text[-2000:]}"
+    image = np.asarray(Image.open(io.BytesIO(renders[-1])).convert("RGB"), dtype=np.float32)
+    assert image.shape[0] >= 32 and image.std() > 5.0, "the render is blank"  # the fox, not a flat background

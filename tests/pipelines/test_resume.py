@@ -83,7 +83,7 @@ def test_capture_resume_is_exact(small_fox, tmp_path, extra):
 def test_ct_resume_is_exact(tiny_ct_scan, tmp_path, method):
     steps = {"tv": ["--iterations", "300", "--checkpoint-every", "10"],
              "gaussian": ["--iterations", "200", "--checkpoint-every", "10", "--gaussian.densify-every", "7", "--gaussian.densify-from", "5", "--gaussian.n-gaussians", "3000"],
-             "sart": ["--iterations", "60"]}[method]  # fmt: skip
+             "sart": ["--iterations", "60", "--checkpoint-every", "5"]}[method]  # fmt: skip
     args = ["ct", "fit", str(tiny_ct_scan), "--method", method, *steps, "--seed", "2"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     _run([*args, "--out", str(whole)])

@@ -185,7 +185,7 @@ def test_shipped_weights_load_and_help_on_a_phantom():
     """The shipped weights (trained on a simulated chest CT) on a 32^3 Shepp-Logan phantom they
     never saw, scanned with the protocol they were trained for (``recon ct simulate``'s cone beam,
     25 noisy views): finite, same shape, air untouched, and better than FDK. (With a coarser
-    48^2 detector the same phantom came out 0.9 dB worse: see the model card.)"""
+    48^2 detector the same phantom comes out worse: the model card's Shepp-Logan rows.)"""
     assert (DEFAULT_WEIGHTS / "diffusion_pytorch_model.safetensors").stat().st_size < 20e6
     model = load_refiner(backend="torch")
     ref = (shepp_logan_3d((32, 32, 32)) * 1.2 * MU_WATER_PER_MM).astype(np.float32)

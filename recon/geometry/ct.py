@@ -568,27 +568,28 @@ class CTGeometry:
     @classmethod
     def from_json(cls, path: str | Path) -> "CTGeometry":
         """Read a geometry JSON file (this class's keys or TIGRE's)."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(path, "geometry file not found") from None
-        except json.JSONDecodeError as err:
-            raise InputError(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
-        return cls.from_dict(data, where=path)
+        return cls._from_text_file(path, json.loads, json.JSONDecodeError, "JSON")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "CTGeometry":
         """Read a geometry YAML file (this class's keys or TIGRE's)."""
         import yaml
 
+        return cls._from_text_file(path, yaml.safe_load, yaml.YAMLError, "YAML")
+
+    @classmethod
+    def _from_text_file(cls, path: str | Path, parse, parse_error: type[Exception], kind: str) -> "CTGeometry":
+        """Parse a UTF-8 text file with ``parse``; a missing file or ``parse_error`` is an InputError."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = parse(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise InputError(path, "geometry file not found") from None
-        except yaml.YAMLError as err:
-            raise InputError(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise InputError(path, f"not UTF-8 text (a {kind} geometry file is expected)") from None
+        except parse_error as err:
+            where = f" ({err.msg} at line {err.lineno})" if isinstance(err, json.JSONDecodeError) else f" ({str(err).splitlines()[0]})"
+            raise InputError(path, f"not valid {kind}{where}") from None
         return cls.from_dict(data, where=path)
 
     @classmethod

@@ -5,21 +5,19 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import tyro
 import yaml
-from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.engine.optimizers import Optimizers
-
 from recon_nerfstudio.ct_model import ReconCTModel
 from recon_nerfstudio.methods import ct_optimizers, recon_ct
-from recon.ct.gaussians import PARAM_NAMES, render_xray, xray_cameras
+
 from recon.ct.gaussian_trainer import GaussianFitConfig, GaussianTrainer
+from recon.ct.gaussians import PARAM_NAMES, render_xray, xray_cameras
 from recon.io.formats import load_ct_data
 from tests._floors import assert_loss_falls, constant_volume_scores
+from tests.plugins._ns_loop import finite_with_gaussians, ns_train_steps
 
 N_GAUSSIANS = 800
 FIT = GaussianFitConfig()
@@ -42,27 +40,8 @@ def pipeline(ct_scan):
 
 
 def run_steps(pipe, config, n_steps: int, max_num_iterations: int):
-    """nerfstudio's training loop (Trainer.train_iteration and callbacks) for ``n_steps``."""
-    optimizers = Optimizers(copy.deepcopy(config.optimizers), pipe.get_param_groups())
-    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=max_num_iterations))
-    attrs = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipe, trainer=trainer)
-    callbacks = pipe.get_training_callbacks(attrs)
-    losses = []
-    for step in range(n_steps):
-        pipe.train()
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-        optimizers.zero_grad_all()
-        _, loss_dict, metrics = pipe.get_train_loss_dict(step)
-        loss = sum(loss_dict.values())
-        loss.backward()
-        optimizers.optimizer_step_all()
-        optimizers.scheduler_step_all(step)
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-        assert torch.isfinite(loss) and int(metrics["gaussian_count"]) > 0
-        losses.append(loss.item())
-    return optimizers, losses
+    """nerfstudio's training loop for ``n_steps``; the loss stays finite and Gaussians remain."""
+    return ns_train_steps(pipe, config, n_steps, max_num_iterations, check=finite_with_gaussians)
 
 
 def test_method_defaults_follow_recon_ct_fit():

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.callbacks import (
+    TrainingCallbackAttributes,
+    TrainingCallbackLocation,
+)
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.models.splatfacto import SplatfactoModel
-
 from recon_nerfstudio.methods import recon_splat
 from recon_nerfstudio.splat_model import GAUSS_PARAM_NAMES
+
 from recon.metrics import lpips_status, psnr
 from recon.splat.strategy import DensifyStrategy
 from tests._floors import assert_loss_falls
+from tests.plugins._ns_loop import finite_with_gaussians, ns_callbacks, ns_train_steps
 
 INIT_POINTS = 2000
 
@@ -94,8 +97,8 @@ def test_initial_render_matches_recon_fit(pipeline, tiny_fox, tmp_path):
             c, _, _ = render(job.trainer.model, job.train.cameras, job.train.width, job.train.height, 0, job.background, [i])
             theirs[Path(name).name] = float(psnr(c[0, ..., :3].clamp(0, 1), job.train.images[i]))
     assert ours.keys() == theirs.keys()
-    for name in ours:
-        assert abs(ours[name] - theirs[name]) < 0.75, (name, ours[name], theirs[name])
+    for name, value in ours.items():
+        assert abs(value - theirs[name]) < 0.75, (name, value, theirs[name])
 
 
 def test_image_metrics(pipeline):
@@ -116,22 +119,10 @@ def test_train_steps_densify_and_keep_optimizers_in_sync(tiny_fox):
                                                     reset_every=1000, grow_grad2d=1e-7)  # fmt: skip
     pipe = config.pipeline.setup(device="cpu", test_mode="val")
     model = pipe.model
-    optimizers = Optimizers(copy.deepcopy(config.optimizers), pipe.get_param_groups())
-    attrs = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipe, trainer=None)
-    callbacks = pipe.get_training_callbacks(attrs)
     n0 = model.num_points
-    for step in range(4):  # refines at step 2 (> start_iter, multiple of every)
-        pipe.train()
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-        optimizers.zero_grad_all()
-        _, loss_dict, metrics = pipe.get_train_loss_dict(step)
-        loss = sum(loss_dict.values())
-        loss.backward()
-        optimizers.optimizer_step_all()
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-        assert torch.isfinite(loss) and int(metrics["gaussian_count"]) > 0
+
+    # refines at step 2 (> start_iter, multiple of every)
+    optimizers, _ = ns_train_steps(pipe, config, 4, max_num_iterations=None, schedulers=False, check=finite_with_gaussians)
     assert model.num_points > n0  # densification ran through nerfstudio's callbacks
     for name in GAUSS_PARAM_NAMES:
         group = optimizers.optimizers[name].param_groups[0]
@@ -157,24 +148,7 @@ def test_training_lowers_the_loss_and_improves_the_renders(tiny_fox, one_thread)
     config = fox_config(tiny_fox)
     pipe = config.pipeline.setup(device="cpu", test_mode="val")
     train_before, eval_before = train_view_psnr(pipe), pipe.get_average_eval_image_metrics()
-    optimizers = Optimizers(copy.deepcopy(config.optimizers), pipe.get_param_groups())
-    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=60))
-    attrs = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipe, trainer=trainer)
-    callbacks = pipe.get_training_callbacks(attrs)
-    losses = []
-    for step in range(60):
-        pipe.train()
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-        optimizers.zero_grad_all()
-        _, loss_dict, _ = pipe.get_train_loss_dict(step)
-        loss = sum(loss_dict.values())
-        loss.backward()
-        optimizers.optimizer_step_all()
-        optimizers.scheduler_step_all(step)
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-        losses.append(loss.item())
+    _, losses = ns_train_steps(pipe, config, 60, max_num_iterations=60)
     assert_loss_falls(losses, k=10, ratio=0.85)
     train_after, eval_after = train_view_psnr(pipe), pipe.get_average_eval_image_metrics()
     assert train_after > train_before + 2.0, (train_before, train_after)
@@ -206,10 +180,7 @@ def test_means_decay_follows_max_num_iterations(pipeline):
     """``--max-num-iterations`` sets the decay horizon (the method config gives none)."""
     config = fox_config(pipeline.datamanager.config.data)
     assert config.optimizers["means"]["scheduler"].max_steps is None
-    optimizers = Optimizers(copy.deepcopy(config.optimizers), pipeline.get_param_groups())
-    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=40))
-    attrs = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=trainer)
-    pipeline.get_training_callbacks(attrs)
+    optimizers, _ = ns_callbacks(pipeline, config, max_num_iterations=40)
     assert optimizers.schedulers["means"].lr_lambdas[0].max_steps == 40
     lr0 = optimizers.optimizers["means"].param_groups[0]["lr"]
     for step in range(40):
@@ -242,13 +213,8 @@ def test_cuda_pipeline_uses_gsplat_and_trains(tiny_fox):
 
 def test_densification_window_follows_max_num_iterations(tiny_fox):
     """As ``recon fit``: refinement stops at 80 % of the run (here --max-num-iterations 500)."""
-    from types import SimpleNamespace
-
     config = fox_config(tiny_fox)
     pipe = config.pipeline.setup(device="cpu", test_mode="val")
-    optimizers = Optimizers(copy.deepcopy(config.optimizers), pipe.get_param_groups())
-    trainer = SimpleNamespace(config=SimpleNamespace(max_num_iterations=500))
-    attrs = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipe, trainer=trainer)
-    pipe.get_training_callbacks(attrs)
+    ns_callbacks(pipe, config, max_num_iterations=500)
     assert pipe.model.strategy.stop_iter == 400
     assert pipe.model.strategy == config.pipeline.model.densify.within(500)

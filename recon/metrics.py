@@ -1,4 +1,5 @@
-"""Image quality metrics: PSNR, SSIM (3DGS/nerfstudio definition) and offline-safe LPIPS.
+"""Quality metrics: PSNR, SSIM (3DGS/nerfstudio definition) and offline-safe LPIPS for images;
+the Chamfer distance for point sets and meshes (surface samples).
 
 LPIPS needs ImageNet AlexNet weights that torchvision downloads on first use. Nothing here
 downloads: LPIPS is computed only when those weights are already in torch's hub cache
@@ -11,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -170,3 +172,34 @@ def score_images(preds: Tensor, targets: Tensor, names: list[str]) -> dict:
     if lp is not None:
         mean["lpips"] = float(lp.mean())
     return {"views": views, "mean": mean, "lpips": "available" if lp is not None else f"unavailable: {status.reason}"}
+
+
+@dataclass(frozen=True)
+class Chamfer:
+    """Distances between two point sets ``a`` (e.g. a reconstructed mesh's surface samples) and
+    ``b`` (the reference), in their units."""
+
+    accuracy: float
+    """Mean distance from a point of ``a`` to its nearest point of ``b`` (how far the result strays)."""
+    completeness: float
+    """Mean distance from a point of ``b`` to its nearest point of ``a`` (how much of the reference is covered)."""
+
+    @property
+    def chamfer(self) -> float:
+        """Symmetric Chamfer distance: the mean of accuracy and completeness (not squared)."""
+        return 0.5 * (self.accuracy + self.completeness)
+
+
+def chamfer_distance(a, b) -> Chamfer:  # a: [N, 3], b: [M, 3] (numpy or tensors)
+    """Accuracy, completeness and the symmetric Chamfer distance between point sets ``a``
+    ``[N, 3]`` and ``b`` ``[M, 3]`` (Euclidean nearest neighbours, k-d tree)."""
+    from scipy.spatial import cKDTree
+
+    pa = a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
+    pb = b.detach().cpu().numpy() if isinstance(b, Tensor) else np.asarray(b)
+    for name, p in (("a", pa), ("b", pb)):
+        if p.ndim != 2 or p.shape[1] != 3 or len(p) == 0:
+            raise ValueError(f"{name}: expected a non-empty [N, 3] point set, given {list(p.shape)}")
+    acc = cKDTree(pb).query(pa, workers=-1)[0]
+    comp = cKDTree(pa).query(pb, workers=-1)[0]
+    return Chamfer(float(acc.mean()), float(comp.mean()))

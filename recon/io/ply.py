@@ -145,8 +145,10 @@ def write_points_ply(
     path: str | Path,
     points: Tensor | np.ndarray,  # [P, 3]
     colors: Tensor | np.ndarray | None = None,  # [P, 3] float in 0..1, or uint8
+    normals: Tensor | np.ndarray | None = None,  # [P, 3]
 ) -> Path:
-    """Write a point cloud (float32 x, y, z and optional uchar red, green, blue), atomically.
+    """Write a point cloud (float32 x, y, z, optional float32 nx, ny, nz and optional uchar
+    red, green, blue), atomically.
 
     Float colours are clipped to 0..1 and rounded to 0..255; uint8 colours are kept as they are.
     """
@@ -154,6 +156,12 @@ def write_points_ply(
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise ValueError(f"points: expected [P, 3], got {tuple(pts.shape)}")
     props = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    nrm = None
+    if normals is not None:
+        nrm = _to_numpy(normals)
+        if nrm.shape != pts.shape:
+            raise ValueError(f"normals: expected {tuple(pts.shape)} like points, got {tuple(nrm.shape)}")
+        props += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
     rgb = None
     if colors is not None:
         rgb = _to_numpy(colors)
@@ -165,6 +173,9 @@ def write_points_ply(
     vertex = np.empty(pts.shape[0], dtype=props)
     for j, axis in enumerate("xyz"):
         vertex[axis] = pts[:, j]
+    if nrm is not None:
+        for j, axis in enumerate(("nx", "ny", "nz")):
+            vertex[axis] = nrm[:, j]
     if rgb is not None:
         for j, channel in enumerate(("red", "green", "blue")):
             vertex[channel] = rgb[:, j]

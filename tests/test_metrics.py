@@ -53,3 +53,18 @@ def test_lpips_unavailable_without_local_weights(tmp_path, monkeypatch):
     assert "lpips" not in out["mean"]
     with pytest.raises(RuntimeError, match="AlexNet weights not found"):
         metrics.Lpips()
+
+
+def test_chamfer_distance_known_values():
+    from recon.metrics import chamfer_distance
+
+    a = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    b = np.array([[0.0, 0.0, 0.5], [1.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+    ch = chamfer_distance(a, b)
+    assert ch.accuracy == pytest.approx((0.5 + 0.0) / 2)  # a -> nearest b
+    assert ch.completeness == pytest.approx((0.5 + 0.0 + 4.0) / 3)  # b -> nearest a (the far point counts)
+    assert ch.chamfer == pytest.approx(0.5 * (0.25 + 4.5 / 3))
+    same = chamfer_distance(torch.tensor(b), b)
+    assert same.chamfer == 0.0
+    with pytest.raises(ValueError, match="non-empty"):
+        chamfer_distance(np.zeros((0, 3)), b)

@@ -1,26 +1,66 @@
 """DICOM CT series (pydicom): read and written.
 
-One CT slice per file, rows = y, columns = x, ``ImageOrientationPatient`` ``[1, 0, 0, 0, 1, 0]``,
-``ImagePositionPatient`` = world position of the slice's first voxel; stored values
-``round((HU - intercept) / slope)`` as int16. On reading, slices are sorted along the slice
-normal and rescaled to HU.
+Writing: one CT image per file (``slice_0000.dcm``, ... in order of increasing z), rows = y,
+columns = x, stored values ``round((HU - intercept) / slope)`` as int16 with ``RescaleSlope``,
+``RescaleIntercept`` and ``RescaleType`` HU. The whole folder is written atomically (a
+temporary folder, then renamed). Geometry tags:
+
+- ``PixelSpacing`` = (row spacing dy, column spacing dx), ``SliceThickness`` and
+  ``SpacingBetweenSlices`` = dz;
+- ``ImageOrientationPatient`` and ``ImagePositionPatient`` (the centre of the slice's first
+  voxel) in DICOM's patient frame (LPS: x -> patient left, y -> posterior, z -> superior),
+  from the world positions of the voxels and ``frame``, the patient frame those world
+  coordinates are in:
+
+  ======  ====================================  ==================================
+  frame   ``ImageOrientationPatient``           ``ImagePositionPatient`` of slice k
+  ======  ====================================  ==================================
+  LPS     ``[1, 0, 0, 0, 1, 0]``                ``(x0, y0, z0 + k dz)``
+  RAS     ``[-1, 0, 0, 0, -1, 0]``              ``(-x0, -y0, z0 + k dz)``
+  ======  ====================================  ==================================
+
+  ``RAS`` is how :func:`recon.io.nifti.write_nifti` labels world coordinates (its affine maps
+  voxels to world (x, y, z) as NIfTI's RAS+), so a series written with ``frame="RAS"`` and a
+  NIfTI file of the same volume put every voxel at the same place in a viewer (3D Slicer,
+  SimpleITK, ITK-SNAP);
+- ``StudyInstanceUID``, ``SeriesInstanceUID``, ``FrameOfReferenceUID``: given (to make
+  re-exports of one run land in one study) or new; ``SOPInstanceUID`` of slice k derived
+  from the series UID and k;
+- ``SeriesDescription`` (64 characters at most) and ``ImageComments`` /
+  ``DerivationDescription`` (how the volume was made), ``ImageType``
+  ``DERIVED\\SECONDARY\\AXIAL``, ``Manufacturer`` "sparse-recon", ``WindowCenter`` /
+  ``WindowWidth``.
+
+Reading: slices sorted along the slice normal (from ``ImageOrientationPatient`` and
+``ImagePositionPatient``), rescaled to HU, returned as stored ([z, y, x] = [slice, row,
+column]); :func:`read_dicom_geometry` adds the origin, axes and UIDs.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
 from recon.errors import InputError
-from recon.io.atomic import atomic_write_path
+from recon.io.atomic import atomic_folder, atomic_write_path
 from recon.io.volume_checks import check_spacing, check_volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_dicom_series", "write_dicom_series"]
+__all__ = ["FRAMES", "read_dicom_geometry", "read_dicom_series", "write_dicom_series"]
+
+FRAMES = ("LPS", "RAS")
+"""Patient frames the world coordinates given to :func:`write_dicom_series` can be in."""
+
+_AXES = {"LPS": (1.0, 1.0), "RAS": (-1.0, -1.0)}  # sign of world x and y in DICOM's LPS
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "~"
 
 
 def write_dicom_series(
@@ -29,13 +69,27 @@ def write_dicom_series(
     voxel_mm: Sequence[float] | None = None,
     *,
     origin_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    frame: Literal["LPS", "RAS"] = "LPS",
     rescale_slope: float = 1.0,
     rescale_intercept: float = -1024.0,
     patient_id: str = "ANON",
     series_description: str = "sparse-recon",
+    description: str | None = None,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    date: datetime.datetime | None = None,
+    window: tuple[float, float] | None = None,
 ) -> Path:
-    """Write a [z, y, x] HU volume as a DICOM CT series (``slice_0000.dcm``, ...), int16 pixels
-    ``round((HU - intercept) / slope)``; ``voxel_mm`` and ``origin_mm`` are (z, y, x)."""
+    """Write a [z, y, x] HU volume as a DICOM CT series in ``folder`` (see the module docstring).
+
+    ``voxel_mm`` and ``origin_mm`` (world position of voxel 0's centre) are (z, y, x);
+    ``frame`` says which patient frame the world coordinates are in. ``description`` goes to
+    ``ImageComments`` and ``DerivationDescription``; ``date`` (default now) to the study,
+    series and content dates; ``window`` (centre, width) to ``WindowCenter`` / ``WindowWidth``
+    (default: the 1st-99th percentile range). A folder already at ``folder`` is replaced only
+    when it holds nothing but ``.dcm`` files (an earlier series).
+    """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -43,62 +97,92 @@ def write_dicom_series(
     folder = Path(folder)
     vol = check_volume(volume_hu, folder).astype(np.float64)
     dz, dy, dx = check_spacing(voxel_mm, folder)
+    if frame not in FRAMES:
+        raise ValueError(f"frame: expected one of {FRAMES}, given {frame!r}")
     if rescale_slope <= 0:
         raise InputError("rescale_slope", f"must be > 0, got {rescale_slope}")
     stored = np.round((vol - rescale_intercept) / rescale_slope)
     info = np.iinfo(np.int16)
     if stored.min() < info.min or stored.max() > info.max:
         raise InputError(folder, f"HU range {vol.min():.1f}..{vol.max():.1f} does not fit int16 with slope {rescale_slope} and intercept {rescale_intercept}")
+    if folder.exists():
+        others = [p.name for p in folder.iterdir()] if folder.is_dir() else [folder.name]
+        others = [n for n in others if not n.lower().endswith(".dcm")]
+        if others:
+            raise InputError(folder, f"exists and holds other files than a DICOM series ({', '.join(sorted(others)[:3])}); choose an empty folder")
     stored = stored.astype(np.int16)
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    study = study_uid or generate_uid()
+    series = series_uid or generate_uid()
+    frame_uid = frame_of_reference_uid or generate_uid(entropy_srcs=[series, "frame"])
+    when = date or datetime.datetime.now()
+    day, time_ = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    if window is None:
+        lo, hi = np.percentile(vol, [1.0, 99.0])
+        window = (float(lo + hi) / 2.0, max(float(hi - lo), 1.0))
+    sx, sy = _AXES[frame]
     oz, oy, ox = (float(x) for x in origin_mm)
     Z, Y, X = vol.shape
-    for k in range(Z):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality = "CT"
-        ds.PatientID = patient_id
-        ds.PatientName = patient_id
-        ds.SeriesDescription = series_description
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [ox, oy, oz + k * dz]
-        ds.SliceLocation = oz + k * dz
-        ds.PixelSpacing = [dy, dx]  # row spacing (between rows, along y), column spacing (along x)
-        ds.SliceThickness = dz
-        ds.Rows, ds.Columns = Y, X
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 1
-        ds.RescaleSlope = f"{rescale_slope:.10g}"
-        ds.RescaleIntercept = f"{rescale_intercept:.10g}"
-        ds.RescaleType = "HU"
-        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
-        target = folder / f"slice_{k:04d}.dcm"
-        atomic_write_path(target, lambda p, ds=ds: ds.save_as(p, enforce_file_format=True))
+    with atomic_folder(folder) as tmp:
+        for k in range(Z):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CTImageStorage
+            meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series, str(k)])
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID = CTImageStorage
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_uid
+            ds.Modality = "CT"
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+            ds.Manufacturer = "sparse-recon"
+            ds.PatientID = patient_id
+            ds.PatientName = patient_id
+            ds.PatientBirthDate = ""
+            ds.PatientSex = ""
+            ds.ReferringPhysicianName = ""
+            ds.AccessionNumber = ""
+            ds.StudyID = "1"
+            ds.StudyDate = ds.SeriesDate = ds.ContentDate = day
+            ds.StudyTime = ds.SeriesTime = ds.ContentTime = time_
+            ds.SeriesDescription = _clip(series_description, 64)
+            if description:
+                ds.ImageComments = _clip(description, 10240)
+                ds.DerivationDescription = _clip(description, 1024)
+            ds.SeriesNumber = 1
+            ds.AcquisitionNumber = 1
+            ds.InstanceNumber = k + 1
+            ds.PositionReferenceIndicator = ""
+            ds.KVP = ""
+            ds.PatientPosition = ""
+            ds.ImageOrientationPatient = [sx, 0.0, 0.0, 0.0, sy, 0.0]
+            ds.ImagePositionPatient = [sx * ox, sy * oy, oz + k * dz]
+            ds.SliceLocation = oz + k * dz
+            ds.PixelSpacing = [dy, dx]  # row spacing (between rows, along y), column spacing (along x)
+            ds.SliceThickness = dz
+            ds.SpacingBetweenSlices = dz
+            ds.Rows, ds.Columns = Y, X
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+            ds.PixelRepresentation = 1
+            ds.RescaleSlope = f"{rescale_slope:.10g}"
+            ds.RescaleIntercept = f"{rescale_intercept:.10g}"
+            ds.RescaleType = "HU"
+            ds.WindowCenter = f"{window[0]:.6g}"
+            ds.WindowWidth = f"{window[1]:.6g}"
+            ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+            target = tmp / f"slice_{k:04d}.dcm"
+            atomic_write_path(target, lambda p, ds=ds: ds.save_as(p, enforce_file_format=True))
     del pydicom
     return folder
 
 
-def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Read a folder of single-slice DICOM files -> ([z, y, x] float32 HU, voxel_mm (z, y, x)).
-
-    Slices are sorted along the slice normal (from ``ImageOrientationPatient`` and
-    ``ImagePositionPatient``); the z spacing comes from the slice positions.
-    """
+def _read_slices(folder: Path) -> tuple[list[tuple[Path, Any]], np.ndarray, np.ndarray]:
+    """The series' image files sorted along the slice normal: ``[(file, dataset)]``, the
+    orientation ``[6]`` and the sorted positions along the normal ``[Z]``."""
     import pydicom
 
-    folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "not a folder of DICOM files")
     slices = []
@@ -128,25 +212,67 @@ def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, tuple[float, floa
         if not hasattr(ds, "ImagePositionPatient"):
             raise InputError(f, "missing ImagePositionPatient")
         pos.append(float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=np.float64), normal)))
-    order = np.argsort(pos)
-    pos_sorted = np.asarray(pos)[order]
+    order = np.argsort(pos, kind="stable")
+    return [slices[i] for i in order], iop, np.asarray(pos)[order]
+
+
+def _slice_gap(folder: Path, slices: list, pos: np.ndarray) -> float:
+    if len(slices) > 1:
+        gaps = np.diff(pos)
+        dz = float(np.median(gaps))
+        if dz <= 0 or np.any(np.abs(gaps - dz) > 0.01 * dz + 1e-3):
+            raise InputError(folder, f"slices are not evenly spaced (gaps {gaps.min():.3f}..{gaps.max():.3f} mm)")
+        return dz
+    return float(getattr(slices[0][1], "SliceThickness", 1.0) or 1.0)
+
+
+def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read a folder of single-slice DICOM files -> ([z, y, x] float32 HU, voxel_mm (z, y, x)).
+
+    Slices are sorted along the slice normal (from ``ImageOrientationPatient`` and
+    ``ImagePositionPatient``); the z spacing comes from the slice positions.
+    """
+    folder = Path(folder)
+    slices, _iop, pos = _read_slices(folder)
     shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in slices}
     if len(shapes) != 1:
         raise InputError(folder, f"slices have different sizes {sorted(shapes)}")
     vol = np.empty((len(slices), *shapes.pop()), dtype=np.float32)
-    for out_i, i in enumerate(order):
-        f, ds = slices[i]
+    for i, (f, ds) in enumerate(slices):
         slope = float(getattr(ds, "RescaleSlope", 1.0))
         intercept = float(getattr(ds, "RescaleIntercept", 0.0))
-        vol[out_i] = ds.pixel_array.astype(np.float64) * slope + intercept
+        try:
+            pixels = ds.pixel_array
+        except Exception as err:  # pydicom raises several types for bad pixel data
+            raise InputError(f, f"pixel data cannot be decoded ({type(err).__name__}: {err})") from None
+        vol[i] = pixels.astype(np.float64) * slope + intercept
+    dy, dx = (float(x) for x in slices[0][1].PixelSpacing)
+    return vol, (_slice_gap(folder, slices, pos), dy, dx)
+
+
+def read_dicom_geometry(folder: str | Path) -> dict[str, Any]:
+    """Where the series lies, in DICOM's patient frame (LPS, mm): ``origin_lps_mm`` (centre of the
+    first voxel of the first slice after sorting), ``row_direction`` / ``column_direction`` /
+    ``slice_direction`` (unit vectors along x, y and z of the [z, y, x] array that
+    :func:`read_dicom_series` returns), ``voxel_mm`` (z, y, x), ``shape``, and the tags
+    ``study_uid``, ``series_uid``, ``frame_of_reference_uid``, ``series_description``,
+    ``description``, ``rescale_slope``, ``rescale_intercept``."""
+    folder = Path(folder)
+    slices, iop, pos = _read_slices(folder)
+    first = slices[0][1]
     dy, dx = (float(x) for x in first.PixelSpacing)
-    if len(slices) > 1:
-        gaps = np.diff(pos_sorted)
-        dz = float(np.median(gaps))
-        if dz <= 0 or np.any(np.abs(gaps - dz) > 0.01 * dz + 1e-3):
-            raise InputError(folder, f"slices are not evenly spaced (gaps {gaps.min():.3f}..{gaps.max():.3f} mm)")
-    else:
-        dz = float(getattr(first, "SliceThickness", 1.0) or 1.0)
-    return vol, (dz, dy, dx)
-
-
+    return {
+        "origin_lps_mm": [float(v) for v in first.ImagePositionPatient],
+        "row_direction": iop[:3].tolist(),
+        "column_direction": iop[3:].tolist(),
+        "slice_direction": np.cross(iop[:3], iop[3:]).tolist(),
+        "voxel_mm": (_slice_gap(folder, slices, pos), dy, dx),
+        "shape": (len(slices), int(first.Rows), int(first.Columns)),
+        "study_uid": str(getattr(first, "StudyInstanceUID", "")),
+        "series_uid": str(getattr(first, "SeriesInstanceUID", "")),
+        "frame_of_reference_uid": str(getattr(first, "FrameOfReferenceUID", "")),
+        "series_description": str(getattr(first, "SeriesDescription", "")),
+        "description": str(getattr(first, "ImageComments", "")),
+        "rescale_slope": float(getattr(first, "RescaleSlope", 1.0)),
+        "rescale_intercept": float(getattr(first, "RescaleIntercept", 0.0)),
+    }

@@ -117,3 +117,21 @@ def test_json_that_cannot_be_encoded_keeps_the_old_file(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_json(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"ok": 1} and os.listdir(tmp_path) == ["m.json"]
+
+
+def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
+    from recon.io.atomic import atomic_folder
+
+    target = tmp_path / "series"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.dcm").write_bytes(b"1")
+        assert not target.exists()  # nothing visible until done
+    assert sorted(p.name for p in target.iterdir()) == ["a.dcm"]
+    with pytest.raises(RuntimeError), atomic_folder(target) as tmp:
+        (tmp / "b.dcm").write_bytes(b"2")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == ["a.dcm"]  # the old folder, untouched
+    with atomic_folder(target) as tmp:
+        (tmp / "c.dcm").write_bytes(b"3")
+    assert sorted(p.name for p in target.iterdir()) == ["c.dcm"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]  # no temporary folders left

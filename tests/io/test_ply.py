@@ -219,3 +219,20 @@ def test_write_points_ply_with_and_without_colors(tmp_path):
         write_points_ply(tmp_path / "x.ply", torch.randn(6, 2))
     with pytest.raises(ValueError):
         write_points_ply(tmp_path / "x.ply", pts, rgb[:3])
+
+
+def test_write_points_ply_with_normals_read_by_open3d(tmp_path):
+    import open3d as o3d
+
+    pts = torch.randn(7, 3)
+    normals = torch.nn.functional.normalize(torch.randn(7, 3), dim=-1)
+    rgb = torch.rand(7, 3)
+    path = write_points_ply(tmp_path / "n.ply", pts, rgb, normals)
+    data = PlyData.read(str(path))["vertex"]
+    assert [p.name for p in data.properties] == ["x", "y", "z", "nx", "ny", "nz", "red", "green", "blue"]
+    cloud = o3d.io.read_point_cloud(str(path))
+    np.testing.assert_allclose(np.asarray(cloud.points), pts.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(cloud.normals), normals.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(cloud.colors), np.round(rgb.numpy() * 255) / 255, atol=1e-6)
+    with pytest.raises(ValueError, match="normals"):
+        write_points_ply(tmp_path / "x.ply", pts, None, normals[:3])

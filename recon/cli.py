@@ -1,5 +1,6 @@
-"""The ``recon`` command line: ``recon fit``, ``recon eval``, ``recon export``, ``recon poses``,
-``recon ct fit``, ``recon ct simulate``, ``recon ct convert`` and ``recon view``.
+"""The ``recon`` command line: ``recon fit``, ``recon eval``, ``recon export``, ``recon render``,
+``recon poses``, ``recon ct fit``, ``recon ct simulate``, ``recon ct convert``, ``recon ct export``
+and ``recon view``.
 
 Each subcommand is a config dataclass (the library's own: :class:`CaptureFitConfig`,
 :class:`CTFitConfig`, ...); this module parses it with tyro and hands it to a presenter that
@@ -19,12 +20,19 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import tyro
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from recon.errors import InputError
@@ -140,22 +148,41 @@ def _eval(cfg: Eval) -> None:
     console.print(f"{m['n_views']} views: PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.4f}  (LPIPS {scores['lpips']})")
 
 
-@dataclass
-class Export:
-    """Export a run's model (PLY in the standard 3DGS layout)."""
+def _step_bar(description: str) -> tuple[Progress, Callable[[int, int], None]]:
+    """A progress bar that appears at the first step (so bad input prints one line alone) and
+    its ``progress(done, total)``."""
+    bar = make_progress()
+    task = None
 
-    run_dir: tyro.conf.Positional[Path]
-    """A run folder written by ``recon fit``."""
-    format: Literal["ply"] = "ply"
-    """Output format."""
-    out: Path | None = None
-    """Output file (default RUN/export/splat.ply)."""
+    def step(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(description, total=total, info="")
+        bar.update(task, completed=done, total=total)
+
+    return bar, step
 
 
-def _export(cfg: Export) -> None:
-    from recon.pipelines.export import export_run
+def _export(cfg: Any) -> None:
+    bar, step = _step_bar("rendering views")
+    try:
+        result = cfg.run(progress=step)
+    finally:
+        bar.stop()
+    details = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.info.items())
+    console.print(f"wrote {result.path} ({result.kind} {result.format}: {details})", highlight=False)
 
-    console.print(f"wrote {export_run(cfg.run_dir, cfg.format, cfg.out)}")
+
+def _render(cfg: Any) -> None:
+    bar, step = _step_bar("rendering frames")
+    try:
+        result = cfg.run(progress=step)
+    finally:
+        bar.stop()
+    console.print(f"wrote {result.path} ({result.frames} frames, {result.width}x{result.height}, {result.fps:g} fps)", highlight=False)
+    if result.camera_path is not None:
+        console.print(f"camera path: {result.camera_path} (edit it and render again with --path)", highlight=False)
 
 
 @dataclass
@@ -258,28 +285,34 @@ def _commands() -> tuple[Any, dict[type, Callable[[Any], None]]]:
     from recon.pipelines.capture import CaptureFitConfig
     from recon.pipelines.ct import CTFitConfig
     from recon.pipelines.ct_simulate import CTSimulateConfig
+    from recon.pipelines.export import CTExportConfig, ExportConfig
+    from recon.pipelines.render import RenderConfig
 
-    ct = Union[
-        Annotated[CTFitConfig, tyro.conf.subcommand("fit")],
-        Annotated[CTSimulateConfig, tyro.conf.subcommand("simulate")],
-        Annotated[CtConvert, tyro.conf.subcommand("convert")],
-    ]
+    ct = (
+        Annotated[CTFitConfig, tyro.conf.subcommand("fit")]
+        | Annotated[CTSimulateConfig, tyro.conf.subcommand("simulate")]
+        | Annotated[CtConvert, tyro.conf.subcommand("convert")]
+        | Annotated[CTExportConfig, tyro.conf.subcommand("export")]
+    )
 
     # made at run time: its field's type is the union above (annotations here are strings)
     Ct = dataclasses.make_dataclass("Ct", [("command", tyro.conf.OmitSubcommandPrefixes[ct])])  # type: ignore[valid-type]
-    Ct.__doc__ = "Sparse-view CT / CBCT: ``recon ct fit`` reconstructs, ``recon ct simulate`` makes test scans, ``recon ct convert`` rewrites datasets."
+    Ct.__doc__ = ("Sparse-view CT / CBCT: ``recon ct fit`` reconstructs, ``recon ct simulate`` makes test scans, ``recon ct convert`` "
+                  "rewrites datasets, ``recon ct export`` writes DICOM, meshes and NIfTI in HU.")
 
-    commands = Union[
-        Annotated[CaptureFitConfig, tyro.conf.subcommand("fit")],
-        Annotated[Eval, tyro.conf.subcommand("eval")],
-        Annotated[Export, tyro.conf.subcommand("export")],
-        Annotated[Poses, tyro.conf.subcommand("poses")],
-        Annotated[Ct, tyro.conf.subcommand("ct")],
-        Annotated[View, tyro.conf.subcommand("view")],
-    ]
+    commands = (
+        Annotated[CaptureFitConfig, tyro.conf.subcommand("fit")]
+        | Annotated[Eval, tyro.conf.subcommand("eval")]
+        | Annotated[ExportConfig, tyro.conf.subcommand("export")]
+        | Annotated[RenderConfig, tyro.conf.subcommand("render")]
+        | Annotated[Poses, tyro.conf.subcommand("poses")]
+        | Annotated[Ct, tyro.conf.subcommand("ct")]
+        | Annotated[View, tyro.conf.subcommand("view")]
+    )
     presenters: dict[type, Callable[[Any], None]] = {
-        CaptureFitConfig: _fit, Eval: _eval, Export: _export, Poses: _poses, CTFitConfig: _ct_fit,
-        CTSimulateConfig: _ct_simulate, CtConvert: _ct_convert, View: _view, Ct: lambda c: presenters[type(c.command)](c.command),
+        CaptureFitConfig: _fit, Eval: _eval, ExportConfig: _export, RenderConfig: _render, Poses: _poses, CTFitConfig: _ct_fit,
+        CTSimulateConfig: _ct_simulate, CtConvert: _ct_convert, CTExportConfig: _export, View: _view,
+        Ct: lambda c: presenters[type(c.command)](c.command),
     }  # fmt: skip
     return commands, presenters
 

@@ -46,3 +46,29 @@ def tiny_ct_scan(tmp_path_factory) -> Path:
     np.savez(folder / "phantom.npz", volume=hu.astype(np.float32), spacing_mm_zyx=np.array([2.0, 2.0, 2.0], np.float32))
     CTSimulateConfig(folder / "phantom.npz", views=12, out=folder / "scan", n_test=0, detector=40).run()
     return folder / "scan"
+
+
+@pytest.fixture(scope="session")
+def tiny_capture_run(tmp_path_factory) -> Path:
+    """A complete capture run of 3 fox views at 1/16 resolution, 10 steps (68x120 renders): for
+    the exporters, which read runs and never write into them (tests pass --out)."""
+    from recon.pipelines.capture import CaptureFitConfig
+    from tests.conftest import FOX
+
+    if not (FOX / "transforms.json").exists():
+        pytest.fail(f"shared data missing: {FOX} (the project expects ../shared/data beside it)")
+    root = tmp_path_factory.mktemp("tiny_capture")
+    capture = make_capture(FOX, root / "fox12")
+    CaptureFitConfig(data=capture, out=root / "run", preset="plain", train_views=(3,), eval_views=1, downscale=16.0,
+                     iterations=10, init_points=500).run()  # fmt: skip
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_ct_run(tiny_ct_scan, tmp_path_factory) -> Path:
+    """A complete FDK run of the tiny 12-view scan (24^3 voxels of 2 mm)."""
+    from recon.pipelines.ct import CTFitConfig
+
+    out = tmp_path_factory.mktemp("tiny_ct_run") / "run"
+    CTFitConfig(tiny_ct_scan, method="fdk", out=out).run()
+    return out

@@ -139,7 +139,8 @@ def bench_fox(args: argparse.Namespace) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     eval_psnr = metrics["eval"]["mean"]["psnr"] if "eval" in metrics else None
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    steps_done = max(steps) if steps else 0
+    ckpts = [int(c.stem.split("_")[-1]) for c in (run_dir / "checkpoints").glob("ckpt_*.pt")] if eval_psnr is None else []
+    steps_done = max(ckpts + steps + [0])  # an interrupted fit's newest checkpoint can be past the log's last record
     t0 = time.perf_counter()
     mesh_path = ExportConfig(run_dir, format="mesh", out=args.out / f"K{args.k}_mesh.ply", resolution=args.resolution).run().path
     mesh_s = time.perf_counter() - t0

@@ -12,8 +12,7 @@ z -> superior, these are the radiological views.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -46,8 +45,8 @@ def _to_frame(image: np.ndarray, window: tuple[float, float], row_mm: float, col
     lo, hi = window
     grey = np.round(np.clip((image - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
     pixel = min(row_mm, col_mm)
-    h = max(1, int(round(image.shape[0] * row_mm / pixel)))
-    w = max(1, int(round(image.shape[1] * col_mm / pixel)))
+    h = max(1, round(image.shape[0] * row_mm / pixel))
+    w = max(1, round(image.shape[1] * col_mm / pixel))
     if (h, w) != grey.shape:
         grey = np.asarray(Image.fromarray(grey).resize((w, h), Image.BILINEAR))
     return np.repeat(grey[..., None], 3, axis=2)

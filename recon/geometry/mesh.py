@@ -49,7 +49,7 @@ class Mesh:
     """Per-vertex unit normals, float64 [V, 3], or None."""
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_ = lambda name, value: object.__setattr__(self, name, value)
         v = np.asarray(self.vertices, dtype=np.float64)
         f = np.asarray(self.faces)
         if v.ndim != 2 or v.shape[1] != 3:
@@ -135,7 +135,7 @@ def require_open3d() -> Any:
     """The ``open3d`` module, or an :class:`InputError` line saying why it cannot be imported."""
     try:
         import open3d
-    except Exception as err:  # ImportError, or OSError for a missing shared library (libusb)
+    except Exception as err:  # noqa: BLE001  ImportError, or OSError for a missing shared library (libusb)
         raise InputError("open3d", f"cannot be imported ({type(err).__name__}: {err}); install it with "
                                    "'pip install open3d' (on Debian it also needs 'apt-get install libusb-1.0-0')") from None  # fmt: skip
     return open3d

@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 
 from recon.errors import InputError
-from recon.geometry.cameras import CameraSet, Intrinsics, check_pose, opengl_c2w_to_w2c, w2c_to_opengl_c2w
+from recon.geometry.cameras import (
+    CameraSet,
+    Intrinsics,
+    check_pose,
+    opengl_c2w_to_w2c,
+    w2c_to_opengl_c2w,
+)
 from recon.io.atomic import atomic_write_json
 from recon.io.json_file import read_json
 

@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -191,8 +192,8 @@ def _read_slices(folder: Path) -> tuple[list[tuple[Path, Any]], np.ndarray, np.n
             continue
         try:
             ds = pydicom.dcmread(f)
-        except Exception:
-            continue  # not DICOM
+        except Exception:  # noqa: BLE001, S112  (pydicom raises several types; such a file is simply not DICOM)
+            continue
         if "PixelData" not in ds:
             continue
         slices.append((f, ds))
@@ -243,7 +244,7 @@ def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, tuple[float, floa
         intercept = float(getattr(ds, "RescaleIntercept", 0.0))
         try:
             pixels = ds.pixel_array
-        except Exception as err:  # pydicom raises several types for bad pixel data
+        except Exception as err:  # noqa: BLE001  pydicom raises several types for bad pixel data
             raise InputError(f, f"pixel data cannot be decoded ({type(err).__name__}: {err})") from None
         vol[i] = pixels.astype(np.float64) * slope + intercept
     dy, dx = (float(x) for x in slices[0][1].PixelSpacing)

@@ -49,7 +49,7 @@ def write_mesh(path: str | Path, mesh: Mesh) -> Path:
     path = Path(path)
     suffix = _suffix(path)
     if not isinstance(mesh, Mesh):
-        raise ValueError(f"mesh: expected a recon.geometry.mesh.Mesh, given {type(mesh).__name__}")
+        raise ValueError(f"mesh: expected a recon.geometry.mesh.Mesh, given {type(mesh).__name__}")  # noqa: TRY004  (bad input is a ValueError here)
     if mesh.n_faces == 0:
         raise InputError(path, "the mesh is empty (no faces); nothing to write")
     colours = None
@@ -76,7 +76,7 @@ def read_mesh(path: str | Path) -> Mesh:
         raise InputError(path, "not found (expected a mesh file)")
     try:
         tm = trimesh.load(str(path), file_type=suffix[1:], force="mesh", process=suffix == ".stl")
-    except Exception as err:  # trimesh raises many types for bad files
+    except Exception as err:  # noqa: BLE001  trimesh raises many types for bad files
         raise InputError(path, f"not a readable {suffix[1:].upper()} mesh ({type(err).__name__}: {err})") from None
     if not isinstance(tm, trimesh.Trimesh) or len(tm.faces) == 0:
         raise InputError(path, f"holds no triangles (expected a {suffix[1:].upper()} triangle mesh)")

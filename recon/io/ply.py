@@ -194,7 +194,7 @@ def _splat_arrays(params: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
     """Check names/shapes and return float32 numpy copies; ValueError naming what is off."""
     names = ("means", "quats", "scales", "opacities", "sh0", "shN")
     if not isinstance(params, (Mapping, torch.nn.ParameterDict)):
-        raise ValueError(f"params_or_model: expected a mapping of tensors or a model with .params, got {type(params).__name__}")
+        raise ValueError(f"params_or_model: expected a mapping of tensors or a model with .params, got {type(params).__name__}")  # noqa: TRY004
     missing = [k for k in names if k not in params]
     if missing:
         raise ValueError(f"params_or_model: missing {missing} (expected {list(names)})")
@@ -215,7 +215,7 @@ def _read_vertex(path: Path) -> PlyElement:
         raise InputError(path, f"no such file (expected {_EXPECTED})")
     try:
         ply = PlyData.read(str(path))
-    except Exception as err:  # plyfile raises several types (header, element, struct, unicode)
+    except Exception as err:  # noqa: BLE001  plyfile raises several types (header, element, struct, unicode)
         raise InputError(path, f"not a readable PLY file: {err} (expected {_EXPECTED})") from None
     elements = [el.name for el in ply.elements]
     if "vertex" not in elements:

@@ -31,7 +31,7 @@ def ffmpeg_available() -> bool:
     """Whether imageio-ffmpeg (and so mp4 writing) can be imported."""
     try:
         import imageio_ffmpeg  # noqa: F401
-    except Exception:
+    except Exception:  # noqa: BLE001  ImportError, or OSError for a broken binary
         return False
     return True
 
@@ -110,7 +110,7 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
             frames = np.asarray(iio3.imread(path, index=None, extension=".gif"))[..., :3]
             with Image.open(path) as im:
                 fps = 1000.0 / float(im.info.get("duration", 100) or 100)
-    except Exception as err:  # imageio and ffmpeg raise several types for bad files
+    except Exception as err:  # noqa: BLE001  imageio and ffmpeg raise several types for bad files
         raise InputError(path, f"not a readable {suffix[1:]} video ({type(err).__name__}: {err})") from None
     if frames.ndim == 3:  # a single GIF frame
         frames = frames[None]

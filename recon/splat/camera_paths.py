@@ -35,7 +35,7 @@ PATHS = ("orbit", "spiral", "interp")
 
 def _check_cameras(cameras: CameraSet, n_frames: int, least: int = 1) -> None:
     if not isinstance(cameras, CameraSet):
-        raise ValueError(f"cameras: expected a CameraSet, given {type(cameras).__name__}")
+        raise ValueError(f"cameras: expected a CameraSet, given {type(cameras).__name__}")  # noqa: TRY004
     if len(cameras) < least:
         raise ValueError(f"cameras: expected at least {least}, given {len(cameras)}")
     if n_frames < 1:

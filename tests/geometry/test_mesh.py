@@ -8,7 +8,14 @@ import pytest
 
 from recon.errors import InputError
 from recon.geometry import mesh as mesh_module
-from recon.geometry.mesh import Mesh, boundary_edges, clean_mesh, is_watertight, sample_surface, signed_volume
+from recon.geometry.mesh import (
+    Mesh,
+    boundary_edges,
+    clean_mesh,
+    is_watertight,
+    sample_surface,
+    signed_volume,
+)
 
 
 def cube(size: float = 2.0, offset=(0.0, 0.0, 0.0)) -> Mesh:
@@ -49,10 +56,10 @@ def test_open_and_inconsistent_meshes_are_not_watertight():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(vertices=np.zeros((3, 2)), faces=np.zeros((1, 3), int)), "vertices"),
-        (dict(vertices=np.zeros((3, 3)), faces=np.zeros((1, 3))), "faces"),
-        (dict(vertices=np.zeros((3, 3)), faces=np.array([[0, 1, 3]])), "indices"),
-        (dict(vertices=np.zeros((3, 3)), faces=np.array([[0, 1, 2]]), colours=np.zeros((2, 3))), "colours"),
+        ({"vertices": np.zeros((3, 2)), "faces": np.zeros((1, 3), int)}, "vertices"),
+        ({"vertices": np.zeros((3, 3)), "faces": np.zeros((1, 3))}, "faces"),
+        ({"vertices": np.zeros((3, 3)), "faces": np.array([[0, 1, 3]])}, "indices"),
+        ({"vertices": np.zeros((3, 3)), "faces": np.array([[0, 1, 2]]), "colours": np.zeros((2, 3))}, "colours"),
     ],
 )
 def test_bad_meshes_raise(kwargs, match):

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from recon.errors import InputError
-from recon.geometry.cameras import CameraSet, Intrinsics, quaternion_to_rotation, w2c_to_opengl_c2w
+from recon.geometry.cameras import (
+    CameraSet,
+    Intrinsics,
+    quaternion_to_rotation,
+    w2c_to_opengl_c2w,
+)
 from recon.io.camera_path import read_camera_path, write_camera_path
 
 # as the nerfstudio viewer exports it (fields recon does not use included)

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from recon.geometry.cameras import CameraSet, Intrinsics
-from recon.splat.camera_paths import interpolated_path, look_at, orbit_path, path_by_name, scene_frame, spiral_path
+from recon.splat.camera_paths import (
+    interpolated_path,
+    look_at,
+    orbit_path,
+    path_by_name,
+    scene_frame,
+    spiral_path,
+)
 
 K = Intrinsics(100.0, 100.0, 40.0, 30.0, 80, 60)
 CENTRE = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)

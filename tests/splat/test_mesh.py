@@ -9,7 +9,13 @@ import torch
 
 from recon.geometry.mesh import is_watertight, sample_surface
 from recon.metrics import chamfer_distance
-from recon.splat.mesh import MeshConfig, gaussian_points, render_rgbd, scene_extent, splat_mesh
+from recon.splat.mesh import (
+    MeshConfig,
+    gaussian_points,
+    render_rgbd,
+    scene_extent,
+    splat_mesh,
+)
 from recon.splat.model import GaussianModel, sh_to_rgb
 from recon.splat.phantoms import fibonacci_sphere, sphere_cameras, sphere_gaussians
 
@@ -97,6 +103,6 @@ def test_gaussian_points_have_outward_normals_and_their_colours(sphere):
 
 
 def test_mesh_config_checks():
-    for bad, match in [(dict(resolution=4), "resolution"), (dict(ring_views=-1), "ring_views"), (dict(alpha_min=1.0), "alpha_min")]:
+    for bad, match in [({"resolution": 4}, "resolution"), ({"ring_views": -1}, "ring_views"), ({"alpha_min": 1.0}, "alpha_min")]:
         with pytest.raises(ValueError, match=match):
             MeshConfig(**bad).validate()

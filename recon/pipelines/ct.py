@@ -61,8 +61,9 @@ class CTFitConfig:
     """Projections: an R2-Gaussian folder (meta_data.json), a NAF .pickle (with --trust-pickle),
     or a .npy/.tif stack with its TIGRE/recon geometry .json/.yaml beside it (same stem)."""
     method: Literal["fdk", "fbp", "sart", "tv", "gaussian"] = "gaussian"
-    """fdk (cone) / fbp (fan, parallel; same code), sart, tv (TV-regularised voxels, the
-    Gaussian method's loss) or gaussian (R2-Gaussian-style)."""
+    """fdk (cone) / fbp (fan, parallel; same code), sart, tv (TV-regularised voxels: OS-FISTA
+    on least squares + TV, or with --tv.solver adam the Gaussian method's loss) or gaussian
+    (R2-Gaussian-style)."""
     out: Path = Path("runs/ct")
     """Run folder to write (layout: docs/run-folder.md)."""
     iterations: int | None = None
@@ -268,8 +269,10 @@ class CTFit(JobBase):
         sub = dataclasses.replace(sub, seed=cfg.seed)
         if cfg.iterations is not None:
             sub = dataclasses.replace(sub, iterations=cfg.iterations)
-        make = TVTrainer if cfg.method == "tv" else GaussianTrainer
-        return make(data.projections, data.geometry, sub, state=state), sub.iterations  # type: ignore[arg-type]
+        if cfg.method == "tv":
+            trainer = TVTrainer(data.projections, data.geometry, sub, state=state)  # type: ignore[arg-type]
+            return trainer, int(trainer.config.iterations)  # type: ignore[arg-type]
+        return GaussianTrainer(data.projections, data.geometry, sub, state=state), sub.iterations  # type: ignore[arg-type]
 
     def _iterate(self, progress: ProgressFn | None, extra: dict) -> np.ndarray:
         run, ckpt = self.run_dir, self.checkpoint
@@ -303,7 +306,9 @@ class CTFit(JobBase):
             atomic_torch_save(run.path("gaussians.pt"), {**trainer.model.state_dict_full(), "scale": trainer.scale})
             extra.update(n_gaussians=trainer.model.num_gaussians, lambda_tv=trainer.config.lambda_tv)
         elif isinstance(trainer, TVTrainer):
-            extra.update(lambda_tv=trainer.config.lambda_tv)
+            fista = trainer.config.solver == "fista"
+            extra.update(tv_solver=trainer.config.solver, lambda_tv=trainer.config.fista_lambda_tv if fista else trainer.config.lambda_tv,
+                         converged=trainer.converged)  # fmt: skip
         volume = trainer.volume()  # type: ignore[attr-defined]
         return np.asarray(volume.detach().cpu().numpy(), dtype=np.float32)
 

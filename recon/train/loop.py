@@ -9,7 +9,9 @@ Gaussians, CT Gaussians, TV, SART):
   numbers (``loss`` at least), which the loop appends to ``history``;
 - ``state_dict()`` / ``load_state_dict(state)``: everything needed to continue, including the
   trainer's own random generators;
-- ``history``: one record per step, ``{"step", "time_s", "loss", ...}``.
+- ``history``: one record per step, ``{"step", "time_s", "loss", ...}``;
+- optionally ``converged``: when it turns True the loop stops before ``n_steps`` (a trainer
+  with a convergence test; it keeps the flag in its state, so a resumed run stops too).
 
 :func:`train` adds what every trainer needs and none writes again: a checkpoint every
 ``checkpoint_every`` steps and at the end (in a :class:`~recon.io.run.RunDir`, atomically; the
@@ -109,7 +111,7 @@ def _stop_on_signals() -> Iterator[dict[str, str | None]]:
         yield flag
         return
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         if flag["signal"] is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag["signal"] = signal.Signals(signum).name
@@ -147,7 +149,7 @@ def train(
     keep_checkpoints: int = 2,
     final_checkpoint: bool = True,
 ) -> float:
-    """Run ``trainer`` until ``trainer.step == n_steps``; returns the training seconds (wall
+    """Run ``trainer`` until ``trainer.step == n_steps`` (or it says it ``converged``); returns the training seconds (wall
     time, earlier sessions of a resumed run included).
 
     Args:
@@ -179,7 +181,7 @@ def train(
         return elapsed0 + time.perf_counter() - t0
 
     with _stop_on_signals() as flag:
-        while trainer.step < n_steps:
+        while trainer.step < n_steps and not getattr(trainer, "converged", False):
             numbers = trainer.train_step()
             record = {"step": int(trainer.step), "time_s": round(elapsed(), 3), **numbers}
             trainer.history.append(record)

@@ -12,10 +12,10 @@ noise ("physical" protocol of ``recon.ct.simulate``). The same matched projector
 reconstructs (as in the R2-Gaussian benchmark), for every method.
 
 Methods, all through ``recon.pipelines.ct.CTFit``: FDK (Ram-Lak and Hann), SART (20 iterations,
-one view per update), TV-regularised voxels (``tv``: ``TVConfig`` defaults, OS-FISTA on least
-squares + TV from FDK; ``tv-adam``: the first TV solver, the Gaussian method's loss with the
-voxels as parameters, Adam) and the Gaussian method with its defaults (``GaussianFitConfig``).
-tv-adam and Gaussians start from FDK + a few OS-SART iterations; every start is counted in the time. The table
+one view per update), TV-regularised voxels (``tv``: ``TVConfig`` defaults, the Gaussian
+method's loss with the voxels as parameters, Adam; ``tv-fista``: OS-FISTA on least squares + TV
+from FDK) and the Gaussian method with its defaults (``GaussianFitConfig``). tv and Gaussians
+start from FDK + a few OS-SART iterations; every start is counted in the time. The table
 gives each method's PSNR difference to SART and to FDK (Ram-Lak) at the same view count. Metrics: 3D PSNR over
 the reference's range and SSIM averaged over axial / coronal / sagittal slices (R2-Gaussian's
 definitions), wall-clock and CPU time of the whole ``CTFit.run`` (I/O included).
@@ -74,10 +74,10 @@ def run_method(name: str, data: Path, out: Path, args) -> dict:
         cmd = CTFitConfig(data, method="fdk", filter="hann", **kw)
     elif name == "sart":
         cmd = CTFitConfig(data, method="sart", iterations=args.sart_iterations, **kw)
-    elif name in ("tv", "tv-adam"):
+    elif name in ("tv", "tv-fista"):
         from recon.ct.tv_trainer import TVConfig
 
-        t = TVConfig(solver="adam" if name == "tv-adam" else "fista", iterations=args.tv_iterations)
+        t = TVConfig(solver="fista" if name == "tv-fista" else "adam", iterations=args.tv_iterations)
         cmd = CTFitConfig(data, method="tv", tv=t, **kw)
     elif name == "gaussian":
         g = GaussianFitConfig() if args.gaussian_iterations is None else GaussianFitConfig(iterations=args.gaussian_iterations)
@@ -122,7 +122,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench_ct_sparse"))
     p.add_argument("--views", type=int, nargs="+", default=[25])
-    p.add_argument("--methods", nargs="+", default=["fdk-ramlak", "fdk-hann", "sart", "tv", "gaussian"], help="also: tv-adam (the first TV solver)")
+    p.add_argument("--methods", nargs="+", default=["fdk-ramlak", "fdk-hann", "sart", "tv", "gaussian"], help="also: tv-fista (the OS-FISTA TV solver)")
     p.add_argument("--size", type=int, default=128, help="volume edge after resampling (voxels)")
     p.add_argument("--sart-iterations", type=int, default=20)
     p.add_argument("--tv-iterations", type=int, default=None, help="default: the TV solver's (TVConfig.resolved())")
@@ -182,7 +182,7 @@ def write_table(path: Path, results: dict) -> None:
         ref = runs.get(f"{views}/{anchor}")
         return f"{m['psnr_3d'] - ref['psnr_3d']:+.2f}" if ref else "—"
 
-    order = ["fdk-ramlak", "fdk-hann", "sart", "tv-adam", "tv", "gaussian"]
+    order = ["fdk-ramlak", "fdk-hann", "sart", "tv", "tv-fista", "gaussian"]
 
     def rank(key: str) -> tuple[int, int, str]:
         views, method = key.split("/")
@@ -195,7 +195,7 @@ def write_table(path: Path, results: dict) -> None:
             notes = f"{m.get('n_gaussians', '?')} Gaussians, {m.get('iterations')} steps, init {m.get('init')}"
         elif method == "sart":
             notes = f"{m.get('iterations')} iterations"
-        elif method in ("tv", "tv-adam"):
+        elif method in ("tv", "tv-fista"):
             notes = f"{m.get('tv_solver')}, {m.get('iterations')} steps, TV weight {m.get('lambda_tv')}, init {m.get('init')}"
         cells = [views, method, f"{m['psnr_3d']:.2f}", f"{m['ssim_3d']:.4f}", delta(views, m, "sart"), delta(views, m, "fdk-ramlak")]
         lines.append("| " + " | ".join(cells + [f"{m['bench_wall_s']:.0f}", f"{m['bench_cpu_s']:.0f}", notes]) + " |")

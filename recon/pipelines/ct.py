@@ -61,8 +61,8 @@ class CTFitConfig:
     """Projections: an R2-Gaussian folder (meta_data.json), a NAF .pickle (with --trust-pickle),
     or a .npy/.tif stack with its TIGRE/recon geometry .json/.yaml beside it (same stem)."""
     method: Literal["fdk", "fbp", "sart", "tv", "gaussian"] = "gaussian"
-    """fdk (cone) / fbp (fan, parallel; same code), sart, tv (TV-regularised voxels: OS-FISTA
-    on least squares + TV, or with --tv.solver adam the Gaussian method's loss) or gaussian
+    """fdk (cone) / fbp (fan, parallel; same code), sart, tv (TV-regularised voxels: the Gaussian
+    method's loss with Adam, or with --tv.solver fista OS-FISTA on least squares + TV) or gaussian
     (R2-Gaussian-style)."""
     out: Path = Path("runs/ct")
     """Run folder to write (layout: docs/run-folder.md)."""

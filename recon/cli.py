@@ -138,12 +138,14 @@ class Eval:
     """transforms.json (or any capture recon reads) with the cameras and their images."""
     out: Path | None = None
     """Output folder (default RUN/eval_<cameras stem>)."""
+    allow_outside_paths: bool = False
+    """Read images that the cameras file lists outside its folder (absolute or '..' paths)."""
 
 
 def _eval(cfg: Eval) -> None:
     from recon.pipelines.evaluate import eval_cameras
 
-    scores = eval_cameras(cfg.run_dir, cfg.cameras, cfg.out)
+    scores = eval_cameras(cfg.run_dir, cfg.cameras, cfg.out, allow_outside_paths=cfg.allow_outside_paths)
     m = scores["mean"]
     console.print(f"{m['n_views']} views: PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.4f}  (LPIPS {scores['lpips']})")
 
@@ -263,6 +265,8 @@ class CtConvert:
     """R2-Gaussian folder to write."""
     trust_pickle: bool = False
     """Allow reading a .pickle (unpickling runs code from the file: only for files you trust)."""
+    allow_outside_paths: bool = False
+    """Read files that meta_data.json lists outside its folder (absolute or '..' paths)."""
     overwrite: bool = False
     """Replace an existing folder."""
 
@@ -273,7 +277,7 @@ def _ct_convert(cfg: CtConvert) -> None:
     from recon.io.run import RunDir
 
     RunDir(cfg.out).check_resumable(False, cfg.overwrite)
-    data = load_ct_data(cfg.data, trust_pickle=cfg.trust_pickle)
+    data = load_ct_data(cfg.data, trust_pickle=cfg.trust_pickle, allow_outside_paths=cfg.allow_outside_paths)
     write_r2gaussian(cfg.out, data.geometry, data.projections, volume=data.volume,
                      test_geometry=data.test_geometry, test_projections=data.test_projections)  # fmt: skip
     console.print(f"wrote {cfg.out} ({data.geometry.n_views} projections" + (", reference volume" if data.volume is not None else "") + ")")

@@ -590,6 +590,8 @@ class CTGeometry:
         except parse_error as err:
             where = f" ({err.msg} at line {err.lineno})" if isinstance(err, json.JSONDecodeError) else f" ({str(err).splitlines()[0]})"
             raise InputError(path, f"not valid {kind}{where}") from None
+        except OSError as err:
+            raise InputError(path, f"cannot be read ({err.strerror or err})") from None
         return cls.from_dict(data, where=path)
 
     @classmethod

@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from recon.checks import check_finite
 from recon.errors import InputError
 from recon.io.atomic import atomic_folder, atomic_write_path
 from recon.io.volume_checks import check_spacing, check_volume
@@ -192,18 +193,25 @@ def _read_slices(folder: Path) -> tuple[list[tuple[Path, Any]], np.ndarray, np.n
             continue
         try:
             ds = pydicom.dcmread(f)
-        except Exception:  # noqa: BLE001, S112  (pydicom raises several types; such a file is simply not DICOM)
-            continue
+        except Exception as err:  # noqa: BLE001 - pydicom raises several types for bad files
+            if f.suffix.lower() in (".dcm", ".dicom") or _has_dicm_marker(f):
+                raise InputError(f, f"not a readable DICOM file ({' '.join(str(err).split())[:200]})") from None
+            continue  # another kind of file (README, thumbnails): not part of the series
         if "PixelData" not in ds:
+            if f.suffix.lower() in (".dcm", ".dicom"):
+                raise InputError(f, "has no pixel data (truncated, or not an image slice)")
             continue
+        _check_pixel_bytes(f, ds)
         slices.append((f, ds))
     if not slices:
-        raise InputError(folder, "no DICOM images found")
+        raise InputError(folder, "no DICOM images found (expected one .dcm file per slice)")
     first = slices[0][1]
     try:
         iop = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
     except AttributeError:
         raise InputError(slices[0][0], "missing ImageOrientationPatient") from None
+    if iop.shape != (6,) or not np.all(np.isfinite(iop)):
+        raise InputError(slices[0][0], f"ImageOrientationPatient is {list(iop)} (expected 6 numbers)")
     normal = np.cross(iop[:3], iop[3:])
     series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in slices}
     if len(series) > 1:
@@ -212,9 +220,17 @@ def _read_slices(folder: Path) -> tuple[list[tuple[Path, Any]], np.ndarray, np.n
     for f, ds in slices:
         if not hasattr(ds, "ImagePositionPatient"):
             raise InputError(f, "missing ImagePositionPatient")
-        pos.append(float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=np.float64), normal)))
+        try:
+            pos.append(float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=np.float64), normal)))
+        except (TypeError, ValueError):
+            raise InputError(f, f"ImagePositionPatient is {ds.ImagePositionPatient!r} (expected 3 numbers)") from None
     order = np.argsort(pos, kind="stable")
-    return [slices[i] for i in order], iop, np.asarray(pos)[order]
+    ordered, pos_sorted = [slices[i] for i in order], np.asarray(pos)[order]
+    same = np.flatnonzero(np.abs(np.diff(pos_sorted)) < 1e-6)
+    if same.size:
+        a, b = ordered[same[0]][0].name, ordered[same[0] + 1][0].name
+        raise InputError(folder, f"duplicated slice: {a} and {b} are at the same position {pos_sorted[same[0]]:.3f} mm")
+    return ordered, iop, pos_sorted
 
 
 def _slice_gap(folder: Path, slices: list, pos: np.ndarray) -> float:
@@ -222,7 +238,9 @@ def _slice_gap(folder: Path, slices: list, pos: np.ndarray) -> float:
         gaps = np.diff(pos)
         dz = float(np.median(gaps))
         if dz <= 0 or np.any(np.abs(gaps - dz) > 0.01 * dz + 1e-3):
-            raise InputError(folder, f"slices are not evenly spaced (gaps {gaps.min():.3f}..{gaps.max():.3f} mm)")
+            at = int(np.argmax(np.abs(gaps - dz)))
+            raise InputError(folder, f"slices are not evenly spaced (gaps {gaps.min():.3f}..{gaps.max():.3f} mm, median {dz:.3f}; "
+                                     f"a missing or misplaced slice next to {slices[at + 1][0].name})")  # fmt: skip
         return dz
     return float(getattr(slices[0][1], "SliceThickness", 1.0) or 1.0)
 
@@ -247,8 +265,40 @@ def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, tuple[float, floa
         except Exception as err:  # noqa: BLE001  pydicom raises several types for bad pixel data
             raise InputError(f, f"pixel data cannot be decoded ({type(err).__name__}: {err})") from None
         vol[i] = pixels.astype(np.float64) * slope + intercept
-    dy, dx = (float(x) for x in slices[0][1].PixelSpacing)
-    return vol, (_slice_gap(folder, slices, pos), dy, dx)
+    try:
+        dy, dx = (float(x) for x in slices[0][1].PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        raise InputError(slices[0][0], "missing or malformed PixelSpacing (expected 2 numbers in mm)") from None
+    check_finite(vol, folder, "volume")
+    return vol, check_spacing((_slice_gap(folder, slices, pos), dy, dx), folder)
+
+
+def _has_dicm_marker(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(128)
+        return f.read(4) == b"DICM"
+
+
+def _check_pixel_bytes(path: Path, ds: Any) -> None:  # ds: a pydicom Dataset
+    """Refuse a slice whose Rows x Columns disagree with the pixel bytes it holds, before allocating."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(getattr(ds, "BitsAllocated", 16))
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise InputError(path, "missing or malformed Rows / Columns / BitsAllocated") from None
+    if rows <= 0 or cols <= 0 or bits not in (8, 16, 32, 64):
+        raise InputError(path, f"declares {rows}x{cols} pixels of {bits} bits (expected positive sizes and 8/16/32/64 bits)")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        compressed = bool(syntax is not None and syntax.is_compressed)
+    except (ValueError, AttributeError):
+        raise InputError(path, f"unknown TransferSyntaxUID {str(syntax)[:64]!r}") from None
+    expected = rows * cols * frames * samples * bits // 8
+    held = len(ds.PixelData)
+    if not compressed and held < expected:
+        raise InputError(path, f"header declares {rows}x{cols} pixels ({expected} bytes) but the slice holds {held} bytes (truncated or corrupt)")
 
 
 def read_dicom_geometry(folder: str | Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from recon.errors import InputError
+from recon.io.arrays import read_npy, read_npz
 from recon.io.atomic import atomic_save_npy
 from recon.io.capture import Capture
 from recon.io.colmap import load_colmap
@@ -38,7 +39,7 @@ _STACK_SUFFIXES = (".npy", ".tif", ".tiff")
 
 
 def load_capture(
-    path: str | Path, split: str | None = None, *, check_images: bool = True
+    path: str | Path, split: str | None = None, *, check_images: bool = True, allow_outside_paths: bool = False
 ) -> Capture:
     """Read a capture, detecting its layout.
 
@@ -70,9 +71,9 @@ def load_capture(
                 raise InputError(
                     path, f"is the '{m.group(1)}' split but split='{split}' was asked for"
                 )
-            return load_transforms_json(path, format="blender", check_images=check_images)
+            return load_transforms_json(path, format="blender", check_images=check_images, allow_outside_paths=allow_outside_paths)
         if path.suffix == ".json":
-            return load_transforms_json(path, split=split, check_images=check_images)
+            return load_transforms_json(path, split=split, check_images=check_images, allow_outside_paths=allow_outside_paths)
         raise InputError(
             path,
             "is not a capture file (expected transforms.json, transforms_<split>.json or "
@@ -80,11 +81,11 @@ def load_capture(
         )
     if split is not None and (path / f"transforms_{split}.json").is_file():
         return load_transforms_json(
-            path / f"transforms_{split}.json", format="blender", check_images=check_images
+            path / f"transforms_{split}.json", format="blender", check_images=check_images, allow_outside_paths=allow_outside_paths
         )
     if (path / "transforms.json").is_file():
         return load_transforms_json(
-            path / "transforms.json", split=split, check_images=check_images
+            path / "transforms.json", split=split, check_images=check_images, allow_outside_paths=allow_outside_paths
         )
     blender = sorted(path.glob("transforms_*.json"))
     if blender:
@@ -92,7 +93,7 @@ def load_capture(
         if not want.is_file():
             found = ", ".join(p.name for p in blender)
             raise InputError(want, f"does not exist (found {found})")
-        return load_transforms_json(want, format="blender", check_images=check_images)
+        return load_transforms_json(want, format="blender", check_images=check_images, allow_outside_paths=allow_outside_paths)
     if (path / "sparse").is_dir():
         _no_split(split, "COLMAP", path)
         return load_colmap(path, check_images=check_images)
@@ -111,7 +112,7 @@ def _no_split(split: str | None, fmt: str, path: Path) -> None:
         raise InputError(path, f"is a {fmt} capture, which has no splits (got split='{split}')")
 
 
-def load_ct_data(path: str | Path, *, trust_pickle: bool = False) -> CTData:
+def load_ct_data(path: str | Path, *, trust_pickle: bool = False, allow_outside_paths: bool = False) -> CTData:
     """Read any CT projection dataset recon reads, by what ``path`` is:
 
     * a folder with ``meta_data.json``: R2-Gaussian layout (:func:`read_r2gaussian`);
@@ -120,13 +121,16 @@ def load_ct_data(path: str | Path, *, trust_pickle: bool = False) -> CTData:
     * ``*.npy`` / ``*.tif[f]``: a projection stack with a same-stem ``.json``/``.yaml`` geometry
       beside it (TIGRE's keys or :class:`CTGeometry`'s);
     * ``*.json`` / ``*.yaml`` / ``*.yml``: a geometry file with a same-stem stack beside it.
+
+    Files an R2-Gaussian ``meta_data.json`` lists outside its folder are refused unless
+    ``allow_outside_paths``.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "not found (expected an R2-Gaussian folder, a NAF pickle, or a projection stack with its geometry)")
     if path.is_dir():
         if (path / "meta_data.json").is_file():
-            return read_r2gaussian(path)
+            return read_r2gaussian(path, allow_outside_paths=allow_outside_paths)
         raise InputError(path, "folder has no meta_data.json (expected an R2-Gaussian dataset)")
     name = path.name.lower()
     if name.endswith((".pickle", ".pkl")):
@@ -149,17 +153,15 @@ def load_volume_file(path: str | Path) -> tuple[np.ndarray, tuple[float, float, 
     anything :func:`read_volume` reads (.npy, NIfTI, TIFF, DICOM folder)."""
     path = Path(path)
     if path.name.lower().endswith(".npz"):
-        if not path.is_file():
-            raise InputError(path, "not found")
-        with np.load(path) as z:
-            keys = sorted(z.files)
-            if "volume" not in z.files:
-                raise InputError(path, f"has no 'volume' array (keys: {keys})")
-            unknown = sorted(set(keys) - {"volume", "spacing_mm_zyx"})
-            if unknown:
-                raise InputError(path, f"unknown keys {unknown} (expected 'volume' and optional 'spacing_mm_zyx')")
-            vol = np.asarray(z["volume"], dtype=np.float32)
-            spacing = tuple(float(s) for s in z["spacing_mm_zyx"]) if "spacing_mm_zyx" in z.files else None
+        z = read_npz(path)
+        keys = sorted(z)
+        if "volume" not in z:
+            raise InputError(path, f"has no 'volume' array (keys: {keys})")
+        unknown = sorted(set(keys) - {"volume", "spacing_mm_zyx"})
+        if unknown:
+            raise InputError(path, f"unknown keys {unknown} (expected 'volume' and optional 'spacing_mm_zyx')")
+        vol = np.asarray(z["volume"], dtype=np.float32)
+        spacing = tuple(float(s) for s in z["spacing_mm_zyx"].reshape(-1)) if "spacing_mm_zyx" in z else None
         if vol.ndim != 3:
             raise InputError(path, f"'volume' must be 3D [z, y, x], got shape {list(vol.shape)}")
         if not np.all(np.isfinite(vol)):
@@ -178,10 +180,7 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float
     if path.is_dir():
         return read_dicom_series(path)
     if name.endswith(".npy"):
-        if not path.exists():
-            raise InputError(path, "not found")
-        vol = np.load(path)
-        return check_volume(vol, path).astype(np.float32), None
+        return check_volume(read_npy(path, "volume"), path).astype(np.float32), None
     if name.endswith(".nii") or name.endswith(".nii.gz"):
         return read_nifti(path)
     if name.endswith(".tif") or name.endswith(".tiff"):

@@ -36,6 +36,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as e:
+        raise InputError(path, f"image header declares an absurd size ({e})") from None
     except UnidentifiedImageError:
         raise InputError(path, "is not a readable image (expected PNG or JPEG)") from None
     except OSError as e:
@@ -67,6 +69,8 @@ def decode_image(path: Path) -> tuple[np.ndarray, float]:
         with Image.open(path) as im:
             im.load()  # raises on truncated data
             return _pil_to_array(im)
+    except Image.DecompressionBombError as e:  # PIL refuses before allocating
+        raise InputError(path, f"image header declares an absurd size ({' '.join(str(e).split())})") from None
     except UnidentifiedImageError:
         raise InputError(path, "is not a readable image (corrupt, or not PNG/JPEG)") from None
     except (OSError, SyntaxError, ValueError) as e:

@@ -10,7 +10,14 @@ import numpy as np
 import torch
 
 from recon.errors import InputError
-from recon.geometry.cameras import CameraSet, Intrinsics, check_pose, llff_poses_to_opengl_c2w, opengl_c2w_to_w2c
+from recon.geometry.cameras import (
+    CameraSet,
+    Intrinsics,
+    check_pose,
+    llff_poses_to_opengl_c2w,
+    opengl_c2w_to_w2c,
+)
+from recon.io.arrays import read_npy
 from recon.io.capture import IMAGE_EXTENSIONS, Capture, unique_names
 from recon.io.images import image_size
 
@@ -30,10 +37,7 @@ def load_llff(root: str | Path) -> Capture:
     path = root / "poses_bounds.npy"
     if not path.is_file():
         raise InputError(path, "does not exist (expected an LLFF poses_bounds.npy)")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"cannot be read as a .npy array ({e})") from None
+    arr = read_npy(path, "poses")
     if (
         arr.ndim != 2
         or arr.shape[1] != 17

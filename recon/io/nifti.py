@@ -8,13 +8,15 @@ reoriented to the closest canonical (RAS) axes, then transposed to ``[z, y, x]``
 from __future__ import annotations
 
 import logging
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from recon.checks import check_finite
 from recon.errors import InputError
+from recon.io.arrays import check_declared_size
 from recon.io.atomic import atomic_write_path
 from recon.io.volume_checks import check_spacing, check_volume
 
@@ -58,10 +60,20 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]
         img = nib.load(str(path))
     except FileNotFoundError:
         raise InputError(path, "not found") from None
-    except Exception as err:  # nibabel raises several types for bad files
+    except Exception as err:  # noqa: BLE001 - nibabel raises several types for bad files
         raise InputError(path, f"not a readable NIfTI file ({err})") from None
-    img = nib.as_closest_canonical(img)
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    header = img.header
+    try:
+        dtype = np.dtype(header.get_data_dtype())
+        offset = int(header.get_data_offset()) if hasattr(header, "get_data_offset") else 0
+        check_declared_size(path, tuple(int(n) for n in img.shape), dtype.itemsize, path.stat().st_size - offset,
+                            compressed=path.name.lower().endswith(".gz"), what="image")  # fmt: skip
+        img = nib.as_closest_canonical(img)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except InputError:
+        raise
+    except (OSError, EOFError, ValueError, TypeError, zlib.error) as err:  # truncated, not gzip, bad header values
+        raise InputError(path, f"data cannot be read ({' '.join(str(err).split())[:200]})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

@@ -10,17 +10,20 @@ conventions happen here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
+from recon.checks import check_finite
 from recon.errors import InputError
 from recon.geometry.ct import CTGeometry
-from recon.checks import check_finite
+from recon.io.arrays import read_npy
 from recon.io.atomic import atomic_save_npy, atomic_write_json
 from recon.io.ct_data import CTData, check_projections
 from recon.io.json_file import read_json
+from recon.io.paths import dataset_path
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +111,11 @@ def r2_scanner(geometry: CTGeometry) -> dict[str, Any]:
     }
 
 
-def read_r2gaussian(folder: str | Path, *, load_volume: bool = True) -> CTData:
+def read_r2gaussian(folder: str | Path, *, load_volume: bool = True, allow_outside_paths: bool = False) -> CTData:
     """Read an R2-Gaussian dataset folder -> :class:`CTData` (train projections and geometry,
-    test projections/geometry, ``vol_gt.npy`` as the volume). Lengths are taken as mm."""
+    test projections/geometry, ``vol_gt.npy`` as the volume). Lengths are taken as mm.
+
+    Files listed in ``meta_data.json`` must lie inside ``folder`` unless ``allow_outside_paths``."""
     folder = Path(folder)
     meta_path = folder / "meta_data.json"
     if not meta_path.is_file():
@@ -132,6 +137,8 @@ def read_r2gaussian(folder: str | Path, *, load_volume: bool = True) -> CTData:
         entries = meta.get(split)
         if not entries:
             return None
+        if not isinstance(entries, list):
+            raise InputError(meta_path, f"'{split}' is a {type(entries).__name__} (expected a list of projections)")
         projs, angles = [], []
         for i, entry in enumerate(entries):
             if not isinstance(entry, Mapping) or "file_path" not in entry or "angle" not in entry:
@@ -139,15 +146,19 @@ def read_r2gaussian(folder: str | Path, *, load_volume: bool = True) -> CTData:
             extra = sorted(set(entry) - {"file_path", "angle"})
             if extra:
                 raise InputError(meta_path, f"{split}[{i}] has unknown keys {extra}")
-            path = folder / entry["file_path"]
-            try:
-                proj = np.load(path)
-            except FileNotFoundError:
-                raise InputError(path, f"projection listed in {split} is missing") from None
+            if not isinstance(entry["file_path"], str):
+                raise InputError(meta_path, f"{split}[{i}] 'file_path' is {entry['file_path']!r} (expected a string)")
+            path = dataset_path(folder, entry["file_path"], meta_path, f"{split}[{i}] file_path", allow_outside=allow_outside_paths)
+            if not path.exists():
+                raise InputError(path, f"projection listed in {split} is missing")
+            proj = read_npy(path, "projection")
             if proj.ndim != 2:
                 raise InputError(path, f"expected a 2D [v, u] projection, got shape {list(proj.shape)}")
             projs.append(proj[::-1])  # R2-Gaussian stores TIGRE projections flipped in v
-            angles.append(float(entry["angle"]))
+            try:
+                angles.append(float(entry["angle"]))
+            except (TypeError, ValueError):
+                raise InputError(meta_path, f"{split}[{i}] 'angle' is {entry['angle']!r} (expected a number in radians)") from None
         shapes = {p.shape for p in projs}
         if len(shapes) != 1:
             raise InputError(meta_path, f"{split} projections have different shapes {sorted(shapes)}")
@@ -166,11 +177,14 @@ def read_r2gaussian(folder: str | Path, *, load_volume: bool = True) -> CTData:
     volume = None
     vol_name = meta.get("vol", meta.get("ct"))
     if load_volume and vol_name:
-        vol_path = folder / vol_name
-        try:
-            vol = np.load(vol_path)
-        except FileNotFoundError:
-            raise InputError(vol_path, "volume listed in meta_data.json is missing") from None
+        if not isinstance(vol_name, str):
+            raise InputError(meta_path, f"'vol' is {vol_name!r} (expected a file name)")
+        vol_path = dataset_path(folder, vol_name, meta_path, "'vol'", allow_outside=allow_outside_paths)
+        if not vol_path.exists():
+            raise InputError(vol_path, "volume listed in meta_data.json is missing")
+        vol = read_npy(vol_path, "volume")
+        if vol.ndim != 3:
+            raise InputError(vol_path, f"expected a 3D [x, y, z] volume, got shape {list(vol.shape)}")
         volume = np.ascontiguousarray(np.transpose(vol, (2, 1, 0))).astype(np.float32)
         if volume.shape != geometry.n_voxel:
             raise InputError(vol_path, f"volume is {list(vol.shape)} (x, y, z) but scanner nVoxel is {list(geometry.n_voxel[::-1])}")

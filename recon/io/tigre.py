@@ -10,8 +10,10 @@ import numpy as np
 
 from recon.errors import InputError
 from recon.geometry.ct import CTGeometry
+from recon.io.arrays import read_npy
 from recon.io.atomic import atomic_save_npy, atomic_write_path
 from recon.io.ct_data import CTData, check_projections
+from recon.io.tiff import read_tiff_array
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +47,9 @@ def read_projection_stack(path: str | Path, geometry: CTGeometry | str | Path | 
         raise InputError(path, "projection stack not found")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        proj = np.load(path)
+        proj = read_npy(path, "projection stack")
     elif suffix in (".tif", ".tiff"):
-        import tifffile
-
-        proj = tifffile.imread(path)
+        proj = read_tiff_array(path, "projection stack")[0]
         if proj.ndim == 2:
             proj = proj[None]
     else:

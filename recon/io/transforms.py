@@ -31,6 +31,7 @@ from recon.io.atomic import atomic_write_json
 from recon.io.capture import IMAGE_EXTENSIONS, SUPPORTED_CAMERA_MODELS, Capture, check_files_exist, unique_names
 from recon.io.images import image_size
 from recon.io.json_file import read_json
+from recon.io.paths import dataset_path
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +77,10 @@ def _number(d: dict, key: str, where: str) -> float | None:
     return out
 
 
-def _resolve_image(root: Path, file_path: str) -> Path:
-    """``root / file_path``, completing a missing extension as Blender files need."""
-    p = Path(os.path.normpath(root / file_path))
+def _resolve_image(root: Path, file_path: str, listed_in: Path, allow_outside: bool) -> Path:
+    """``root / file_path``, completing a missing extension as Blender files need (refused
+    outside ``root`` unless ``allow_outside``)."""
+    p = dataset_path(root, file_path, listed_in, "file_path", allow_outside=allow_outside)
     if p.is_file() or p.suffix.lower() in IMAGE_EXTENSIONS:
         return p
     for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
@@ -195,6 +197,7 @@ def load_transforms_json(
     *,
     format: str | None = None,
     check_images: bool = True,
+    allow_outside_paths: bool = False,
 ) -> Capture:
     """Read a nerfstudio / instant-ngp ``transforms.json`` or a Blender ``transforms_*.json``.
 
@@ -204,6 +207,8 @@ def load_transforms_json(
         format: label for :attr:`Capture.format`; default ``"blender"`` for
             ``transforms_<split>.json`` names, else ``"nerfstudio"``.
         check_images: raise if an image or mask file is missing.
+        allow_outside_paths: accept image, mask and point-cloud paths that leave the json's
+            folder (absolute or ``..``); refused by default (``--allow-outside-paths``).
 
     Returns:
         The :class:`Capture`, frames sorted by image path.
@@ -230,7 +235,7 @@ def load_transforms_json(
             raise InputError(path, f"frame {i} has no 'file_path' string")
         if "transform_matrix" not in frame:
             raise InputError(f"{path} (frame {frame['file_path']})", "has no 'transform_matrix'")
-        parsed.append((_resolve_image(root, frame["file_path"]), frame))
+        parsed.append((_resolve_image(root, frame["file_path"], path, allow_outside_paths), frame))
     if split is not None:
         key = f"{split}_filenames"
         if not isinstance(meta.get(key), list):
@@ -253,7 +258,7 @@ def load_transforms_json(
         intrinsics.append(_intrinsics_from_json({**global_intr, **per_frame}, where, image_path))
         image_paths.append(image_path)
         mask = frame.get("mask_path")
-        mask_paths.append(Path(os.path.normpath(root / mask)) if isinstance(mask, str) else None)
+        mask_paths.append(dataset_path(root, mask, where, "mask_path", allow_outside=allow_outside_paths) if isinstance(mask, str) else None)
     if check_images:
         check_files_exist(image_paths, "image", path)
         check_files_exist([m for m in mask_paths if m is not None], "mask", path)
@@ -262,7 +267,10 @@ def load_transforms_json(
     logger.info("read %d views from %s (%s)", len(cameras), path, format)
     points = colors = None
     if meta.get("ply_file_path"):
-        points, colors = _read_point_ply(root / meta["ply_file_path"], path)
+        if not isinstance(meta["ply_file_path"], str):
+            raise InputError(path, f"'ply_file_path' is {meta['ply_file_path']!r} (expected a file name)")
+        ply = dataset_path(root, meta["ply_file_path"], path, "ply_file_path", allow_outside=allow_outside_paths)
+        points, colors = _read_point_ply(ply, path)
     return Capture(
         root=root,
         image_paths=image_paths,

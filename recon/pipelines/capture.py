@@ -67,6 +67,8 @@ class CaptureFitConfig(SplatTrainConfig):
     """Continue from the newest checkpoint in ``out``."""
     overwrite: bool = False
     """Replace an existing run folder."""
+    allow_outside_paths: bool = False
+    """Read images, masks and point clouds that transforms.json lists outside its folder (absolute or '..' paths)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' uses CUDA (gsplat) when available, else the CPU rasteriser."""
 
@@ -135,7 +137,7 @@ class CaptureFit(JobBase):
         self.run_dir.check_resumable(cfg.resume, cfg.overwrite)
         self.device = cfg.resolved_device()
         seed_everything(cfg.seed)
-        self.capture = load_capture(cfg.data)
+        self.capture = load_capture(cfg.data, allow_outside_paths=cfg.allow_outside_paths)
         train_idx, eval_idx = split_views(self.capture, train_view_spec(cfg.train_views), cfg.eval_views)
         if cfg.eval_indices:
             eval_idx = check_eval_indices(cfg.eval_indices, train_idx, len(self.capture))

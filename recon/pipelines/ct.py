@@ -96,6 +96,8 @@ class CTFitConfig:
     """Replace an existing run folder."""
     trust_pickle: bool = False
     """Allow reading a NAF / SAX-NeRF .pickle: unpickling runs code from the file, so only for files you trust."""
+    allow_outside_paths: bool = False
+    """Read projections and volumes that meta_data.json lists outside its folder (absolute or '..' paths)."""
     gaussian: GaussianFitConfig = field(default_factory=GaussianFitConfig)
     """Gaussian method hyperparameters."""
     tv: TVConfig = field(default_factory=TVConfig)
@@ -143,7 +145,7 @@ class CTFit(JobBase):
         self.resume, self.overwrite = cfg.resume, cfg.overwrite
         self._check_options()
         self.run_dir.check_resumable(cfg.resume, cfg.overwrite)
-        data = load_ct_data(cfg.data, trust_pickle=cfg.trust_pickle)
+        data = load_ct_data(cfg.data, trust_pickle=cfg.trust_pickle, allow_outside_paths=cfg.allow_outside_paths)
         if cfg.views is not None:
             if not 1 <= cfg.views <= data.geometry.n_views:
                 raise InputError("--views", f"asked for {cfg.views} of the {data.geometry.n_views} projections; expected 1..{data.geometry.n_views}")

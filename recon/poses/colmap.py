@@ -563,6 +563,9 @@ def estimate_poses(
         rgb = np.stack([p.color for p in points]).astype(np.uint8)
         write_points_ply(ply_path, xyz, rgb)
     file_paths = [Path(os.path.relpath(p, out_transforms.parent)).as_posix() for p in image_paths]
+    if any(f.startswith("../") for f in file_paths):
+        logger.warning("%s lists images outside its folder (%s); readers refuse that unless given --allow-outside-paths "
+                       "(or write --out inside the capture folder)", out_transforms, file_paths[0])  # fmt: skip
     _write_json_with_ply(cameras, out_transforms, file_paths, PLY_NAME if points else None)
 
     report = PoseReport(

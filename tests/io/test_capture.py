@@ -442,7 +442,9 @@ def test_write_round_trip_shared(tmp_path):
     meta = json.loads(out.read_text())
     assert meta["fl_x"] == 20.0 and "fl_x" not in meta["frames"][0]  # shared intrinsics at top
     assert meta["frames"][0]["file_path"] == "../in/images/frame_00.png"
-    back = load_capture(out)
+    with pytest.raises(InputError, match="outside the dataset folder"):
+        load_capture(out)
+    back = load_capture(out, allow_outside_paths=True)
     torch.testing.assert_close(back.cameras.w2c, cap.cameras.w2c, atol=1e-6, rtol=0)
     assert back.cameras.intrinsics == cap.cameras.intrinsics
     assert back.image_paths == cap.image_paths and back.mask_paths == cap.mask_paths

@@ -147,7 +147,9 @@ def test_estimate_poses_on_fox(fox_dir, tmp_path, caplog):
     meta = json.loads(out.read_text())
     assert meta["ply_file_path"] == "sparse_pc.ply" and meta["camera_model"] == "OPENCV"
     assert all(f["file_path"].startswith("../photos/") for f in meta["frames"])
-    back = load_capture(out)
+    with pytest.raises(InputError, match="outside the dataset folder"):
+        load_capture(out)  # images beside, not inside, the json's folder: refused by default
+    back = load_capture(out, allow_outside_paths=True)
     assert len(back) == rep.n_registered
     torch.testing.assert_close(back.cameras.w2c, rep.cameras.w2c, atol=1e-5, rtol=0)
     ply = rep.ply_path.read_bytes()

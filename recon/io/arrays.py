@@ -9,6 +9,7 @@ Every reader in :mod:`recon.io` that loads ``.npy`` / ``.npz`` goes through here
 from __future__ import annotations
 
 import math
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -55,7 +56,7 @@ def _read_header(f: IO[bytes], where: str | Path) -> tuple[tuple[int, ...], np.d
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=10000)
         else:
             raise ValueError(f"unknown .npy version {version}")
-    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as err:
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError, tokenize.TokenError) as err:  # numpy parses the header as Python literals
         raise InputError(where, f"not a readable .npy array ({' '.join(str(err).split())})") from None
     if dtype.hasobject:
         raise InputError(where, "holds Python objects (a pickle; refused because loading it would run code; expected a numeric array)")

@@ -85,7 +85,10 @@ def load_colmap(root: str | Path, *, check_images: bool = True) -> Capture:
         raise InputError(model, f"cannot read COLMAP model: {msg}") from None
     cameras_file = _model_file(model, "cameras")
     images_file = _model_file(model, "images")
-    images = sorted(rec.images.values(), key=lambda im: im.name)
+    try:
+        images = sorted(rec.images.values(), key=lambda im: im.name)
+    except UnicodeDecodeError as err:  # pycolmap decodes names lazily
+        raise InputError(images_file, f"an image name is not UTF-8 text ({err.reason} at byte {err.start})") from None
     unposed = [im.name for im in images if not im.has_pose]
     if unposed:
         logger.warning(

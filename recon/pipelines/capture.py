@@ -25,6 +25,7 @@ import tyro
 
 from recon.errors import InputError
 from recon.geometry.view_selection import split_views
+from recon.io.capture import Capture
 from recon.io.figures import plot_curve
 from recon.io.formats import load_capture
 from recon.io.images import save_image, side_by_side
@@ -33,6 +34,7 @@ from recon.io.run import RunDir
 from recon.io.views import ViewSet, load_split
 from recon.metrics import score_images
 from recon.pipelines.job import JobBase, ProgressFn
+from recon.pipelines.memory import MemoryEstimate, capture_fit_estimate, check_memory
 from recon.splat.anchored import AnchoredGaussians
 from recon.splat.config import SplatTrainConfig
 from recon.splat.init import initial_points
@@ -69,6 +71,8 @@ class CaptureFitConfig(SplatTrainConfig):
     """Replace an existing run folder."""
     allow_outside_paths: bool = False
     """Read images, masks and point clouds that transforms.json lists outside its folder (absolute or '..' paths)."""
+    skip_memory_check: bool = False
+    """Run even when the estimated peak memory exceeds what is available (see recon.pipelines.memory)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' uses CUDA (gsplat) when available, else the CPU rasteriser."""
 
@@ -141,6 +145,8 @@ class CaptureFit(JobBase):
         train_idx, eval_idx = split_views(self.capture, train_view_spec(cfg.train_views), cfg.eval_views)
         if cfg.eval_indices:
             eval_idx = check_eval_indices(cfg.eval_indices, train_idx, len(self.capture))
+        self.memory = capture_memory_estimate(cfg, self.capture, [*train_idx, *eval_idx])
+        check_memory(self.memory, str(cfg.data), skip=cfg.skip_memory_check)  # before any image is decoded
         self.train = load_split(self.capture, train_idx, cfg.downscale)
         self.eval: ViewSet | None = load_split(self.capture, eval_idx, cfg.downscale) if eval_idx else None
         if cfg.background_mean:
@@ -226,3 +232,19 @@ class CaptureFit(JobBase):
                        ("Gaussians", [r.get("n_gaussians", 0) for r in log]))  # fmt: skip
         run.mark("running", n_gaussians=model.num_gaussians, train_time_s=round(train_time_s, 2))
         return results
+
+
+def capture_memory_estimate(cfg: CaptureFitConfig, capture: Capture, views: list[int]) -> MemoryEstimate:
+    """Peak memory of fitting ``views`` of ``capture`` with ``cfg``, from image sizes in the
+    headers and the most Gaussians the options allow (:mod:`recon.pipelines.memory`)."""
+    pixels = sum(round(capture.cameras.intrinsics[i].width / cfg.downscale) * round(capture.cameras.intrinsics[i].height / cfg.downscale)
+                 for i in views)  # fmt: skip
+    if cfg.init in ("auto", "sfm") and capture.points is not None and len(capture.points) > 0:
+        n0 = len(capture.points)
+    else:
+        n0 = cfg.mvs_max_points if cfg.init == "mvs" else cfg.init_points
+    n = n0 * (2 if cfg.reg.coreg > 0 and cfg.model == "gaussians" else 1)
+    densify = cfg.densify
+    if cfg.iterations > densify.start_iter and densify.stop_iter > densify.start_iter:
+        n = max(n, densify.max_gaussians if densify.max_gaussians is not None else 4 * n)
+    return capture_fit_estimate(pixels, n)

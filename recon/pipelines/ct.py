@@ -43,6 +43,7 @@ from recon.io.nifti import write_nifti
 from recon.io.run import GEOMETRY_FILE, RunDir
 from recon.io.units import MU_WATER_PER_MM
 from recon.pipelines.job import JobBase, ProgressFn
+from recon.pipelines.memory import MemoryEstimate, check_memory, ct_fit_estimate
 from recon.train import Trainer, read_checkpoint, seed_everything, train
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class CTFitConfig:
     """Allow reading a NAF / SAX-NeRF .pickle: unpickling runs code from the file, so only for files you trust."""
     allow_outside_paths: bool = False
     """Read projections and volumes that meta_data.json lists outside its folder (absolute or '..' paths)."""
+    skip_memory_check: bool = False
+    """Run even when the estimated peak memory exceeds what is available (see recon.pipelines.memory)."""
     gaussian: GaussianFitConfig = field(default_factory=GaussianFitConfig)
     """Gaussian method hyperparameters."""
     tv: TVConfig = field(default_factory=TVConfig)
@@ -178,6 +181,8 @@ class CTFit(JobBase):
             previous = read_json(self.run_dir.path("config.json"))
             if isinstance(previous, dict) and previous.get("method") != cfg.method:
                 raise InputError("--resume", f"{cfg.out} holds a {previous.get('method')} run, not {cfg.method}")
+        self.memory = ct_memory_estimate(cfg, data)
+        check_memory(self.memory, str(cfg.data), skip=cfg.skip_memory_check)
         self.data, self.reference = data, reference
 
     # ------------------------------------------------------------------ validation
@@ -363,3 +368,10 @@ class CTFit(JobBase):
             metrics["reference_range"] = [float(reference.min()), float(reference.max())]
         run.mark("running", wall_time_s=metrics["wall_time_s"], psnr_3d=metrics.get("psnr_3d"))
         return metrics
+
+
+def ct_memory_estimate(cfg: CTFitConfig, data: CTData) -> MemoryEstimate:
+    """Peak memory of reconstructing ``data`` with ``cfg`` (:mod:`recon.pipelines.memory`)."""
+    pixels = int(data.projections.size) + (int(data.test_projections.size) if data.test_projections is not None else 0)
+    n_gaussians = max(cfg.gaussian.n_gaussians, cfg.gaussian.max_gaussians) if cfg.method == "gaussian" else 0
+    return ct_fit_estimate(cfg.method, data.geometry.n_voxel, pixels, n_gaussians=n_gaussians)

@@ -17,6 +17,7 @@ folder unless ``--resume`` or ``--overwrite``), writes ``config.json`` and ``run
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -69,18 +70,37 @@ def _one_line(err: BaseException) -> str:
 def run_job(job: Job, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run ``job`` into its run folder (see the module docstring); returns the metrics."""
     run = job.run_dir
-    run.prepare(resume=job.resume, overwrite=job.overwrite)
-    run.start(job.kind, job.config_dict(), resume=job.resume, **job.run_info())
+    try:
+        run.prepare(resume=job.resume, overwrite=job.overwrite)
+        run.start(job.kind, job.config_dict(), resume=job.resume, **job.run_info())
+    except OSError as err:
+        if err.errno not in _STORAGE_ERRNOS:
+            raise
+        raise InputError(err.filename or run.root, f"cannot write the run folder ({err.strerror}; expected a writable folder with free space)") from None
     try:
         metrics = job.execute(progress)
+        run.complete(metrics)
     except KeyboardInterrupt as err:  # recon.train.Interrupted included: a checkpoint was saved
         run.mark("interrupted", error=_one_line(err) if str(err) else "interrupted by the user")
         raise
+    except OSError as err:
+        if err.errno not in _STORAGE_ERRNOS:
+            run.mark("failed", error=_one_line(err))
+            raise
+        try:  # the disk may refuse this too; the error line below is what matters
+            run.mark("failed", error=_one_line(err))
+        except OSError:
+            pass
+        raise InputError(err.filename or run.root, f"cannot be written ({err.strerror}): the run stopped; free space or choose another "
+                                                   "--out (--resume continues from the last checkpoint)") from None  # fmt: skip
     except BaseException as err:
         run.mark("failed", error=_one_line(err))
         raise
-    run.complete(metrics)
     return metrics
+
+
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""Errors of the output storage (full disk, quota, read-only, no permission): one line, not a traceback."""
 
 
 class JobBase:

@@ -51,3 +51,29 @@ def test_ct_estimate_counts_test_projections(tmp_path):
     est = ct_pipeline.ct_memory_estimate(cfg, data)
     pixels = data.projections.size + data.test_projections.size
     assert est.parts["projections and projector tables"] == pixels * memory.CT_BYTES_PER_PROJECTION_PIXEL
+
+
+# -------------------------------------------------------------- storage (issue 16 item 4)
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EROFS"])
+def test_full_disk_or_read_only_output_is_one_line(tmp_path, capsys, monkeypatch, errno_name):
+    """A full disk while outputs are written, or a read-only --out, ends in one line (exit 2)
+    and the run is not marked complete."""
+    import errno
+
+    from recon.io.run import RunDir
+
+    stack = vf.projection_stack(tmp_path / "scan.npy")
+    out = tmp_path / "run"
+    code = getattr(errno, errno_name)
+
+    def refuse(path, *args, **kwargs):
+        raise OSError(code, "No space left on device" if errno_name == "ENOSPC" else "Read-only file system", str(path))
+
+    if errno_name == "ENOSPC":
+        monkeypatch.setattr(ct_pipeline, "atomic_save_npy", refuse)  # the volume cannot be written
+    else:
+        monkeypatch.setattr(RunDir, "prepare", lambda self, **kw: refuse(self.root))
+    assert main(["ct", "fit", str(stack), "--method", "fdk", "--out", str(out)]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and ("space" in lines[0] or "Read-only" in lines[0]), lines
+    assert not RunDir(out).is_complete()

@@ -72,7 +72,7 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]
         data = np.asarray(img.dataobj, dtype=np.float32)
     except InputError:
         raise
-    except (OSError, EOFError, ValueError, TypeError, zlib.error) as err:  # truncated, not gzip, bad header values
+    except (OSError, EOFError, ValueError, TypeError, IndexError, zlib.error, nib.orientations.OrientationError) as err:  # truncated, not gzip, bad header values
         raise InputError(path, f"data cannot be read ({' '.join(str(err).split())[:200]})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]

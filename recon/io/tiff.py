@@ -74,7 +74,7 @@ def read_tiff_array(path: str | Path, what: str = "stack") -> tuple[np.ndarray, 
                     spacing = (float(ij["spacing"]), float(dy), float(dx))
     except InputError:
         raise
-    except (tifffile.TiffFileError, OSError, ValueError, EOFError, KeyError, IndexError, TypeError, ZeroDivisionError, struct.error) as err:
+    except (tifffile.TiffFileError, OSError, ValueError, EOFError, KeyError, IndexError, TypeError, RuntimeError, ZeroDivisionError, struct.error) as err:
         raise InputError(path, f"not a readable TIFF ({' '.join(str(err).split())[:200]})") from None
     finally:
         tiff_log.removeHandler(problems)

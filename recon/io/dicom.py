@@ -258,8 +258,12 @@ def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, tuple[float, floa
         raise InputError(folder, f"slices have different sizes {sorted(shapes)}")
     vol = np.empty((len(slices), *shapes.pop()), dtype=np.float32)
     for i, (f, ds) in enumerate(slices):
-        slope = float(getattr(ds, "RescaleSlope", 1.0))
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0))
+        try:
+            slope = float(getattr(ds, "RescaleSlope", 1.0))
+            intercept = float(getattr(ds, "RescaleIntercept", 0.0))
+        except (TypeError, ValueError):
+            raise InputError(f, f"RescaleSlope / RescaleIntercept are not numbers ({getattr(ds, 'RescaleSlope', None)!r}, "
+                                f"{getattr(ds, 'RescaleIntercept', None)!r})") from None  # fmt: skip
         try:
             pixels = ds.pixel_array
         except Exception as err:  # noqa: BLE001  pydicom raises several types for bad pixel data

@@ -535,9 +535,9 @@ for _name, (_edit, _needle) in _EXPORT_RUNS.items():
     command("export", _name)(lambda t, e=_edit, n=_needle: (["export", str(_capture_run_edit(e)(t))], n, None))
 
 
-@command("export", "ct-run")
+@command("export", "ct-run-metrics-without-water-value")
 def _(t):
-    return ["export", str(vf.ct_run(t / "ct"))], "CT run", None
+    return ["export", str(vf.ct_run(t / "ct"))], "metrics.json", None
 
 
 @command("export", "missing-folder")

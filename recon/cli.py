@@ -1,6 +1,6 @@
 """The ``recon`` command line: ``recon fit``, ``recon eval``, ``recon export``, ``recon render``,
-``recon poses``, ``recon ct fit``, ``recon ct simulate``, ``recon ct convert``, ``recon ct export``
-and ``recon view``.
+``recon poses``, ``recon ct fit``, ``recon ct simulate``, ``recon ct convert``, ``recon ct export``,
+``recon batch`` and ``recon view``.
 
 Each subcommand is a config dataclass (the library's own: :class:`CaptureFitConfig`,
 :class:`CTFitConfig`, ...); this module parses it with tyro and hands it to a presenter that
@@ -283,9 +283,54 @@ def _ct_convert(cfg: CtConvert) -> None:
     console.print(f"wrote {cfg.out} ({data.geometry.n_views} projections" + (", reference volume" if data.volume is not None else "") + ")")
 
 
-def _commands() -> tuple[Any, dict[type, Callable[[Any], None]]]:
+# ---------------------------------------------------------------------------------- batch
+def _batch(cfg: Any) -> int:
+    """``recon batch``: one progress bar across the jobs, a line per finished job, the report."""
+    from recon.batch.report import scores
+    from recon.batch.runner import DONE
+
+    batch = cfg.setup()
+    bar = make_progress()
+    task = bar.add_task("jobs", total=len(batch.jobs), info="")
+    marks = {"complete": "[green]done[/green]", "skipped": "[green]skip[/green]"}
+
+    def on_update(state: Any, res: Any) -> None:
+        failed = state.finished - state.count(*DONE)
+        info = f"done {state.count(*DONE)}  running {len(state.running)}  failed {failed}" + ("  [yellow]stopping[/yellow]" if state.stopping else "")
+        bar.update(task, completed=state.finished + state.fraction_running(), info=info)
+        if res is not None:
+            scored, psnr, _ssim = scores(res)
+            detail = f"PSNR {psnr:.2f} ({scored})" if psnr is not None else (res.error or "")
+            bar.console.print(f"{marks.get(res.status, '[red]' + res.status + '[/red]')} {res.name}  {detail}", highlight=False, soft_wrap=True)
+
+    if cfg.batch.dry_run if hasattr(cfg, "batch") else cfg.dry_run:
+        summary = batch.run(plan_only=True)
+        table = Table(title=f"{batch.out} (dry run)")
+        for col in ("job", "kind", "plan", "input"):
+            table.add_column(col)
+        for job in batch.jobs:
+            table.add_row(job.name, job.kind, summary.plan.get(job.name, "invalid"), job.error or job.data)
+        console.print(table)
+        return 1 if any(j.error for j in batch.jobs) else 0
+    with bar:
+        summary = batch.run(on_update)
+    table = Table(title=f"{batch.out}: {len(summary.results)} jobs")
+    for col in ("status", "jobs"):
+        table.add_column(col)
+    for status in sorted({r.status for r in summary.results}):
+        table.add_row(status, str(summary.count(status)))
+    console.print(table)
+    if summary.report_html:
+        console.print(f"report:  {summary.report_html}  ({summary.report_csv})")
+    if summary.interrupted:
+        console.print("[yellow]stopped:[/yellow] running jobs kept a checkpoint; the same command continues (complete runs are skipped)")
+    return summary.exit_code
+
+
+def _commands() -> tuple[Any, dict[type, Callable[[Any], int | None]]]:
     """The tyro union of subcommands and the presenter of each config type (imports the
     pipelines, so ``recon view`` skips it)."""
+    from recon.batch.config import BatchConfig, CaptureBatchConfig, CTBatchConfig
     from recon.pipelines.capture import CaptureFitConfig
     from recon.pipelines.ct import CTFitConfig
     from recon.pipelines.ct_simulate import CTSimulateConfig
@@ -303,6 +348,13 @@ def _commands() -> tuple[Any, dict[type, Callable[[Any], None]]]:
     Ct = dataclasses.make_dataclass("Ct", [("command", tyro.conf.OmitSubcommandPrefixes[ct])])  # type: ignore[valid-type]
     Ct.__doc__ = ("Sparse-view CT / CBCT: ``recon ct fit`` reconstructs, ``recon ct simulate`` makes test scans, ``recon ct convert`` "
                   "rewrites datasets, ``recon ct export`` writes DICOM, meshes and NIfTI in HU.")
+    batch = (
+        Annotated[BatchConfig, tyro.conf.subcommand("manifest")]
+        | Annotated[CTBatchConfig, tyro.conf.subcommand("ct")]
+        | Annotated[CaptureBatchConfig, tyro.conf.subcommand("capture")]
+    )
+    Batch = dataclasses.make_dataclass("Batch", [("command", tyro.conf.OmitSubcommandPrefixes[batch])])  # type: ignore[valid-type]
+    Batch.__doc__ = "Many fits: ``recon batch MANIFEST`` (YAML/CSV), ``recon batch ct DIR`` / ``recon batch capture DIR`` (a folder of inputs)."
 
     commands = (
         Annotated[CaptureFitConfig, tyro.conf.subcommand("fit")]
@@ -311,12 +363,14 @@ def _commands() -> tuple[Any, dict[type, Callable[[Any], None]]]:
         | Annotated[RenderConfig, tyro.conf.subcommand("render")]
         | Annotated[Poses, tyro.conf.subcommand("poses")]
         | Annotated[Ct, tyro.conf.subcommand("ct")]
+        | Annotated[Batch, tyro.conf.subcommand("batch")]
         | Annotated[View, tyro.conf.subcommand("view")]
     )
-    presenters: dict[type, Callable[[Any], None]] = {
+    presenters: dict[type, Callable[[Any], int | None]] = {
         CaptureFitConfig: _fit, Eval: _eval, ExportConfig: _export, RenderConfig: _render, Poses: _poses, CTFitConfig: _ct_fit,
         CTSimulateConfig: _ct_simulate, CtConvert: _ct_convert, CTExportConfig: _export, View: _view,
         Ct: lambda c: presenters[type(c.command)](c.command),
+        BatchConfig: _batch, CTBatchConfig: _batch, CaptureBatchConfig: _batch, Batch: lambda c: presenters[type(c.command)](c.command),
     }  # fmt: skip
     return commands, presenters
 
@@ -327,19 +381,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     if argv[:1] == ["view"]:  # the viewer needs none of the training code: start in well under a second
         cmd: Any = tyro.cli(View, args=argv[1:], prog="recon view")
-        presenters: dict[type, Callable[[Any], None]] = {View: _view}
+        presenters: dict[type, Callable[[Any], int | None]] = {View: _view}
     else:
+        if argv[:1] == ["batch"] and len(argv) > 1 and argv[1] not in ("manifest", "ct", "capture") and not argv[1].startswith("-"):
+            argv = ["batch", "manifest", *argv[1:]]  # recon batch MANIFEST
         commands, presenters = _commands()
         cmd = tyro.cli(commands, args=argv, prog="recon")
     try:
-        presenters[type(cmd)](cmd)
+        code = presenters[type(cmd)](cmd)
     except InputError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt as err:
         console.print(f"[yellow]stopped:[/yellow] {err or 'interrupted'}; a checkpoint was kept, --resume continues", highlight=False)
         return 130
-    return 0
+    return int(code or 0)
 
 
 def entrypoint() -> None:

@@ -47,7 +47,8 @@ def available_cpus() -> int:
     except AttributeError:  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
         if quota != "max":
             n = min(n, max(1, int(int(quota) / int(period))))
     except (OSError, ValueError):
@@ -58,9 +59,10 @@ def available_cpus() -> int:
 def available_memory_bytes() -> int:
     """Memory available to new processes (``MemAvailable``), else the physical memory."""
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -118,7 +120,7 @@ def _worker(wid: int, threads: int, inbox: Any, outbox: Any, stop_event: Any, pa
         outbox.put(("start", wid, name))
         last = [0.0]
 
-        def on_progress(step: int, total: int, name: str = name) -> None:
+        def on_progress(step: int, total: int, name: str = name, last: list[float] = last) -> None:
             now = time.monotonic()
             if now - last[0] >= 0.5 or step == total:
                 last[0] = now

@@ -151,7 +151,7 @@ def run_ray(
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = f"could not join the Ray cluster at {address}" if address else "could not start a local Ray instance"
             raise InputError("--backend ray", f"{where} ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
-        except Exception as err:  # ray raises plain Exception when its node does not come up
+        except Exception as err:  # noqa: BLE001 - ray raises a plain Exception when its node does not come up
             where = f"could not join the Ray cluster at {address}" if address else "could not start a local Ray instance"
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise InputError("--backend ray", f"{where} ({first}; its logs are in the Ray session folder, /tmp/ray/session_latest/logs)") from None

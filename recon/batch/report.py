@@ -232,8 +232,8 @@ def _html(title: str, out: str, rows: list[dict[str, Any]], results: Sequence[Jo
         plots = ""
     if plots:
         head.append(f"<div class=plots>{plots}</div>")
-    body = ["<table><thead><tr><th>job</th><th>status</th><th>method</th><th>PSNR</th><th>SSIM</th><th>wall s</th><th>CPU s</th>"
-            "<th>tries</th><th>preview</th><th>open</th></tr></thead><tbody>"]  # fmt: skip
+    columns = ("job", "status", "method", "PSNR", "SSIM", "wall s", "CPU s", "tries", "preview", "open")
+    body = ["<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr></thead><tbody>"]
     for row, res in zip(rows, results):
         thumb = _thumbnail(res)
         img = f'<img class=thumb alt="{html.escape(row["name"])}" src="{thumb}">' if thumb else ""

@@ -74,3 +74,17 @@ def read_report(out: Path) -> dict[str, dict]:
 
 def run_json(run: Path) -> dict:
     return json.loads((run / "run.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def local_batch(mixed_manifest, tmp_path_factory) -> tuple[int, Path]:
+    """The mixed manifest run once on the local backend (2 worker processes): (exit code, OUT)."""
+    from recon.cli import main
+
+    out = tmp_path_factory.mktemp("local") / "out"
+    code = main(["batch", str(mixed_manifest), "--out", str(out), "--jobs", "2"])
+    return code, out
+
+
+LONG_TV = {"method": "tv", "tv.iterations": 600, "checkpoint_every": 10}
+"""A CT job long enough to be stopped after its first checkpoint (16^3: a few ms per step)."""

@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $@
 
-# + the test tools: pytest, playwright, and Debian's chromium for the viewer's browser tests
+# + the test tools: pytest, playwright, Debian's chromium for the viewer's browser tests, and the
+#   ray extra (recon batch --backend ray: tests/batch/test_ray.py starts a Ray head on loopback)
 install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -28,7 +29,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	  echo "installing Debian package chromium (the web viewer's browser tests drive it through playwright)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
 	  echo "warning: could not install chromium; the viewer's browser tests will be skipped"; fi
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,ray]"
 	touch $@
 
 # 8 of the 16 sample photos (data/fox), scored on the other 8; about 3 minutes on 2 cores

@@ -44,6 +44,10 @@ __all__ = ["run_ray"]
 STOP_GRACE_S = 60.0
 """After Ctrl-C or a timeout, how long a task may take to reach its next step before it is cancelled."""
 REPORT_EVERY_S = 1.0
+LOCAL_START_ATTEMPTS = 2
+"""Tries at starting a local Ray instance: its raylet gives its agent processes 15 s to report
+their ports and aborts when a starved agent misses that on a busy machine; the second try finds
+the imports in the page cache."""
 
 
 def import_ray() -> Any:
@@ -99,6 +103,11 @@ def _task(spec: dict[str, Any], kwargs: dict[str, Any], sink: Any) -> dict[str, 
     return execute_spec(spec, should_stop=lambda: stop[0], on_progress=on_progress, **kwargs)
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _code_path() -> str:
     """PYTHONPATH for the tasks: where this driver's ``recon`` lives, first (same code on a
     local instance or a cluster sharing the path; elsewhere the installed package is used)."""
@@ -145,16 +154,22 @@ def run_ray(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # an offline tool: no usage reports
     ours = False
     if not ray.is_initialized():
-        try:
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                     **(init_kwargs or {}))  # fmt: skip
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            where = f"could not join the Ray cluster at {address}" if address else "could not start a local Ray instance"
-            raise InputError("--backend ray", f"{where} ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
-        except Exception as err:  # noqa: BLE001 - ray raises a plain Exception when its node does not come up
-            where = f"could not join the Ray cluster at {address}" if address else "could not start a local Ray instance"
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError("--backend ray", f"{where} ({first}; its logs are in the Ray session folder, /tmp/ray/session_latest/logs)") from None
+        where = f"could not join the Ray cluster at {address}" if address else "could not start a local Ray instance"
+        attempts = 1 if address else LOCAL_START_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                         **(init_kwargs or {}))  # fmt: skip
+                break
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise InputError("--backend ray", f"{where} ({_first_line(err)})") from None
+            except Exception as err:  # noqa: BLE001 - ray raises a plain Exception when its node does not come up
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                if attempt < attempts:
+                    logger.warning("%s (%s); trying again", where, _first_line(err))
+                    continue
+                raise InputError("--backend ray", f"{where} ({_first_line(err)}; its logs are in the Ray session folder, /tmp/ray/session_latest/logs)") from None
         ours = True
     elif address:
         logger.info("this process is already connected to Ray; --address %s is not used", address)

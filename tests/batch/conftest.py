@@ -12,13 +12,14 @@ import yaml
 from tests.conftest import FOX
 from tests.pipelines.conftest import make_capture
 
-CT_OPTIONS = {"method": "tv", "tv.iterations": 40, "checkpoint_every": 10}
+CT_OPTIONS = {"method": "tv", "tv.iterations": 20, "checkpoint_every": 5}
 CAPTURE_OPTIONS = {"preset": "plain", "downscale": 16, "iterations": 10, "init_points": 500, "train_views": 3,
                    "eval_views": 2, "checkpoint_every": 5}  # fmt: skip
 
 
-def simulate_scan(folder: Path, size: int = 16, views: int = 12, seed: int = 0) -> Path:
-    """A ``size``^3 Shepp-Logan phantom scan (R2-Gaussian layout, with its reference volume)."""
+def simulate_scan(folder: Path, size: int = 16, views: int = 10, seed: int = 0) -> Path:
+    """A ``size``^3 Shepp-Logan phantom scan on a ``size``^2 detector (R2-Gaussian layout, with its
+    reference volume): a TV step takes milliseconds."""
     from recon.ct.phantoms import shepp_logan_3d
     from recon.pipelines.ct_simulate import CTSimulateConfig
 
@@ -27,7 +28,7 @@ def simulate_scan(folder: Path, size: int = 16, views: int = 12, seed: int = 0) 
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "phantom.npz", volume=hu, spacing_mm_zyx=np.array([2.0, 2.0, 2.0], np.float32))
     out = folder / "scan"
-    CTSimulateConfig(folder / "phantom.npz", views=views, out=out, n_test=0, detector=2 * size, seed=seed).run()
+    CTSimulateConfig(folder / "phantom.npz", views=views, out=out, n_test=0, detector=size, seed=seed).run()
     return out
 
 
@@ -86,5 +87,22 @@ def local_batch(mixed_manifest, tmp_path_factory) -> tuple[int, Path]:
     return code, out
 
 
-LONG_TV = {"method": "tv", "tv.iterations": 600, "checkpoint_every": 10}
+LONG_TV = {"method": "tv", "tv.iterations": 300, "checkpoint_every": 10}
 """A CT job long enough to be stopped after its first checkpoint (16^3: a few ms per step)."""
+
+
+def long_manifest(folder: Path, scan: Path) -> Path:
+    """One :data:`LONG_TV` job named ``long``."""
+    return write_manifest(folder / "long.yaml", [{"kind": "ct", "data": str(scan), "name": "long"}], {"ct": LONG_TV})
+
+
+@pytest.fixture(scope="session")
+def long_whole(batch_inputs, tmp_path_factory) -> Path:
+    """The ``long`` job run once without interruption (local backend, 1 thread like a Ray task
+    with one CPU): the run folder interrupted runs must end up equal to."""
+    from recon.cli import main
+
+    root = tmp_path_factory.mktemp("long")
+    out = root / "whole"
+    assert main(["batch", str(long_manifest(root, batch_inputs / "scans" / "a")), "--out", str(out), "--jobs", "1", "--cpus-per-job", "1"]) == 0
+    return out / "long"

@@ -20,7 +20,7 @@ import pytest
 from recon.batch.config import BatchConfig
 from recon.cli import main
 from recon.io.run import RunDir
-from tests.batch.conftest import LONG_TV, read_report, run_json, write_manifest
+from tests.batch.conftest import long_manifest, read_report, run_json, write_manifest
 from tests.conftest import ROOT
 
 
@@ -50,9 +50,13 @@ def test_rerun_skips_complete_runs(local_batch, mixed_manifest):
     assert rows["a"]["psnr"] != ""  # the report still shows the earlier scores
 
 
+ONE_JOB = ("--jobs", "1", "--cpus-per-job", "1")
+"""One worker with one thread (as in ``long_whole``, so volumes compare bit for bit)."""
+
+
 def _batch_process(manifest: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "recon.cli", "batch", str(manifest), "--out", str(out), "--jobs", "1"],
+    return subprocess.Popen([sys.executable, "-m", "recon.cli", "batch", str(manifest), "--out", str(out), *ONE_JOB],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
@@ -66,9 +70,9 @@ def _wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float =
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_stopped_or_killed_batch_resumes_to_the_uninterrupted_result(batch_inputs, tmp_path, sig):
-    manifest = write_manifest(tmp_path / "m.yaml", [{"kind": "ct", "data": str(batch_inputs / "scans" / "a"), "name": "long"}], {"ct": LONG_TV})
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
+def test_stopped_or_killed_batch_resumes_to_the_uninterrupted_result(batch_inputs, long_whole, tmp_path, sig):
+    manifest = long_manifest(tmp_path, batch_inputs / "scans" / "a")
+    cut = tmp_path / "cut"
     proc = _batch_process(manifest, cut)
     _wait_for(cut / "long" / "checkpoints" / "ckpt_0000010.pt", proc)
     proc.send_signal(sig)
@@ -82,13 +86,12 @@ def test_stopped_or_killed_batch_resumes_to_the_uninterrupted_result(batch_input
             assert time.monotonic() < deadline, "the worker did not stop after its driver was killed"
             time.sleep(0.1)
     assert run_json(cut / "long")["status"] == "interrupted"
-    assert main(["batch", str(manifest), "--out", str(cut), "--jobs", "1"]) == 0
+    assert main(["batch", str(manifest), "--out", str(cut), *ONE_JOB]) == 0
     row = read_report(cut)["long"]
     assert row["status"] == "complete" and int(row["resumed_from_step"]) >= 10
-    assert main(["batch", str(manifest), "--out", str(whole), "--jobs", "1"]) == 0
-    a, b = np.load(whole / "long" / "volume.npy"), np.load(cut / "long" / "volume.npy")
+    a, b = np.load(long_whole / "volume.npy"), np.load(cut / "long" / "volume.npy")
     assert np.array_equal(a, b), f"resumed volume differs: max |diff| {np.abs(a - b).max()}"
-    assert read_report(whole)["long"]["psnr"] == row["psnr"]
+    assert read_report(long_whole.parent)["long"]["psnr"] == row["psnr"]
 
 
 @pytest.mark.slow

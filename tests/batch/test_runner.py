@@ -20,7 +20,7 @@ from recon.batch.runner import (
 )
 from recon.errors import InputError
 
-TV = {"method": "tv", "tv.iterations": 40, "checkpoint_every": 10}
+TV = {"method": "tv", "tv.iterations": 20, "checkpoint_every": 5}
 
 
 def _spec(data: Path, out: Path, name: str = "a", kind: str = "ct", **options) -> dict:

@@ -82,15 +82,18 @@ def _start_ray(attempts: int = 3) -> float:
     busy machine Ray's agents can miss the raylet's 15 s start window)."""
     import ray
 
+    from recon.batch.ray_backend import children, stop_failed_start
+
     t0 = time.perf_counter()
     for i in range(attempts):
+        before = children()
         try:
             ray.init(address="local", num_cpus=2, num_gpus=0, _node_ip_address="127.0.0.1", include_dashboard=False,
                      object_store_memory=200 * 2**20, log_to_driver=False)  # fmt: skip
             return time.perf_counter() - t0
         except Exception as err:  # noqa: BLE001
             print(f"ray.init attempt {i + 1} failed: {str(err).splitlines()[0]}", flush=True)
-            ray.shutdown()
+            stop_failed_start(before)
     raise SystemExit("could not start Ray")
 
 

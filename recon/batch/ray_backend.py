@@ -103,6 +103,33 @@ def _task(spec: dict[str, Any], kwargs: dict[str, Any], sink: Any) -> dict[str, 
     return execute_spec(spec, should_stop=lambda: stop[0], on_progress=on_progress, **kwargs)
 
 
+def children() -> set[int]:
+    """Pids of this process's child processes (Linux ``/proc``; empty elsewhere)."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
+                found.add(int(entry.name))
+    return found
+
+
+def stop_failed_start(before: set[int]) -> None:
+    """After a failed ``ray.init``: ``ray.shutdown()`` and kill the Ray processes the attempt left
+    behind (GCS, dashboard, monitors: children started since ``before``); Ray does not stop them
+    when its node never came up."""
+    import signal
+
+    with contextlib.suppress(Exception):
+        import ray
+
+        ray.shutdown()
+    for pid in children() - before:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -157,6 +184,7 @@ def run_ray(
         where = f"could not join the Ray cluster at {address}" if address else "could not start a local Ray instance"
         attempts = 1 if address else LOCAL_START_ATTEMPTS
         for attempt in range(1, attempts + 1):
+            before = children()
             try:
                 ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                          **(init_kwargs or {}))  # fmt: skip
@@ -164,8 +192,7 @@ def run_ray(
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise InputError("--backend ray", f"{where} ({_first_line(err)})") from None
             except Exception as err:  # noqa: BLE001 - ray raises a plain Exception when its node does not come up
-                with contextlib.suppress(Exception):
-                    ray.shutdown()
+                stop_failed_start(before)
                 if attempt < attempts:
                     logger.warning("%s (%s); trying again", where, _first_line(err))
                     continue

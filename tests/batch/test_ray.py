@@ -32,15 +32,18 @@ miss that (the page cache is warm for the next one)."""
 def ray_head():
     """A Ray head on 127.0.0.1 with 2 CPUs, no GPU, no dashboard; ``ray.shutdown()`` at the end."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from recon.batch.ray_backend import children, stop_failed_start
+
     errors = []
     for _ in range(HEAD_ATTEMPTS):
+        before = children()
         try:
             ray.init(address="local", num_cpus=2, num_gpus=0, _node_ip_address="127.0.0.1", include_dashboard=False,
                      object_store_memory=100 * 2**20, log_to_driver=False)  # fmt: skip
             break
         except Exception as err:  # noqa: BLE001 - ray raises a plain Exception when its node does not come up
             errors.append(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-            ray.shutdown()
+            stop_failed_start(before)
     else:
         pytest.fail(f"no Ray head on 127.0.0.1 after {HEAD_ATTEMPTS} tries: {errors}; logs in /tmp/ray/session_latest/logs")
     assert ray.cluster_resources().get("CPU") == 2

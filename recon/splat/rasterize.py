@@ -270,29 +270,92 @@ def rasterization(
     else:
         bin_fn, raster_fn = _bin_torch, raster_torch.rasterize_to_pixels
 
-    # ---------------------------------------------------------------- projection
+    # ---------------------------------------------------------------- projection + colours
     # Additive mode bins each Gaussian wherever a term can pass its cutoff (sigma <= 18, i.e.
     # 6 std), so the X-ray image does not depend on tile boundaries; alpha mode keeps gsplat's 3.
     radius_sigmas = math.sqrt(2.0 * raster_torch.ADDITIVE_SIGMA_CUT) if compositing == "additive" else 3.0
+    fused = backend == "cpu" and covars is None and not (viewmats.requires_grad or Ks.requires_grad)
+    shade_fn = _project_and_shade_fused if fused else project_and_shade_torch
+    sh_colors = colors if sh_degree is not None else None
+    radii, means2d, depths, conics, opacities_cn, feats = shade_fn(
+        means, quats, scales, opacities, sh_colors, viewmats, Ks, width, height, sh_degree=sh_degree,
+        eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
+        calc_compensations=rasterize_mode == "antialiased", radius_sigmas=radius_sigmas, covars=covars,
+    )  # fmt: skip
+    if sh_degree is None:
+        feats = colors.expand(C, N, n_channels) if colors.dim() == 2 else colors  # [C, N, D]
+    return _composite(
+        means2d, radii, depths, conics, opacities_cn, feats, backgrounds, width, height, tile_size,
+        render_mode, compositing, absgrad, bin_fn, raster_fn, backend, C,
+    )  # fmt: skip
+
+
+def _project_and_shade_fused(means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
+                             sh_degree, covars=None, **kw):  # fmt: skip
+    from . import fused_cpu  # numba: imported only when used
+
+    colors_cn = colors if colors is None or colors.dim() == 3 else None
+    if colors is not None and colors_cn is None:  # per-camera SH [C, N, K, 3]: twin
+        return project_and_shade_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                                       sh_degree=sh_degree, covars=covars, **kw)  # fmt: skip
+    return fused_cpu.project_and_shade(
+        means, quats, scales, opacities, colors_cn, viewmats, Ks, width, height, sh_degree, **kw
+    )
+
+
+def project_and_shade_torch(
+    means: Tensor,  # [N, 3]
+    quats: Optional[Tensor],  # [N, 4]
+    scales: Optional[Tensor],  # [N, 3]
+    opacities: Tensor,  # [N]
+    colors: Optional[Tensor],  # [N, K, 3] or [C, N, K, 3] SH coefficients, or None
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    *,
+    sh_degree: Optional[int],
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    calc_compensations: bool = False,
+    radius_sigmas: float = 3.0,
+    covars: Optional[Tensor] = None,  # [N, 3, 3]
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Projection and SH colours in plain PyTorch: the reference twin of
+    ``fused_cpu.project_and_shade`` (differentiable w.r.t. every floating input).
+
+    Returns:
+        radii [C, N] int32, means2d [C, N, 2], depths [C, N], conics [C, N, 3], opacities
+        [C, N] (times the antialiasing compensation when ``calc_compensations``), colours
+        [C, N, 3] = ``max(SH + 0.5, 0)`` (SH masked to 0 where culled, as gsplat) or None when
+        ``sh_degree`` is None.
+    """
+    C, N = viewmats.shape[0], means.shape[0]
     radii, means2d, depths, conics, compensations = fully_fused_projection(
         means, quats, scales, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
-        far_plane=far_plane, radius_clip=radius_clip,
-        calc_compensations=rasterize_mode == "antialiased", covars=covars,
-        radius_sigmas=radius_sigmas,
+        far_plane=far_plane, radius_clip=radius_clip, calc_compensations=calc_compensations,
+        covars=covars, radius_sigmas=radius_sigmas,
     )  # fmt: skip
     opacities_cn = opacities[None, :].expand(C, N)
     if compensations is not None:
         opacities_cn = opacities_cn * compensations
-
-    # ---------------------------------------------------------------- colours
-    if sh_degree is None:
-        feats = colors.expand(C, N, n_channels) if colors.dim() == 2 else colors  # [C, N, D]
-    else:
+    feats = None
+    if sh_degree is not None:
         campos = torch.inverse(viewmats)[:, :3, 3]  # [C, 3]
         dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
         shs = colors.expand(C, *colors.shape) if colors.dim() == 3 else colors  # [C, N, K, 3]
         feats = spherical_harmonics(sh_degree, dirs, shs, masks=radii > 0)
         feats = torch.clamp_min(feats + 0.5, 0.0)  # as gsplat (Inria's convention)
+    return radii, means2d, depths, conics, opacities_cn, feats
+
+
+def _composite(
+    means2d, radii, depths, conics, opacities_cn, feats, backgrounds, width, height, tile_size,
+    render_mode, compositing, absgrad, bin_fn, raster_fn, backend, C,
+):  # fmt: skip
+    """Depth channels, binning and compositing; returns (colours, alphas, meta)."""
     bg = backgrounds
     if render_mode in ("RGB+D", "RGB+ED"):
         feats = torch.cat([feats, depths[..., None]], dim=-1)

@@ -1,0 +1,697 @@
+"""Fused CPU projection + SH colours (+ activations): one numba pass per direction.
+
+The pure-PyTorch twin is ``rasterize.project_and_shade_torch`` (``projection.py`` + ``sh.py``:
+a chain of ~150 small torch ops forward and as many backward at N Gaussians); this module
+computes the same outputs in one parallel loop over Gaussians and their gradients in another,
+with the chain rule written out per Gaussian (gsplat's ``fully_fused_projection_bwd`` and
+``compute_sh_bwd`` math, re-derived for this module's exact forward: the FoV clamp of the
+Jacobian, the symmetric 2D covariance, the antialiasing compensation, the +0.5 / clamp of the
+colours, and the ``F.normalize`` of quaternions and viewing directions).
+
+``project_and_shade`` takes the *activated* inputs of ``rasterization`` (unit or not-unit
+quaternions, scales, opacities, SH coefficients). ``project_and_shade_raw`` takes the raw
+parameters of a 3DGS trainer (``GaussianModel.params``: log-scales, opacity logits, ``sh0`` and
+``shN`` separately) and applies the activations inside the kernels, so the trainer needs no
+``exp`` / ``sigmoid`` / ``cat`` ops and no copy of the SH coefficients.
+
+Arithmetic inside the kernels is float64 (outputs float32 or float64 like the inputs); each
+Gaussian's gradients are written by the thread that owns it (no atomics, deterministic).
+Viewing matrices and intrinsics receive no gradient here: callers that need it (pose
+refinement) use the torch twin (``rasterize.py`` chooses).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from numba import njit, prange
+from torch import Tensor
+
+__all__ = ["project_and_shade", "project_and_shade_raw", "warmup"]
+
+# real SH constants (same as sh.py)
+_C0 = 0.28209479177387814
+_C1 = 0.4886025119029199
+_C20, _C21, _C22 = 1.0925484305920792, 0.31539156525252005, 0.5462742152960396
+_C30, _C31, _C32, _C33 = 0.5900435899266435, 1.445305721320277, 0.4570457994644658, 0.3731763325901154
+_NORM_EPS = 1e-12  # F.normalize's eps
+_BLOCK = 1024  # Gaussians per parallel task
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _sh_basis(d, x, y, z, Y):
+    """Real SH bases up to degree d at the unit direction (x, y, z) into Y[:16] (gsplat order)."""
+    Y[0] = _C0
+    if d >= 1:
+        Y[1] = -_C1 * y
+        Y[2] = _C1 * z
+        Y[3] = -_C1 * x
+    if d >= 2:
+        xx = x * x
+        yy = y * y
+        zz = z * z
+        Y[4] = _C20 * x * y
+        Y[5] = -_C20 * y * z
+        Y[6] = _C21 * (3.0 * zz - 1.0)
+        Y[7] = -_C20 * x * z
+        Y[8] = _C22 * (xx - yy)
+    if d >= 3:
+        c2 = xx - yy
+        s2 = 2.0 * x * y
+        c3 = x * c2 - y * s2
+        s3 = x * s2 + y * c2
+        p1 = 5.0 * zz - 1.0
+        Y[9] = -_C30 * s3
+        Y[10] = _C31 * z * s2
+        Y[11] = -_C32 * y * p1
+        Y[12] = _C33 * z * (5.0 * zz - 3.0)
+        Y[13] = -_C32 * x * p1
+        Y[14] = _C31 * z * c2
+        Y[15] = -_C30 * c3
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _sh_basis_grad(d, x, y, z, w, out):
+    """out = sum_k w[k] * grad Y_k(x, y, z) for k < (d + 1)^2 (gradient w.r.t. the unit direction)."""
+    gx = 0.0
+    gy = 0.0
+    gz = 0.0
+    if d >= 1:
+        gy += -_C1 * w[1]
+        gz += _C1 * w[2]
+        gx += -_C1 * w[3]
+    if d >= 2:
+        gx += _C20 * y * w[4]
+        gy += _C20 * x * w[4]
+        gy += -_C20 * z * w[5]
+        gz += -_C20 * y * w[5]
+        gz += 6.0 * _C21 * z * w[6]
+        gx += -_C20 * z * w[7]
+        gz += -_C20 * x * w[7]
+        gx += 2.0 * _C22 * x * w[8]
+        gy += -2.0 * _C22 * y * w[8]
+    if d >= 3:
+        xx = x * x
+        yy = y * y
+        zz = z * z
+        gx += -6.0 * _C30 * x * y * w[9]
+        gy += 3.0 * _C30 * (yy - xx) * w[9]
+        gx += 2.0 * _C31 * y * z * w[10]
+        gy += 2.0 * _C31 * x * z * w[10]
+        gz += 2.0 * _C31 * x * y * w[10]
+        gy += _C32 * (1.0 - 5.0 * zz) * w[11]
+        gz += -10.0 * _C32 * y * z * w[11]
+        gz += _C33 * (15.0 * zz - 3.0) * w[12]
+        gx += _C32 * (1.0 - 5.0 * zz) * w[13]
+        gz += -10.0 * _C32 * x * z * w[13]
+        gx += 2.0 * _C31 * x * z * w[14]
+        gy += -2.0 * _C31 * y * z * w[14]
+        gz += _C31 * (xx - yy) * w[14]
+        gx += 3.0 * _C30 * (yy - xx) * w[15]
+        gy += 6.0 * _C30 * x * y * w[15]
+    out[0] = gx
+    out[1] = gy
+    out[2] = gz
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _coeff(c0, c1, g, b, k):
+    """SH coefficient b, channel k of Gaussian g: bases [0, K0) from c0, the rest from c1."""
+    K0 = c0.shape[1]
+    return c0[g, b, k] if b < K0 else c1[g, b - K0, k]
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _rotmat(w, x, y, z, R):
+    R[0, 0] = 1.0 - 2.0 * (y * y + z * z)
+    R[0, 1] = 2.0 * (x * y - w * z)
+    R[0, 2] = 2.0 * (x * z + w * y)
+    R[1, 0] = 2.0 * (x * y + w * z)
+    R[1, 1] = 1.0 - 2.0 * (x * x + z * z)
+    R[1, 2] = 2.0 * (y * z - w * x)
+    R[2, 0] = 2.0 * (x * z - w * y)
+    R[2, 1] = 2.0 * (y * z + w * x)
+    R[2, 2] = 1.0 - 2.0 * (x * x + y * y)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _activate(g, means, quats, scales, opacities, raw, q, s):
+    """Unit quaternion into q[4] (returns |q|), scales into s[3], opacity (returned)."""
+    qw = float(quats[g, 0])
+    qx = float(quats[g, 1])
+    qy = float(quats[g, 2])
+    qz = float(quats[g, 3])
+    qn = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
+    inv = 1.0 / max(qn, _NORM_EPS)
+    q[0] = qw * inv
+    q[1] = qx * inv
+    q[2] = qy * inv
+    q[3] = qz * inv
+    for j in range(3):
+        s[j] = math.exp(float(scales[g, j])) if raw else float(scales[g, j])
+    o = float(opacities[g])
+    if raw:
+        o = 1.0 / (1.0 + math.exp(-o))
+    return qn, o
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _world_cov(q, s, R, Sig):
+    """Sigma = R diag(s)^2 R^T (symmetric, full 3x3 into Sig) with R from unit q."""
+    _rotmat(q[0], q[1], q[2], q[3], R)
+    for i in range(3):
+        for k in range(i, 3):
+            v = 0.0
+            for j in range(3):
+                v += R[i, j] * s[j] * R[k, j] * s[j]
+            Sig[i, k] = v
+            Sig[k, i] = v
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _cam_cov(Rc, Sig, Sc, T):
+    """Sc = Rc Sig Rc^T (T: scratch 3x3)."""
+    for i in range(3):
+        for j in range(3):
+            v = 0.0
+            for k in range(3):
+                v += Rc[i, k] * Sig[k, j]
+            T[i, j] = v
+    for i in range(3):
+        for j in range(3):
+            v = 0.0
+            for k in range(3):
+                v += T[i, k] * Rc[j, k]
+            Sc[i, j] = v
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _forward_kernel(
+    means, quats, scales, opacities, c0, c1, viewmats, Ks, width, height, eps2d, near, far,
+    radius_clip, calc_comp, radius_sigmas, sh_degree, raw,
+    radii, means2d, depths, conics, opac_out, colors_out,
+):  # fmt: skip
+    N = means.shape[0]
+    C = viewmats.shape[0]
+    n_blocks = (N + _BLOCK - 1) // _BLOCK
+    shade = sh_degree >= 0
+    n_bases = (sh_degree + 1) * (sh_degree + 1)
+    for blk in prange(n_blocks):
+        q = np.empty(4)
+        s = np.empty(3)
+        R = np.empty((3, 3))
+        Sig = np.empty((3, 3))
+        Sc = np.empty((3, 3))
+        T = np.empty((3, 3))
+        Rc = np.empty((3, 3))
+        Y = np.zeros(16)
+        for g in range(blk * _BLOCK, min(N, (blk + 1) * _BLOCK)):
+            _, o = _activate(g, means, quats, scales, opacities, raw, q, s)
+            _world_cov(q, s, R, Sig)
+            mu0 = float(means[g, 0])
+            mu1 = float(means[g, 1])
+            mu2 = float(means[g, 2])
+            for cam in range(C):
+                for i in range(3):
+                    for j in range(3):
+                        Rc[i, j] = viewmats[cam, i, j]
+                px = Rc[0, 0] * mu0 + Rc[0, 1] * mu1 + Rc[0, 2] * mu2 + viewmats[cam, 0, 3]
+                py = Rc[1, 0] * mu0 + Rc[1, 1] * mu1 + Rc[1, 2] * mu2 + viewmats[cam, 1, 3]
+                pz = Rc[2, 0] * mu0 + Rc[2, 1] * mu1 + Rc[2, 2] * mu2 + viewmats[cam, 2, 3]
+                keep = False
+                comp = 0.0
+                if pz > near and pz < far:
+                    _cam_cov(Rc, Sig, Sc, T)
+                    fx = float(Ks[cam, 0, 0])
+                    fy = float(Ks[cam, 1, 1])
+                    cx = float(Ks[cam, 0, 2])
+                    cy = float(Ks[cam, 1, 2])
+                    tan_fovx = 0.5 * width / fx
+                    tan_fovy = 0.5 * height / fy
+                    lim_xp = (width - cx) / fx + 0.3 * tan_fovx
+                    lim_xn = cx / fx + 0.3 * tan_fovx
+                    lim_yp = (height - cy) / fy + 0.3 * tan_fovy
+                    lim_yn = cy / fy + 0.3 * tan_fovy
+                    rz = 1.0 / pz
+                    u = min(lim_xp, max(-lim_xn, px * rz))
+                    v = min(lim_yp, max(-lim_yn, py * rz))
+                    J00 = fx * rz
+                    J02 = -fx * u * rz
+                    J11 = fy * rz
+                    J12 = -fy * v * rz
+                    c00 = J00 * J00 * Sc[0, 0] + 2.0 * J00 * J02 * Sc[0, 2] + J02 * J02 * Sc[2, 2]
+                    c01 = J00 * J11 * Sc[0, 1] + J00 * J12 * Sc[0, 2] + J02 * J11 * Sc[2, 1] + J02 * J12 * Sc[2, 2]
+                    c11 = J11 * J11 * Sc[1, 1] + 2.0 * J11 * J12 * Sc[1, 2] + J12 * J12 * Sc[2, 2]
+                    a = c00 + eps2d
+                    b = c01
+                    c = c11 + eps2d
+                    det = a * c - b * b
+                    if det > 0.0:
+                        m2x = fx * px * rz + cx
+                        m2y = fy * py * rz + cy
+                        half_tr = 0.5 * (a + c)
+                        v1 = half_tr + math.sqrt(max(half_tr * half_tr - det, 0.01))
+                        r = math.ceil(radius_sigmas * math.sqrt(max(v1, 0.0)))
+                        keep = (
+                            r > radius_clip and m2x + r > 0.0 and m2x - r < width
+                            and m2y + r > 0.0 and m2y - r < height
+                        )  # fmt: skip
+                        if keep:
+                            radii[cam, g] = np.int32(r)
+                            means2d[cam, g, 0] = m2x
+                            means2d[cam, g, 1] = m2y
+                            depths[cam, g] = pz
+                            conics[cam, g, 0] = c / det
+                            conics[cam, g, 1] = -b / det
+                            conics[cam, g, 2] = a / det
+                            if calc_comp:
+                                ratio = (c00 * c11 - b * b) / det
+                                comp = math.sqrt(ratio) if ratio > 0.0 else 0.0
+                if not keep:
+                    radii[cam, g] = 0
+                    means2d[cam, g, 0] = 0.0
+                    means2d[cam, g, 1] = 0.0
+                    depths[cam, g] = 0.0
+                    conics[cam, g, 0] = 0.0
+                    conics[cam, g, 1] = 0.0
+                    conics[cam, g, 2] = 0.0
+                opac_out[cam, g] = o * comp if calc_comp else o
+                if shade:
+                    if not keep:  # as the twin: masked SH (0), then + 0.5
+                        for k in range(3):
+                            colors_out[cam, g, k] = 0.5
+                        continue
+                    # camera centre: -Rc^T t
+                    ccx = -(Rc[0, 0] * viewmats[cam, 0, 3] + Rc[1, 0] * viewmats[cam, 1, 3] + Rc[2, 0] * viewmats[cam, 2, 3])
+                    ccy = -(Rc[0, 1] * viewmats[cam, 0, 3] + Rc[1, 1] * viewmats[cam, 1, 3] + Rc[2, 1] * viewmats[cam, 2, 3])
+                    ccz = -(Rc[0, 2] * viewmats[cam, 0, 3] + Rc[1, 2] * viewmats[cam, 1, 3] + Rc[2, 2] * viewmats[cam, 2, 3])
+                    dx = mu0 - ccx
+                    dy = mu1 - ccy
+                    dz = mu2 - ccz
+                    if sh_degree > 0:
+                        inv = 1.0 / max(math.sqrt(dx * dx + dy * dy + dz * dz), _NORM_EPS)
+                        dx *= inv
+                        dy *= inv
+                        dz *= inv
+                    _sh_basis(sh_degree, dx, dy, dz, Y)
+                    for k in range(3):
+                        acc = 0.0
+                        for bb in range(n_bases):
+                            acc += Y[bb] * _coeff(c0, c1, g, bb, k)
+                        colors_out[cam, g, k] = max(acc + 0.5, 0.0)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _backward_kernel(
+    means, quats, scales, opacities, c0, c1, viewmats, Ks, width, height, eps2d,
+    calc_comp, sh_degree, raw, radii,
+    v_means2d, v_depths, v_conics, v_opac, v_colors,
+    g_means, g_quats, g_scales, g_opacities, g_c0, g_c1,
+):  # fmt: skip
+    N = means.shape[0]
+    C = viewmats.shape[0]
+    n_blocks = (N + _BLOCK - 1) // _BLOCK
+    shade = sh_degree >= 0
+    n_bases = (sh_degree + 1) * (sh_degree + 1)
+    K0 = c0.shape[1]
+    for blk in prange(n_blocks):
+        q = np.empty(4)
+        s = np.empty(3)
+        R = np.empty((3, 3))
+        Sig = np.empty((3, 3))
+        Sc = np.empty((3, 3))
+        T = np.empty((3, 3))
+        Rc = np.empty((3, 3))
+        vSc = np.empty((3, 3))
+        vSig = np.zeros((3, 3))
+        vM = np.empty((3, 3))
+        Y = np.zeros(16)
+        w = np.zeros(16)
+        gd = np.empty(3)
+        JS0 = np.empty(3)
+        JS1 = np.empty(3)
+        for g in range(blk * _BLOCK, min(N, (blk + 1) * _BLOCK)):
+            qn, o = _activate(g, means, quats, scales, opacities, raw, q, s)
+            _world_cov(q, s, R, Sig)
+            mu0 = float(means[g, 0])
+            mu1 = float(means[g, 1])
+            mu2 = float(means[g, 2])
+            vmu0 = 0.0
+            vmu1 = 0.0
+            vmu2 = 0.0
+            v_o = 0.0
+            for i in range(3):
+                for j in range(3):
+                    vSig[i, j] = 0.0
+            if shade:
+                for bb in range(n_bases):
+                    for k in range(3):
+                        if bb < K0:
+                            g_c0[g, bb, k] = 0.0
+                        else:
+                            g_c1[g, bb - K0, k] = 0.0
+            for cam in range(C):
+                r = radii[cam, g]
+                if not calc_comp:
+                    v_o += v_opac[cam, g]
+                if r <= 0:
+                    continue
+                for i in range(3):
+                    for j in range(3):
+                        Rc[i, j] = viewmats[cam, i, j]
+                px = Rc[0, 0] * mu0 + Rc[0, 1] * mu1 + Rc[0, 2] * mu2 + viewmats[cam, 0, 3]
+                py = Rc[1, 0] * mu0 + Rc[1, 1] * mu1 + Rc[1, 2] * mu2 + viewmats[cam, 1, 3]
+                pz = Rc[2, 0] * mu0 + Rc[2, 1] * mu1 + Rc[2, 2] * mu2 + viewmats[cam, 2, 3]
+                _cam_cov(Rc, Sig, Sc, T)
+                fx = float(Ks[cam, 0, 0])
+                fy = float(Ks[cam, 1, 1])
+                cx = float(Ks[cam, 0, 2])
+                cy = float(Ks[cam, 1, 2])
+                tan_fovx = 0.5 * width / fx
+                tan_fovy = 0.5 * height / fy
+                lim_xp = (width - cx) / fx + 0.3 * tan_fovx
+                lim_xn = cx / fx + 0.3 * tan_fovx
+                lim_yp = (height - cy) / fy + 0.3 * tan_fovy
+                lim_yn = cy / fy + 0.3 * tan_fovy
+                rz = 1.0 / pz
+                xr = px * rz
+                yr = py * rz
+                x_in = xr <= lim_xp and xr >= -lim_xn
+                y_in = yr <= lim_yp and yr >= -lim_yn
+                u = min(lim_xp, max(-lim_xn, xr))
+                v = min(lim_yp, max(-lim_yn, yr))
+                J00 = fx * rz
+                J02 = -fx * u * rz
+                J11 = fy * rz
+                J12 = -fy * v * rz
+                c00 = J00 * J00 * Sc[0, 0] + 2.0 * J00 * J02 * Sc[0, 2] + J02 * J02 * Sc[2, 2]
+                c01 = J00 * J11 * Sc[0, 1] + J00 * J12 * Sc[0, 2] + J02 * J11 * Sc[2, 1] + J02 * J12 * Sc[2, 2]
+                c11 = J11 * J11 * Sc[1, 1] + 2.0 * J11 * J12 * Sc[1, 2] + J12 * J12 * Sc[2, 2]
+                a = c00 + eps2d
+                b = c01
+                c = c11 + eps2d
+                det = a * c - b * b
+                id2 = 1.0 / (det * det)
+                # conic (A, B, C) = (c, -b, a) / det
+                vA = float(v_conics[cam, g, 0])
+                vB = float(v_conics[cam, g, 1])
+                vC = float(v_conics[cam, g, 2])
+                va = (-vA * c * c + vB * b * c - vC * b * b) * id2
+                vb = (2.0 * vA * b * c - vB * (det + 2.0 * b * b) + 2.0 * vC * a * b) * id2
+                vc = (-vA * b * b + vB * a * b - vC * a * a) * id2
+                if calc_comp:
+                    det0 = c00 * c11 - b * b
+                    ratio = det0 / det
+                    comp = math.sqrt(ratio) if ratio > 0.0 else 0.0
+                    vop = float(v_opac[cam, g])
+                    v_o += comp * vop
+                    if ratio > 0.0:
+                        vr = o * vop * 0.5 / comp
+                        va += vr * (c11 * det - det0 * c) * id2
+                        vc += vr * (c00 * det - det0 * a) * id2
+                        vb += vr * (-2.0 * b * (det - det0)) * id2
+                # cov2d = J Sc J^T, gradient G2 = [[va, vb/2], [vb/2, vc]]
+                h = 0.5 * vb
+                # J rows: r0 = (J00, 0, J02), r1 = (0, J11, J12); v_Sc = J^T G2 J
+                j0 = (J00, 0.0, J02)
+                j1 = (0.0, J11, J12)
+                for i in range(3):
+                    for k in range(3):
+                        vSc[i, k] = va * j0[i] * j0[k] + h * (j0[i] * j1[k] + j1[i] * j0[k]) + vc * j1[i] * j1[k]
+                # v_J = 2 G2 J Sc
+                for k in range(3):
+                    JS0[k] = J00 * Sc[0, k] + J02 * Sc[2, k]
+                    JS1[k] = J11 * Sc[1, k] + J12 * Sc[2, k]
+                vJ00 = 2.0 * (va * JS0[0] + h * JS1[0])
+                vJ02 = 2.0 * (va * JS0[2] + h * JS1[2])
+                vJ11 = 2.0 * (h * JS0[1] + vc * JS1[1])
+                vJ12 = 2.0 * (h * JS0[2] + vc * JS1[2])
+                vmx = float(v_means2d[cam, g, 0])
+                vmy = float(v_means2d[cam, g, 1])
+                rz2 = rz * rz
+                vpx = fx * rz * vmx
+                vpy = fy * rz * vmy
+                vpz = -(fx * px * vmx + fy * py * vmy) * rz2 + float(v_depths[cam, g])
+                vpz += -fx * rz2 * vJ00 - fy * rz2 * vJ11
+                if x_in:  # J02 = -fx x / z^2
+                    vpx += -fx * rz2 * vJ02
+                    vpz += 2.0 * fx * px * rz2 * rz * vJ02
+                else:  # J02 = -fx u / z with u fixed
+                    vpz += fx * u * rz2 * vJ02
+                if y_in:
+                    vpy += -fy * rz2 * vJ12
+                    vpz += 2.0 * fy * py * rz2 * rz * vJ12
+                else:
+                    vpz += fy * v * rz2 * vJ12
+                # world: p = Rc mu + t, Sc = Rc Sig Rc^T
+                vmu0 += Rc[0, 0] * vpx + Rc[1, 0] * vpy + Rc[2, 0] * vpz
+                vmu1 += Rc[0, 1] * vpx + Rc[1, 1] * vpy + Rc[2, 1] * vpz
+                vmu2 += Rc[0, 2] * vpx + Rc[1, 2] * vpy + Rc[2, 2] * vpz
+                for i in range(3):
+                    for j in range(3):
+                        t_ = 0.0
+                        for k in range(3):
+                            t_ += vSc[i, k] * Rc[k, j]
+                        T[i, j] = t_
+                for i in range(3):
+                    for j in range(3):
+                        t_ = 0.0
+                        for k in range(3):
+                            t_ += Rc[k, i] * T[k, j]
+                        vSig[i, j] += t_
+                if shade:
+                    ccx = -(Rc[0, 0] * viewmats[cam, 0, 3] + Rc[1, 0] * viewmats[cam, 1, 3] + Rc[2, 0] * viewmats[cam, 2, 3])
+                    ccy = -(Rc[0, 1] * viewmats[cam, 0, 3] + Rc[1, 1] * viewmats[cam, 1, 3] + Rc[2, 1] * viewmats[cam, 2, 3])
+                    ccz = -(Rc[0, 2] * viewmats[cam, 0, 3] + Rc[1, 2] * viewmats[cam, 1, 3] + Rc[2, 2] * viewmats[cam, 2, 3])
+                    dx = mu0 - ccx
+                    dy = mu1 - ccy
+                    dz = mu2 - ccz
+                    nrm = math.sqrt(dx * dx + dy * dy + dz * dz)
+                    inv = 1.0
+                    if sh_degree > 0:
+                        inv = 1.0 / max(nrm, _NORM_EPS)
+                        dx *= inv
+                        dy *= inv
+                        dz *= inv
+                    _sh_basis(sh_degree, dx, dy, dz, Y)
+                    for bb in range(n_bases):
+                        w[bb] = 0.0
+                    for k in range(3):
+                        acc = 0.0
+                        for bb in range(n_bases):
+                            acc += Y[bb] * _coeff(c0, c1, g, bb, k)
+                        vck = float(v_colors[cam, g, k]) if acc + 0.5 >= 0.0 else 0.0
+                        for bb in range(n_bases):
+                            if bb < K0:
+                                g_c0[g, bb, k] += Y[bb] * vck
+                            else:
+                                g_c1[g, bb - K0, k] += Y[bb] * vck
+                            w[bb] += _coeff(c0, c1, g, bb, k) * vck
+                    if sh_degree > 0:
+                        _sh_basis_grad(sh_degree, dx, dy, dz, w, gd)
+                        dot = gd[0] * dx + gd[1] * dy + gd[2] * dz
+                        if nrm > _NORM_EPS:
+                            vmu0 += (gd[0] - dx * dot) * inv
+                            vmu1 += (gd[1] - dy * dot) * inv
+                            vmu2 += (gd[2] - dz * dot) * inv
+                        else:  # F.normalize below eps: dirs / eps, no projection term
+                            vmu0 += gd[0] * inv
+                            vmu1 += gd[1] * inv
+                            vmu2 += gd[2] * inv
+            g_means[g, 0] = vmu0
+            g_means[g, 1] = vmu1
+            g_means[g, 2] = vmu2
+            # Sigma = M M^T, M = R diag(s): v_M = (vSig + vSig^T) M
+            for i in range(3):
+                for j in range(3):
+                    t_ = 0.0
+                    for k in range(3):
+                        t_ += (vSig[i, k] + vSig[k, i]) * R[k, j] * s[j]
+                    vM[i, j] = t_
+            for j in range(3):
+                vs = vM[0, j] * R[0, j] + vM[1, j] * R[1, j] + vM[2, j] * R[2, j]
+                g_scales[g, j] = vs * s[j] if raw else vs
+            # v_R = v_M diag(s); quaternion (unit) then normalisation
+            w_, x, y, z = q[0], q[1], q[2], q[3]
+            r00, r01, r02 = vM[0, 0] * s[0], vM[0, 1] * s[1], vM[0, 2] * s[2]
+            r10, r11, r12 = vM[1, 0] * s[0], vM[1, 1] * s[1], vM[1, 2] * s[2]
+            r20, r21, r22 = vM[2, 0] * s[0], vM[2, 1] * s[1], vM[2, 2] * s[2]
+            gw = 2.0 * (-z * r01 + y * r02 + z * r10 - x * r12 - y * r20 + x * r21)
+            gx = 2.0 * (y * r01 + z * r02 + y * r10 - 2.0 * x * r11 - w_ * r12 + z * r20 + w_ * r21 - 2.0 * x * r22)
+            gy = 2.0 * (-2.0 * y * r00 + x * r01 + w_ * r02 + x * r10 + z * r12 - w_ * r20 + z * r21 - 2.0 * y * r22)
+            gz = 2.0 * (-2.0 * z * r00 - w_ * r01 + x * r02 + w_ * r10 - 2.0 * z * r11 + y * r12 + x * r20 + y * r21)
+            if qn > _NORM_EPS:
+                dot = gw * w_ + gx * x + gy * y + gz * z
+                iq = 1.0 / qn
+                g_quats[g, 0] = (gw - w_ * dot) * iq
+                g_quats[g, 1] = (gx - x * dot) * iq
+                g_quats[g, 2] = (gy - y * dot) * iq
+                g_quats[g, 3] = (gz - z * dot) * iq
+            else:
+                iq = 1.0 / _NORM_EPS
+                g_quats[g, 0] = gw * iq
+                g_quats[g, 1] = gx * iq
+                g_quats[g, 2] = gy * iq
+                g_quats[g, 3] = gz * iq
+            g_opacities[g] = v_o * o * (1.0 - o) if raw else v_o
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().contiguous().numpy()
+
+
+class _ProjectShade(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx, means, quats, scales, opacities, coeffs0, coeffs1, viewmats, Ks,
+        width, height, eps2d, near_plane, far_plane, radius_clip, calc_compensations,
+        radius_sigmas, sh_degree, raw,
+    ):  # fmt: skip
+        N = means.shape[0]
+        C = viewmats.shape[0]
+        dtype = means.dtype
+        npd = np.float32 if dtype == torch.float32 else np.float64
+        shade = sh_degree is not None
+        radii = np.empty((C, N), np.int32)
+        means2d = np.empty((C, N, 2), npd)
+        depths = np.empty((C, N), npd)
+        conics = np.empty((C, N, 3), npd)
+        opac = np.empty((C, N), npd)
+        colors = np.empty((C, N, 3) if shade else (C, 0, 3), npd)
+        arrays = [_np(t) for t in (means, quats, scales, opacities, coeffs0, coeffs1, viewmats, Ks)]
+        _forward_kernel(
+            *arrays, float(width), float(height), float(eps2d), float(near_plane), float(far_plane),
+            float(radius_clip), bool(calc_compensations), float(radius_sigmas),
+            -1 if not shade else int(sh_degree), bool(raw),
+            radii, means2d, depths, conics, opac, colors,
+        )  # fmt: skip
+        ctx.arrays = arrays
+        ctx.radii = radii
+        ctx.meta = (width, height, float(eps2d), bool(calc_compensations), sh_degree, bool(raw))
+        ctx.shapes = (tuple(coeffs0.shape), tuple(coeffs1.shape))
+        ctx.mark_non_differentiable(radii_t := torch.from_numpy(radii))
+        outs = [torch.from_numpy(a) for a in (means2d, depths, conics, opac)]
+        colors_t = torch.from_numpy(colors) if shade else None
+        return radii_t, *outs, colors_t
+
+    @staticmethod
+    def backward(ctx, _v_radii, v_means2d, v_depths, v_conics, v_opac, v_colors):
+        width, height, eps2d, calc_comp, sh_degree, raw = ctx.meta
+        means, quats, scales, opacities, c0, c1, viewmats, Ks = ctx.arrays
+        C, N = ctx.radii.shape
+        npd = means.dtype
+        shade = sh_degree is not None
+
+        def arr(v, shape):
+            return np.zeros(shape, npd) if v is None else _np(v.to(torch.float32 if npd == np.float32 else torch.float64))
+
+        g = [np.empty(a.shape, npd) for a in (means, quats, scales, opacities)]
+        g_c0 = np.zeros(c0.shape, npd)
+        g_c1 = np.zeros(c1.shape, npd)
+        _backward_kernel(
+            means, quats, scales, opacities, c0, c1, viewmats, Ks, float(width), float(height),
+            eps2d, calc_comp, -1 if not shade else int(sh_degree), raw, ctx.radii,
+            arr(v_means2d, (C, N, 2)), arr(v_depths, (C, N)), arr(v_conics, (C, N, 3)),
+            arr(v_opac, (C, N)), arr(v_colors, (C, N, 3)) if shade else np.zeros((C, 0, 3), npd),
+            *g, g_c0, g_c1,
+        )  # fmt: skip
+        grads = [torch.from_numpy(x) for x in g]
+        g0 = torch.from_numpy(g_c0) if shade else None
+        g1 = torch.from_numpy(g_c1) if shade and c1.shape[1] > 0 else None
+        return (*grads, g0, g1) + (None,) * 12
+
+
+def _check_common(means, viewmats, Ks, what):
+    for name, x in (("means", means), ("viewmats", viewmats), ("Ks", Ks)):
+        if not isinstance(x, Tensor) or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"{what}: {name} must be a float32/float64 CPU tensor")
+
+
+def project_and_shade(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4] wxyz, normalised here
+    scales: Tensor,  # [N, 3] activated
+    opacities: Tensor,  # [N] activated
+    colors: Optional[Tensor],  # [N, K, 3] SH coefficients, or None
+    viewmats: Tensor,  # [C, 4, 4] (no gradient)
+    Ks: Tensor,  # [C, 3, 3] (no gradient)
+    width: int,
+    height: int,
+    sh_degree: Optional[int] = None,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    calc_compensations: bool = False,
+    radius_sigmas: float = 3.0,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Numba twin of ``rasterize.project_and_shade_torch`` (same arguments and outputs).
+
+    Returns:
+        radii [C, N] int32, means2d [C, N, 2], depths [C, N], conics [C, N, 3], opacities
+        [C, N] (times the compensation when ``calc_compensations``), colours [C, N, 3]
+        (``max(SH + 0.5, 0)``, zero where culled) or None when ``sh_degree`` is None.
+        Differentiable w.r.t. means, quats, scales, opacities and colors.
+    """
+    _check_common(means, viewmats, Ks, "project_and_shade")
+    if sh_degree is None:
+        colors = means.new_zeros(means.shape[0], 0, 3)
+    empty = colors.new_zeros(colors.shape[0], 0, 3)
+    return _ProjectShade.apply(
+        means, quats, scales, opacities, colors, empty, viewmats, Ks, width, height, eps2d,
+        near_plane, far_plane, radius_clip, calc_compensations, radius_sigmas, sh_degree, False,
+    )  # fmt: skip
+
+
+def project_and_shade_raw(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4] wxyz, raw (normalised here)
+    log_scales: Tensor,  # [N, 3]
+    opacity_logits: Tensor,  # [N]
+    sh0: Tensor,  # [N, 1, 3]
+    shN: Tensor,  # [N, K - 1, 3]
+    viewmats: Tensor,  # [C, 4, 4] (no gradient)
+    Ks: Tensor,  # [C, 3, 3] (no gradient)
+    width: int,
+    height: int,
+    sh_degree: int,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    calc_compensations: bool = False,
+    radius_sigmas: float = 3.0,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``project_and_shade`` on raw trainer parameters: scales ``exp(log_scales)``, opacities
+    ``sigmoid(opacity_logits)``, SH coefficients ``cat([sh0, shN[:, :(d+1)^2 - 1]])`` — the
+    activations of ``GaussianModel.activated(d)`` — applied inside the kernels. Gradients go to
+    the raw tensors (``shN`` bands above ``sh_degree`` get zeros)."""
+    _check_common(means, viewmats, Ks, "project_and_shade_raw")
+    return _ProjectShade.apply(
+        means, quats, log_scales, opacity_logits, sh0, shN, viewmats, Ks, width, height, eps2d,
+        near_plane, far_plane, radius_clip, calc_compensations, radius_sigmas, sh_degree, True,
+    )  # fmt: skip
+
+
+def warmup() -> float:
+    """Compile (or load from the numba cache) the kernels for float32; returns seconds."""
+    import time
+
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(0)
+    means = (torch.rand(4, 3, generator=g) + torch.tensor([0.0, 0.0, 2.0])).requires_grad_()
+    quats = torch.randn(4, 4, generator=g).requires_grad_()
+    scales = torch.full((4, 3), 0.1).requires_grad_()
+    opac = torch.full((4,), 0.5).requires_grad_()
+    sh = torch.randn(4, 16, 3, generator=g).requires_grad_()
+    vm = torch.eye(4)[None]
+    K = torch.tensor([[[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]]])
+    for aa in (False, True):
+        out = project_and_shade(means, quats, scales, opac, sh, vm, K, 8, 8, 3, calc_compensations=aa)
+        sum(o.sum() for o in out[1:]).backward()
+        out = project_and_shade_raw(means, quats, scales, opac, sh[:, :1], sh[:, 1:], vm, K, 8, 8, 3, calc_compensations=aa)
+        sum(o.sum() for o in out[1:]).backward()
+    return time.perf_counter() - t0

@@ -6,31 +6,34 @@ twin of ``tiles.isect_tiles`` (``bin_gaussians``).
 
 Design
 ------
-* Binning (no global sort, no atomics): Gaussians are cut into blocks; each block counts its
-  tile hits (parallel over blocks), an exclusive scan over (camera, tile, block) gives every
-  block its own write cursor per tile, the blocks scatter their Gaussian ids (parallel), and
-  each tile's short list is sorted by the key ``depth bits << 32 | Gaussian id`` (parallel over
-  tiles). Unique keys make the result the stable depth order of the torch twin.
-* Forward: one task per (camera, tile), scheduled dynamically (chunk size 1) over the numba
-  threads. Inside a tile, Gaussians are the outer loop (front to back); for each one only the
-  rows of its ellipse (where a term can pass the threshold) and the 8-pixel column chunks that
-  its ellipse overlaps are visited. The 8 pixels of a chunk are one SIMD vector: the loop body
-  is branch-free (selects instead of ifs) with a vectorisable ``exp`` (Cody-Waite reduction,
-  Cephes polynomial, the power of two built from bit selects; 1.4 ulp), so LLVM emits AVX2
-  code for it. Per-pixel state (transmittance, colour, last contributing index, alive flag)
-  lives in small per-tile float32 arrays, rows with no live pixel are skipped and a tile stops
-  when all its pixels have.
+* Binning (no comparison sort, no atomics): per camera, the visible Gaussians are put in depth
+  order by a stable LSD radix sort of their float32 depth bits; the depth-ordered sequence is
+  cut into blocks that count their tile hits (parallel), an exclusive scan over (camera,
+  tile, block) gives each block its own write cursor per tile, and the blocks scatter their
+  hits (parallel). Every tile's list comes out sorted by depth, ties in Gaussian index order,
+  exactly the torch twin's stable sort.
+* Packing: each Gaussian's compositing data (mean, conic, opacity, colours) and the bounding
+  box of the pixels where a term can pass the threshold are computed once, then copied into
+  intersection order, so the compositing loops read memory sequentially.
+* Forward: one task per (camera, tile), scheduled dynamically (chunk size 1). Inside a tile,
+  Gaussians are the outer loop (front to back). Pixels are stored chunk-major (the rows of an
+  8-pixel column chunk are contiguous), so each Gaussian costs one loop per chunk its box
+  overlaps, over the rows of its box that still have live pixels. The loop body is branch-free
+  (selects, multiplications by 0/1 masks: no conditional stores, which LLVM would turn into
+  slow masked stores) with a vectorisable ``exp`` (Cody-Waite reduction, Cephes polynomial,
+  the power of two from its IEEE bits; 1.2 ulp): LLVM emits 8-lane AVX2 code for it. A tile
+  stops when all its pixels have.
 * Backward: back to front per tile, recovering T by division from the final transmittance
-  (float32, as gsplat). The same inlined arithmetic as the forward (no fast-math, no FMA
-  contraction) gives bit-identical alpha decisions. Per-lane gradient accumulators (no
-  horizontal reductions in the hot loop) are summed once per (tile, Gaussian) into that
-  intersection's own slot row: no races, no atomics, deterministic. Slots are then summed per
-  Gaussian in intersection order, in parallel over Gaussians (a counting sort of the
-  intersections by Gaussian gives each one its list).
+  (float32, as gsplat). The same inlined float32 arithmetic as the forward (no fast-math, no
+  FMA contraction) gives bit-identical alpha decisions. Each lane stores its gradient terms
+  (plain stores, no read-modify-write); per Gaussian they are summed with a stride-8 running
+  sum (vectorised) and a fixed pairwise tree into that intersection's own slot row: no races,
+  no atomics, deterministic. Slots are then summed per Gaussian in intersection order,
+  parallel over Gaussians.
 * Kernels compute in float32 on float32 arrays (int32 ids, int64 offsets), so each is compiled
-  once (``cache=True``: the first ever call compiles, ~1 min on two busy cores, and caches;
-  later processes load in ~1 s). ``parallel_chunksize`` is set to 1 only around the per-tile
-  loops.
+  once (``cache=True``: the first ever call compiles, ~1-2 min on two busy cores, and caches;
+  later processes load in ~1 s). Loop indices are unsigned (no negative-index fix-up) and
+  ``error_model="numpy"`` (no division-by-zero branches): both keep the loops vectorisable.
 """
 
 from __future__ import annotations
@@ -55,7 +58,6 @@ from .raster_torch import (
     TRANSMITTANCE_EPS,
     check_raster_inputs,
 )
-from .tiles import depth_bits
 
 __all__ = ["bin_gaussians", "rasterize_to_pixels", "exp_neg", "warmup"]
 
@@ -136,8 +138,41 @@ def _rect(mx, my, r, tile_size, tile_width, tile_height):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _bin_count(means2d, radii, tile_size, tile_width, tile_height, n_blocks, block):
-    """Rectangles [C, N, 4] and tile hits per (camera, block, tile), parallel over blocks."""
+def _depth_order(radii, dbits):
+    """Per camera: the visible Gaussians (radius > 0) in stable depth order, by an LSD radix
+    sort (4 passes of 8 bits) of the float32 depth bits (monotone for depth > 0).
+
+    Returns order [C, N] (the first n_vis[c] entries of row c are used) and n_vis [C]."""
+    C, N = radii.shape
+    order = np.empty((C, N), np.int64)
+    n_vis = np.zeros(C, np.int64)
+    for cam in prange(C):
+        n = 0
+        for g in range(N):
+            if radii[cam, g] > 0:
+                order[cam, n] = g
+                n += 1
+        n_vis[cam] = n
+        src = order[cam, :n].copy()
+        dst = np.empty(n, np.int64)
+        for shift in range(0, 32, 8):
+            cnt = np.zeros(257, np.int64)
+            for i in range(n):
+                cnt[((dbits[cam, src[i]] >> shift) & 255) + 1] += 1
+            for k in range(256):
+                cnt[k + 1] += cnt[k]
+            for i in range(n):
+                d = (dbits[cam, src[i]] >> shift) & 255
+                dst[cnt[d]] = src[i]
+                cnt[d] += 1
+            src, dst = dst, src
+        order[cam, :n] = src
+    return order, n_vis
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _bin_count(means2d, radii, order, n_vis, tile_size, tile_width, tile_height, n_blocks, block):
+    """Tile rectangles [C, N, 4] and hits per (camera, block of the depth order, tile)."""
     C, N = radii.shape
     n_tiles = tile_width * tile_height
     rects = np.zeros((C, N, 4), np.int32)
@@ -145,11 +180,9 @@ def _bin_count(means2d, radii, tile_size, tile_width, tile_height, n_blocks, blo
     for job in prange(C * n_blocks):
         cam = job // n_blocks
         blk = job - cam * n_blocks
-        for g in range(blk * block, min(N, (blk + 1) * block)):
-            r = radii[cam, g]
-            if r <= 0:
-                continue
-            x0, y0, x1, y1 = _rect(means2d[cam, g, 0], means2d[cam, g, 1], r, tile_size, tile_width, tile_height)
+        for i in range(blk * block, min(n_vis[cam], (blk + 1) * block)):
+            g = order[cam, i]
+            x0, y0, x1, y1 = _rect(means2d[cam, g, 0], means2d[cam, g, 1], radii[cam, g], tile_size, tile_width, tile_height)
             rects[cam, g, 0] = x0
             rects[cam, g, 1] = y0
             rects[cam, g, 2] = x1
@@ -161,42 +194,24 @@ def _bin_count(means2d, radii, tile_size, tile_width, tile_height, n_blocks, blo
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _bin_scatter(rects, dbits, cursor, tile_width, n_blocks, block, n_bits, flatten_ids, keys):
-    """Write each block's hits at its own cursors (Gaussian order inside a block)."""
+def _bin_scatter(rects, dbits, order, n_vis, cursor, tile_width, n_blocks, block, n_bits, flatten_ids, isect_ids):
+    """Each block writes its hits at its own cursors, in depth order: every tile's list comes
+    out sorted by depth, ties in Gaussian index order (the radix sort is stable)."""
     C, N = dbits.shape
-    n_tiles = cursor.shape[2]
     for job in prange(C * n_blocks):
         cam = job // n_blocks
         blk = job - cam * n_blocks
         c64 = np.int64(cam)
-        for g in range(blk * block, min(N, (blk + 1) * block)):
+        for i in range(blk * block, min(n_vis[cam], (blk + 1) * block)):
+            g = order[cam, i]
+            db = np.int64(dbits[cam, g])
             for ty in range(rects[cam, g, 1], rects[cam, g, 3]):
                 for tx in range(rects[cam, g, 0], rects[cam, g, 2]):
-                    tile = ty * tile_width + tx
+                    tile = np.int64(ty * tile_width + tx)
                     pos = cursor[cam, blk, tile]
                     cursor[cam, blk, tile] = pos + 1
                     flatten_ids[pos] = np.int32(c64 * N + g)
-                    keys[pos] = (dbits[cam, g] << 32) | np.int64(g)
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def _bin_sort(keys, offsets, n_tiles, n_bits, flatten_ids, isect_ids):
-    """Sort each tile's hits by (depth bits, Gaussian id) and build gsplat's 64-bit ids."""
-    n_all = offsets.shape[0] - 1
-    N_mask = np.int64(0xFFFFFFFF)
-    for t in prange(n_all):
-        s = offsets[t]
-        e = offsets[t + 1]
-        if e - s == 0:
-            continue
-        cam = np.int64(t // n_tiles)
-        tile = np.int64(t - cam * n_tiles)
-        k = np.sort(keys[s:e])
-        base = flatten_ids[s] - (keys[s] & N_mask)  # camera offset cam * N (same for the tile)
-        for i in range(e - s):
-            g = k[i] & N_mask
-            flatten_ids[s + i] = np.int32(base + g)
-            isect_ids[s + i] = (cam << (32 + n_bits)) | (tile << 32) | (k[i] >> 32)
+                    isect_ids[pos] = (c64 << (32 + n_bits)) | (tile << 32) | db
 
 
 @njit(cache=True, error_model="numpy")
@@ -232,20 +247,20 @@ def bin_gaussians(
         isect_offsets [C, tile_height, tile_width] int32.
     """
     C, N = radii.shape
-    n_blocks = max(1, -(-N // _BIN_BLOCK))
     m2d = means2d.detach().to(torch.float32).contiguous().numpy()
     rad = radii.to(torch.int32).contiguous().numpy()
-    rects, counts = _bin_count(m2d, rad, int(tile_size), int(tile_width), int(tile_height), n_blocks, _BIN_BLOCK)
+    dbits = depths.detach().to(torch.float32).contiguous().numpy().view(np.int32)  # depth_bits
+    order, n_vis = _depth_order(rad, dbits)
+    n_blocks = max(1, -(-int(n_vis.max(initial=0)) // _BIN_BLOCK))
+    rects, counts = _bin_count(m2d, rad, order, n_vis, int(tile_size), int(tile_width), int(tile_height),
+                               n_blocks, _BIN_BLOCK)  # fmt: skip
     cursor, offsets = _bin_offsets(counts)
     M = int(offsets[-1])
     flatten_ids = np.empty(M, np.int32)
-    keys = np.empty(M, np.int64)
-    n_bits = (tile_width * tile_height).bit_length()
-    _bin_scatter(rects, depth_bits(depths).contiguous().numpy(), cursor, int(tile_width), n_blocks, _BIN_BLOCK,
-                 n_bits, flatten_ids, keys)  # fmt: skip
     isect_ids = np.empty(M, np.int64)
-    with _Dynamic():
-        _bin_sort(keys, offsets, tile_width * tile_height, n_bits, flatten_ids, isect_ids)
+    n_bits = (tile_width * tile_height).bit_length()
+    _bin_scatter(rects, dbits, order, n_vis, cursor, int(tile_width), n_blocks, _BIN_BLOCK, n_bits,
+                 flatten_ids, isect_ids)  # fmt: skip
     tiles_per_gauss = (rects[..., 2] - rects[..., 0]) * (rects[..., 3] - rects[..., 1])
     isect_offsets = torch.from_numpy(offsets[:-1].astype(np.int32)).reshape(C, tile_height, tile_width)
     return (
@@ -272,97 +287,164 @@ def _cut_for(op, additive):
     return cut * (1.0 + _BBOX_REL) + _BBOX_REL
 
 
-@njit(cache=True, error_model="numpy")
-def _ranges(mx, my, a, b, c, cut, x0, y0, x1, y1):
-    """Rows [ys, ye] and 8-pixel chunks [cs, ce] of the tile (x0, y0, x1, y1) where a pixel
-    centre may satisfy sigma <= cut (the ellipse's bounding box, with slack)."""
-    if cut < 0.0:
-        return 0, -1, 0, -1
-    det = a * c - b * b
-    if det <= 0.0 or a <= 0.0 or c <= 0.0:
-        return y0, y1 - 1, 0, (x1 - x0 - 1) // _LANES
-    ry = math.sqrt(2.0 * cut * a / det) + _BBOX_PAD  # max |dy| on the ellipse: sqrt(2 cut Sigma_yy)
-    rx = math.sqrt(2.0 * cut * c / det) + _BBOX_PAD
-    ys = max(float(y0), math.ceil(my - ry - 0.5))
-    ye = min(float(y1 - 1), math.floor(my + ry - 0.5))
-    xs = max(float(x0), math.ceil(mx - rx - 0.5))
-    xe = min(float(x1 - 1), math.floor(mx + rx - 0.5))
-    if ys > ye or xs > xe:
-        return 0, -1, 0, -1
-    return int(ys), int(ye), (int(xs) - x0) // _LANES, (int(xe) - x0) // _LANES
+_BIG = 1 << 30  # "whole image" for degenerate conics
 
 
-# Per-tile scratch: one float32 array of fields, each _FS pixels long, indexed by unsigned
-# pixel positions. Unsigned indices spare numba's negative-index fix-up (which LLVM cannot
-# analyse) and the constant field stride lets LLVM prove that fields never overlap, so the
-# lane loops vectorise (8 float32 lanes, AVX2) without runtime alias checks. RGB (D = 3) has
-# one fused loop per row; other channel counts run the channels in loops of their own.
+@njit(parallel=True, cache=True, error_model="numpy")
+def _gauss_pack(means2d, conics, opacities, colors, additive, ga, bounds):
+    """Per Gaussian (flattened [C * N]): its row of ``ga`` [CN, 6 + D] (x, y, conic a, b, c,
+    opacity, colours) and the inclusive pixel box [xs, xe, ys, ye] whose pixel centres may
+    satisfy sigma <= cut (the ellipse's bounding box, with slack; empty when xs > xe)."""
+    D = colors.shape[1]
+    for g in prange(means2d.shape[0]):
+        mx = float(means2d[g, 0])
+        my = float(means2d[g, 1])
+        a = float(conics[g, 0])
+        b = float(conics[g, 1])
+        c = float(conics[g, 2])
+        ga[g, 0] = means2d[g, 0]
+        ga[g, 1] = means2d[g, 1]
+        ga[g, 2] = conics[g, 0]
+        ga[g, 3] = conics[g, 1]
+        ga[g, 4] = conics[g, 2]
+        ga[g, 5] = opacities[g]
+        for k in range(D):
+            ga[g, 6 + k] = colors[g, k]
+        cut = _cut_for(float(opacities[g]), additive)
+        det = a * c - b * b
+        if cut < 0.0:
+            xs, xe, ys, ye = 1, 0, 1, 0
+        elif det <= 0.0 or a <= 0.0 or c <= 0.0:
+            xs, xe, ys, ye = -_BIG, _BIG, -_BIG, _BIG
+        else:
+            rx = math.sqrt(2.0 * cut * c / det) + _BBOX_PAD  # max |dx| on the ellipse
+            ry = math.sqrt(2.0 * cut * a / det) + _BBOX_PAD
+            xs = int(max(-_BIG, math.ceil(mx - rx - 0.5)))
+            xe = int(min(_BIG, math.floor(mx + rx - 0.5)))
+            ys = int(max(-_BIG, math.ceil(my - ry - 0.5)))
+            ye = int(min(_BIG, math.floor(my + ry - 0.5)))
+        bounds[g, 0] = xs
+        bounds[g, 1] = xe
+        bounds[g, 2] = ys
+        bounds[g, 3] = ye
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _pack(ga, flatten_ids, offsets, bounds, width, height, tile_size, tile_width, n_tiles, pk, rg):
+    """Copy each intersection's Gaussian row of ``ga`` into ``pk`` [M, 6 + D] and its box
+    clamped to its tile into ``rg`` [M, 4], in intersection order: the compositing loops then
+    read memory sequentially. Parallel over tiles."""
+    K = ga.shape[1]
+    for t in prange(offsets.shape[0] - 1):
+        tile = t % n_tiles
+        ty = tile // tile_width
+        tx = tile - ty * tile_width
+        x0 = tx * tile_size
+        y0 = ty * tile_size
+        x1 = min(x0 + tile_size, width)
+        y1 = min(y0 + tile_size, height)
+        for idx in range(offsets[t], offsets[t + 1]):
+            g = flatten_ids[idx]
+            for k in range(K):
+                pk[idx, k] = ga[g, k]
+            rg[idx, 0] = max(bounds[g, 0], x0)
+            rg[idx, 1] = min(bounds[g, 1], x1 - 1)
+            rg[idx, 2] = max(bounds[g, 2], y0)
+            rg[idx, 3] = min(bounds[g, 3], y1 - 1)
+
+
+# Per-block scratch: one float32 array of fields, each _FS pixels long, indexed by unsigned
+# pixel positions p. Pixels are stored chunk-major: p = (chunk * rows + row) * 8 + lane, so
+# the rows of one 8-pixel column chunk are contiguous and a Gaussian's rows in a chunk are
+# ONE loop. Unsigned indices spare numba's negative-index fix-up (which LLVM cannot analyse)
+# and constant field strides let LLVM prove that fields never overlap, so the lane loops
+# vectorise (8 float32 lanes, AVX2) without runtime alias checks. RGB (D = 3) has one fused
+# loop; other channel counts run the channels in loops of their own.
 _U = np.uint64
 _BLOCK = 32  # tiles larger than this are composited in blocks of at most 32 x 32 pixels
 _FS = _U(_BLOCK * _BLOCK)
-# forward fields: transmittance (or weight sum), alive, weight, last contributing index
-# (relative to the tile's first, plus one; exact in float32 below 2^24), then D channels
-_FT, _FA, _FW, _FL, _FC = _U(0), _FS, _U(2) * _FS, _U(3) * _FS, _U(4) * _FS
+# fields shared by both passes: pixel centre x, y
+_PX, _PY = _U(0), _FS
+# forward: transmittance (or weight sum), alive, weight, last contributing index (relative to
+# the tile's first intersection, plus one; exact in float32 below 2^24), then D channels
+_FT, _FA, _FW, _FL, _FC = _U(2) * _FS, _U(3) * _FS, _U(4) * _FS, _U(5) * _FS, _U(6) * _FS
+_N_FFIELDS = 6
 _MAX_TILE_LIST = 1 << 24
-# backward fields: running T, final T, d/d alpha_render, then D of d/d colour and D of the
-# colour behind the current Gaussian; temporaries of the multi-loop (D != 3) path after them
-_BT, _BTF, _BVA, _BVC = _U(0), _FS, _U(2) * _FS, _U(3) * _FS
-_N_BFIELDS_FIXED = 3
-_N_TMP = 7  # dx, e, T*use, ra*use, weight, d/d alpha, geometry mask
-_LW = _U(_BLOCK)  # lane accumulators: one row of _BLOCK lanes per slot field
+# backward: running T, final T, d/d render_alpha (minus background . d/d colour), then D of
+# d/d colour and D of colour behind the current Gaussian, then temporaries of the multi-loop
+# (D != 3) path
+_BT, _BTF, _BVA, _BVC = _U(2) * _FS, _U(3) * _FS, _U(4) * _FS, _U(5) * _FS
+_N_BFIELDS = 5
+_N_TMP = 6  # e, T*use, ra*use, weight, d/d alpha, geometry mask
+_LW = _FS  # per-lane gradient stores: one row of _FS lanes per slot field
 _LXY, _LCON, _LOP, _LABS, _LCOL = (_U(i) * _LW for i in (_S_XY, _S_CON, _S_OP, _S_ABS, _S_COL))
 
 
 @njit(cache=True, error_model="numpy")
+def _init_pixels(S, x0, y0, x1, y1, n_rows, n_ch):
+    for ch in range(n_ch):
+        for r in range(n_rows):
+            for j in range(_LANES):
+                p = _U((ch * n_rows + r) * _LANES + j)
+                S[_PX + p] = _F(x0 + ch * _LANES + j) + _HALF
+                S[_PY + p] = _F(y0 + r) + _HALF
+
+
+@njit(cache=True, error_model="numpy")
 def _forward_block(
-    cam, x0, y0, x1, y1, means2d, conics, colors, opacities, backgrounds, has_bg, flatten_ids,
-    start, end, additive, out_colors, out_alphas, t_final, last_ids, S, px, row_alive,
+    cam, x0, y0, x1, y1, pk, rg, start, end, additive, backgrounds, has_bg,
+    out_colors, out_alphas, t_final, last_ids, S, band,
 ):  # fmt: skip
     n_rows = y1 - y0
     n_cols = x1 - x0
-    PW = -(-n_cols // _LANES) * _LANES  # row pitch: whole chunks; lanes past x1 are never alive
-    D = colors.shape[1]
+    n_ch = -(-n_cols // _LANES)
+    D = pk.shape[1] - 6
     rgb = D == 3 and not additive
     init = _ZERO if additive else _ONE
-    for r in range(n_rows):
-        for j in range(PW):
-            p = _U(r * PW + j)
-            S[_FT + p] = init
-            S[_FA + p] = _ONE if j < n_cols else _ZERO
-            S[_FW + p] = _ZERO
-            S[_FL + p] = _ZERO
-            for k in range(D):
-                S[_FC + _U(k) * _FS + p] = _ZERO
-        row_alive[r] = n_cols
-    for j in range(PW):
-        px[j] = _F(x0 + j) + _HALF
+    _init_pixels(S, x0, y0, x1, y1, n_rows, n_ch)
+    for ch in range(n_ch):
+        for r in range(n_rows):
+            for j in range(_LANES):
+                p = _U((ch * n_rows + r) * _LANES + j)
+                S[_FT + p] = init
+                S[_FA + p] = _ONE if ch * _LANES + j < n_cols else _ZERO
+                S[_FW + p] = _ZERO
+                S[_FL + p] = _ZERO
+                for k in range(D):
+                    S[_FC + _U(k) * _FS + p] = _ZERO
+        band[ch, 0] = 0  # rows of the chunk that still have live pixels
+        band[ch, 1] = n_rows - 1
+        band[ch, 2] = n_rows * min(_LANES, n_cols - ch * _LANES)  # live pixels
     n_alive = n_rows * n_cols
     for idx in range(start, end):
-        g = flatten_ids[idx]
-        op = opacities[g]
-        mx = means2d[g, 0]
-        my = means2d[g, 1]
-        a = conics[g, 0]
-        b = conics[g, 1]
-        c = conics[g, 2]
-        ys, ye, cs, ce = _ranges(float(mx), float(my), float(a), float(b), float(c),
-                                 _cut_for(float(op), additive), x0, y0, x1, y1)  # fmt: skip
+        xs = max(rg[idx, 0], x0)
+        xe = min(rg[idx, 1], x1 - 1)
+        ys = max(rg[idx, 2], y0) - y0
+        ye = min(rg[idx, 3], y1 - 1) - y0
+        if xs > xe or ys > ye:
+            continue
+        mx = pk[idx, 0]
+        my = pk[idx, 1]
+        a = pk[idx, 2]
+        b = pk[idx, 3]
+        c = pk[idx, 4]
+        op = pk[idx, 5]
         rel = _F(idx - start + 1)
-        c0 = colors[g, 0]
-        c1 = colors[g, 1] if D > 1 else _ZERO
-        c2 = colors[g, 2] if D > 2 else _ZERO
-        for y in range(ys, ye + 1):
-            r = y - y0
-            if row_alive[r] == 0:
+        c0 = pk[idx, 6]
+        c1 = pk[idx, 7] if D > 1 else _ZERO
+        c2 = pk[idx, 8] if D > 2 else _ZERO
+        for ch in range((xs - x0) // _LANES, (xe - x0) // _LANES + 1):
+            r0 = max(ys, band[ch, 0])
+            r1 = min(ye, band[ch, 1])
+            if r0 > r1:
                 continue
-            dy = my - (_F(y) + _HALF)
-            rb = _U(r * PW)
-            lo = rb + _U(cs * _LANES)
-            hi = rb + _U((ce + 1) * _LANES)
+            lo = _U((ch * n_rows + r0) * _LANES)
+            hi = _U((ch * n_rows + r1 + 1) * _LANES)
             any_stop = False
             if rgb:
                 for p in range(lo, hi):
-                    dx = mx - px[p - rb]
+                    dx = mx - S[_PX + p]
+                    dy = my - S[_PY + p]
                     sigma = _HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
                     alpha = _clamp_alpha(op * exp_neg(sigma))
                     al = S[_FA + p]
@@ -384,7 +466,8 @@ def _forward_block(
                     any_stop = any_stop | stop
             elif additive:
                 for p in range(lo, hi):
-                    dx = mx - px[p - rb]
+                    dx = mx - S[_PX + p]
+                    dy = my - S[_PY + p]
                     sigma = _HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
                     inside = (sigma >= _ZERO) & (sigma <= _ACUT) & (S[_FA + p] > _ZERO)
                     w = op * exp_neg(sigma) if inside else _ZERO
@@ -392,7 +475,8 @@ def _forward_block(
                     S[_FT + p] += w
             else:
                 for p in range(lo, hi):
-                    dx = mx - px[p - rb]
+                    dx = mx - S[_PX + p]
+                    dy = my - S[_PY + p]
                     sigma = _HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
                     alpha = _clamp_alpha(op * exp_neg(sigma))
                     al = S[_FA + p]
@@ -411,39 +495,51 @@ def _forward_block(
                     any_stop = any_stop | stop
             if not rgb:
                 for k in range(D):
-                    ck = colors[g, k]
+                    ck = pk[idx, 6 + k]
                     fk = _FC + _U(k) * _FS
                     for p in range(lo, hi):
                         S[fk + p] += S[_FW + p] * ck
-            if any_stop:  # rare: recount the row's live pixels
+            if any_stop:  # rare: recount the chunk's live pixels and rows
                 n = 0
-                for p in range(rb, rb + _U(PW)):
-                    n += 1 if S[_FA + p] > _ZERO else 0
-                n_alive -= row_alive[r] - n
-                row_alive[r] = n
+                first = -1
+                last = -1
+                for r in range(n_rows):
+                    m = 0
+                    for j in range(_LANES):
+                        m += 1 if S[_FA + _U((ch * n_rows + r) * _LANES + j)] > _ZERO else 0
+                    if m > 0:
+                        last = r
+                        if first < 0:
+                            first = r
+                    n += m
+                n_alive -= band[ch, 2] - n
+                band[ch, 2] = n
+                band[ch, 0] = first if first >= 0 else n_rows
+                band[ch, 1] = last
         if n_alive == 0 and not additive:
             break
-    for r in range(n_rows):
-        y = y0 + r
-        for j in range(n_cols):
-            p = _U(r * PW + j)
-            x = x0 + j
-            tp = S[_FT + p]
-            for k in range(D):
-                v = S[_FC + _U(k) * _FS + p]
-                if has_bg:
-                    v += tp * backgrounds[cam, k]
-                out_colors[cam, y, x, k] = v
-            out_alphas[cam, y, x] = tp if additive else _ONE - tp
-            t_final[cam, y, x] = tp
-            last_ids[cam, y, x] = np.int32(start - 1 + np.int64(S[_FL + p])) if S[_FL + p] > _ZERO else -1
+    for ch in range(n_ch):
+        for r in range(n_rows):
+            y = y0 + r
+            for j in range(min(_LANES, n_cols - ch * _LANES)):
+                x = x0 + ch * _LANES + j
+                p = _U((ch * n_rows + r) * _LANES + j)
+                tp = S[_FT + p]
+                for k in range(D):
+                    v = S[_FC + _U(k) * _FS + p]
+                    if has_bg:
+                        v += tp * backgrounds[cam, k]
+                    out_colors[cam, y, x, k] = v
+                out_alphas[cam, y, x] = tp if additive else _ONE - tp
+                t_final[cam, y, x] = tp
+                lf = S[_FL + p]
+                last_ids[cam, y, x] = np.int32(start - 1 + np.int64(lf)) if lf > _ZERO else -1
 
 
 @njit(cache=True, error_model="numpy")
 def _forward_tile(
-    t, means2d, conics, colors, opacities, backgrounds, has_bg, flatten_ids, offsets,
-    width, height, tile_size, tile_width, n_tiles, additive,
-    out_colors, out_alphas, t_final, last_ids,
+    t, pk, rg, offsets, width, height, tile_size, tile_width, n_tiles, additive, backgrounds,
+    has_bg, out_colors, out_alphas, t_final, last_ids,
 ):  # fmt: skip
     cam = t // n_tiles
     tile = t - cam * n_tiles
@@ -453,253 +549,247 @@ def _forward_tile(
     ty0 = ty * tile_size
     tx1 = min(tx0 + tile_size, width)
     ty1 = min(ty0 + tile_size, height)
-    D = colors.shape[1]
-    S = np.empty((4 + D) * _BLOCK * _BLOCK, np.float32)
-    px = np.empty(_BLOCK, np.float32)
-    row_alive = np.empty(_BLOCK, np.int64)
+    D = pk.shape[1] - 6
+    S = np.empty((_N_FFIELDS + D) * _BLOCK * _BLOCK, np.float32)
+    band = np.empty((_BLOCK // _LANES, 3), np.int64)
     for y0 in range(ty0, ty1, _BLOCK):
         for x0 in range(tx0, tx1, _BLOCK):
             _forward_block(
-                cam, x0, y0, min(x0 + _BLOCK, tx1), min(y0 + _BLOCK, ty1), means2d, conics, colors,
-                opacities, backgrounds, has_bg, flatten_ids, offsets[t], offsets[t + 1], additive,
-                out_colors, out_alphas, t_final, last_ids, S, px, row_alive,
+                cam, x0, y0, min(x0 + _BLOCK, tx1), min(y0 + _BLOCK, ty1), pk, rg, offsets[t],
+                offsets[t + 1], additive, backgrounds, has_bg, out_colors, out_alphas, t_final,
+                last_ids, S, band,
             )  # fmt: skip
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _forward_kernel(
-    means2d, conics, colors, opacities, backgrounds, has_bg, flatten_ids, offsets,
-    width, height, tile_size, tile_width, n_tiles, n_cameras, additive,
-    out_colors, out_alphas, t_final, last_ids,
+    pk, rg, offsets, width, height, tile_size, tile_width, n_tiles, n_cameras, additive,
+    backgrounds, has_bg, out_colors, out_alphas, t_final, last_ids,
 ):  # fmt: skip
     for t in prange(n_cameras * n_tiles):
         _forward_tile(
-            t, means2d, conics, colors, opacities, backgrounds, has_bg, flatten_ids, offsets,
-            width, height, tile_size, tile_width, n_tiles, additive,
-            out_colors, out_alphas, t_final, last_ids,
+            t, pk, rg, offsets, width, height, tile_size, tile_width, n_tiles, additive,
+            backgrounds, has_bg, out_colors, out_alphas, t_final, last_ids,
         )  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy")
 def _backward_block(
-    cam, x0, y0, x1, y1, means2d, conics, colors, opacities, backgrounds, has_bg, flatten_ids,
-    start, end, additive, t_final, last_ids, v_colors, v_alphas, slots, first,
-    S, last, px, lane, row_last,
+    cam, x0, y0, x1, y1, pk, rg, start, end, additive, backgrounds, has_bg, t_final, last_ids,
+    v_colors, v_alphas, slots, first, S, last, L, row_last,
 ):  # fmt: skip
     n_rows = y1 - y0
     n_cols = x1 - x0
-    PW = -(-n_cols // _LANES) * _LANES
-    D = colors.shape[1]
+    n_ch = -(-n_cols // _LANES)
+    D = pk.shape[1] - 6
     rgb = D == 3 and not additive
     n_slot = slots.shape[1]
     uD = _U(D)
     fbuf = _BVC + uD * _FS  # first colour-behind field
-    ftmp = _BVC + _U(2) * uD * _FS  # first temporary field
-    f_dx, f_e, f_tc, f_ra = ftmp, ftmp + _FS, ftmp + _U(2) * _FS, ftmp + _U(3) * _FS
-    f_fac, f_val, f_geo = ftmp + _U(4) * _FS, ftmp + _U(5) * _FS, ftmp + _U(6) * _FS
-    for r in range(n_rows):
-        y = y0 + r
-        row_last[r] = start - 1
-        for j in range(PW):
-            p = _U(r * PW + j)
-            if j < n_cols:
-                x = x0 + j
-                tf = t_final[cam, y, x]
-                lp = last_ids[cam, y, x] if not additive else np.int32(end - 1)
-                bg_dot = _ZERO
-                for k in range(D):
-                    vck = v_colors[cam, y, x, k]
-                    S[_BVC + _U(k) * _FS + p] = vck
-                    if has_bg:
-                        bg_dot += backgrounds[cam, k] * vck
-                va = v_alphas[cam, y, x] - bg_dot
-            else:
-                tf = _ZERO
-                lp = np.int32(-1)
-                va = _ZERO
-                for k in range(D):
-                    S[_BVC + _U(k) * _FS + p] = _ZERO
-            S[_BT + p] = tf
-            S[_BTF + p] = tf
-            S[_BVA + p] = va
-            last[p] = lp
-            row_last[r] = max(row_last[r], np.int64(lp))
-            for k in range(D):
-                S[fbuf + _U(k) * _FS + p] = _ZERO
+    ftmp = _BVC + _U(2) * uD * _FS  # temporaries of the multi-loop path
+    f_e, f_tc, f_ra = ftmp, ftmp + _FS, ftmp + _U(2) * _FS
+    f_fac, f_val, f_geo = ftmp + _U(3) * _FS, ftmp + _U(4) * _FS, ftmp + _U(5) * _FS
+    _init_pixels(S, x0, y0, x1, y1, n_rows, n_ch)
     max_last = start - 1
-    for r in range(n_rows):
-        max_last = max(max_last, row_last[r])
-    for j in range(PW):
-        px[j] = _F(x0 + j) + _HALF
+    for ch in range(n_ch):
+        for r in range(n_rows):
+            y = y0 + r
+            rl = start - 1
+            for j in range(_LANES):
+                p = _U((ch * n_rows + r) * _LANES + j)
+                x = x0 + ch * _LANES + j
+                if x < x1:
+                    tf = t_final[cam, y, x]
+                    lp = last_ids[cam, y, x] if not additive else np.int32(end - 1)
+                    bg_dot = _ZERO
+                    for k in range(D):
+                        vck = v_colors[cam, y, x, k]
+                        S[_BVC + _U(k) * _FS + p] = vck
+                        if has_bg:
+                            bg_dot += backgrounds[cam, k] * vck
+                    va = v_alphas[cam, y, x] - bg_dot
+                else:
+                    tf = _ZERO
+                    lp = np.int32(-1)
+                    va = _ZERO
+                    for k in range(D):
+                        S[_BVC + _U(k) * _FS + p] = _ZERO
+                S[_BT + p] = tf
+                S[_BTF + p] = tf
+                S[_BVA + p] = va
+                last[p] = lp
+                rl = max(rl, np.int64(lp))
+                for k in range(D):
+                    S[fbuf + _U(k) * _FS + p] = _ZERO
+            row_last[ch, r] = rl
+            max_last = max(max_last, rl)
     for idx in range(end - 1, start - 1, -1):
-        if idx > max_last:
-            if first:
-                for i in range(n_slot):
-                    slots[idx, i] = _ZERO
-            continue
-        g = flatten_ids[idx]
-        op = opacities[g]
-        mx = means2d[g, 0]
-        my = means2d[g, 1]
-        a = conics[g, 0]
-        b = conics[g, 1]
-        c = conics[g, 2]
-        ys, ye, cs, ce = _ranges(float(mx), float(my), float(a), float(b), float(c),
-                                 _cut_for(float(op), additive), x0, y0, x1, y1)  # fmt: skip
-        if ys > ye or cs > ce:  # nothing of it can count in this block
-            if first:
-                for i in range(n_slot):
-                    slots[idx, i] = _ZERO
-            continue
-        l0 = _U(cs * _LANES)
-        l1 = _U((ce + 1) * _LANES)
-        for i in range(n_slot):
-            for j in range(_U(i) * _LW + l0, _U(i) * _LW + l1):
-                lane[j] = _ZERO
-        idx32 = np.int32(idx)
-        c0 = colors[g, 0]
-        c1 = colors[g, 1] if D > 1 else _ZERO
-        c2 = colors[g, 2] if D > 2 else _ZERO
-        for y in range(ys, ye + 1):
-            r = y - y0
-            if idx > row_last[r]:
-                continue
-            dy = my - (_F(y) + _HALF)
-            rb = _U(r * PW)
-            lo = rb + _U(cs * _LANES)
-            hi = rb + _U((ce + 1) * _LANES)
-            if rgb:
+        xs = max(rg[idx, 0], x0)
+        xe = min(rg[idx, 1], x1 - 1)
+        ys = max(rg[idx, 2], y0) - y0
+        ye = min(rg[idx, 3], y1 - 1) - y0
+        n_lanes = _U(0)
+        if idx <= max_last and xs <= xe and ys <= ye:
+            mx = pk[idx, 0]
+            my = pk[idx, 1]
+            a = pk[idx, 2]
+            b = pk[idx, 3]
+            c = pk[idx, 4]
+            op = pk[idx, 5]
+            c0 = pk[idx, 6]
+            c1 = pk[idx, 7] if D > 1 else _ZERO
+            c2 = pk[idx, 8] if D > 2 else _ZERO
+            idx32 = np.int32(idx)
+            for ch in range((xs - x0) // _LANES, (xe - x0) // _LANES + 1):
+                r0 = ys
+                r1 = ye
+                while r0 <= r1 and row_last[ch, r0] < idx:
+                    r0 += 1
+                while r1 >= r0 and row_last[ch, r1] < idx:
+                    r1 -= 1
+                if r0 > r1:
+                    continue
+                lo = _U((ch * n_rows + r0) * _LANES)
+                hi = _U((ch * n_rows + r1 + 1) * _LANES)
+                off = n_lanes - lo  # lane store q = p + off (wraps; lands in [n_lanes, ...))
+                n_lanes += hi - lo
+                if rgb:
+                    for p in range(lo, hi):
+                        q = p + off
+                        dx = mx - S[_PX + p]
+                        dy = my - S[_PY + p]
+                        sigma = _HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        e = exp_neg(sigma)
+                        ope = op * e
+                        alpha = _clamp_alpha(ope)
+                        use = (sigma >= _ZERO) & (alpha >= _ATHR) & (last[p] >= idx32)
+                        um = _ONE if use else _ZERO
+                        ra = _ONE / (_ONE - alpha)
+                        tc = S[_BT + p] * (ra if use else _ONE)
+                        S[_BT + p] = tc
+                        fac = alpha * tc * um
+                        tcu = tc * um
+                        rau = ra * um
+                        v0 = S[_BVC + p]
+                        v1 = S[_BVC + _FS + p]
+                        v2 = S[_BVC + _U(2) * _FS + p]
+                        b0 = S[fbuf + p]
+                        b1 = S[fbuf + _FS + p]
+                        b2 = S[fbuf + _U(2) * _FS + p]
+                        v_alpha = (
+                            (c0 * tcu - b0 * rau) * v0 + (c1 * tcu - b1 * rau) * v1
+                            + (c2 * tcu - b2 * rau) * v2 + S[_BTF + p] * rau * S[_BVA + p]
+                        )  # fmt: skip
+                        S[fbuf + p] = b0 + c0 * fac
+                        S[fbuf + _FS + p] = b1 + c1 * fac
+                        S[fbuf + _U(2) * _FS + p] = b2 + c2 * fac
+                        L[_LCOL + q] = fac * v0
+                        L[_LCOL + _LW + q] = fac * v1
+                        L[_LCOL + _U(2) * _LW + q] = fac * v2
+                        geo = um if ope <= _AMAX else _ZERO  # clamped alpha: no gradient
+                        v_op = e * v_alpha * geo
+                        v_sigma = -op * v_op
+                        L[_LOP + q] = v_op
+                        L[_LCON + q] = _HALF * v_sigma * dx * dx
+                        L[_LCON + _LW + q] = v_sigma * dx * dy
+                        L[_LCON + _U(2) * _LW + q] = _HALF * v_sigma * dy * dy
+                        gx = v_sigma * (a * dx + b * dy)
+                        gy = v_sigma * (b * dx + c * dy)
+                        L[_LXY + q] = gx
+                        L[_LXY + _LW + q] = gy
+                        L[_LABS + q] = abs(gx)
+                        L[_LABS + _LW + q] = abs(gy)
+                    continue
+                if additive:
+                    for p in range(lo, hi):
+                        dx = mx - S[_PX + p]
+                        dy = my - S[_PY + p]
+                        sigma = _HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        e = exp_neg(sigma)
+                        use = (sigma >= _ZERO) & (sigma <= _ACUT) & (last[p] >= idx32)
+                        um = _ONE if use else _ZERO
+                        S[f_e + p] = e * um
+                        S[f_fac + p] = op * e * um  # the weight w
+                        S[f_val + p] = S[_BVA + p] * um  # d/dw; colour terms below
+                        S[f_geo + p] = um
+                else:
+                    for p in range(lo, hi):
+                        dx = mx - S[_PX + p]
+                        dy = my - S[_PY + p]
+                        sigma = _HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        e = exp_neg(sigma)
+                        ope = op * e
+                        alpha = _clamp_alpha(ope)
+                        use = (sigma >= _ZERO) & (alpha >= _ATHR) & (last[p] >= idx32)
+                        um = _ONE if use else _ZERO
+                        ra = _ONE / (_ONE - alpha)
+                        tc = S[_BT + p] * (ra if use else _ONE)
+                        S[_BT + p] = tc
+                        S[f_e + p] = e
+                        S[f_tc + p] = tc * um
+                        S[f_ra + p] = ra * um
+                        S[f_fac + p] = alpha * tc * um
+                        S[f_val + p] = S[_BTF + p] * ra * um * S[_BVA + p]
+                        S[f_geo + p] = um if ope <= _AMAX else _ZERO
+                for k in range(D):
+                    ck = pk[idx, 6 + k]
+                    fvc = _BVC + _U(k) * _FS
+                    fb = fbuf + _U(k) * _FS
+                    lk = _LCOL + _U(k) * _LW + off
+                    if additive:
+                        for p in range(lo, hi):
+                            vck = S[fvc + p]
+                            S[f_val + p] += ck * vck * S[f_geo + p]
+                            L[lk + p] = S[f_fac + p] * vck
+                    else:
+                        for p in range(lo, hi):
+                            vck = S[fvc + p]
+                            S[f_val + p] += (ck * S[f_tc + p] - S[fb + p] * S[f_ra + p]) * vck
+                            S[fb + p] += ck * S[f_fac + p]
+                            L[lk + p] = S[f_fac + p] * vck
                 for p in range(lo, hi):
-                    j = p - rb  # lane = column in the block
-                    dx = mx - px[j]
-                    sigma = _HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
-                    e = exp_neg(sigma)
-                    ope = op * e
-                    alpha = _clamp_alpha(ope)
-                    use = (sigma >= _ZERO) & (alpha >= _ATHR) & (last[p] >= idx32)
-                    um = _ONE if use else _ZERO
-                    ra = _ONE / (_ONE - alpha)
-                    tc = S[_BT + p] * (ra if use else _ONE)
-                    S[_BT + p] = tc
-                    fac = alpha * tc * um
-                    tcu = tc * um
-                    rau = ra * um
-                    v0 = S[_BVC + p]
-                    v1 = S[_BVC + _FS + p]
-                    v2 = S[_BVC + _U(2) * _FS + p]
-                    b0 = S[fbuf + p]
-                    b1 = S[fbuf + _FS + p]
-                    b2 = S[fbuf + _U(2) * _FS + p]
-                    v_alpha = (
-                        (c0 * tcu - b0 * rau) * v0 + (c1 * tcu - b1 * rau) * v1
-                        + (c2 * tcu - b2 * rau) * v2 + S[_BTF + p] * rau * S[_BVA + p]
-                    )  # fmt: skip
-                    S[fbuf + p] = b0 + c0 * fac
-                    S[fbuf + _FS + p] = b1 + c1 * fac
-                    S[fbuf + _U(2) * _FS + p] = b2 + c2 * fac
-                    lane[_LCOL + j] += fac * v0
-                    lane[_LCOL + _LW + j] += fac * v1
-                    lane[_LCOL + _U(2) * _LW + j] += fac * v2
-                    geo = um if ope <= _AMAX else _ZERO  # clamped alpha: no gradient
-                    v_op = e * v_alpha * geo
-                    v_sigma = -op * v_op
-                    lane[_LOP + j] += v_op
-                    lane[_LCON + j] += _HALF * v_sigma * dx * dx
-                    lane[_LCON + _LW + j] += v_sigma * dx * dy
-                    lane[_LCON + _U(2) * _LW + j] += _HALF * v_sigma * dy * dy
+                    q = p + off
+                    dx = mx - S[_PX + p]
+                    dy = my - S[_PY + p]
+                    v_alpha = S[f_val + p]
+                    if additive:
+                        v_sigma = -S[f_fac + p] * v_alpha
+                        L[_LOP + q] = S[f_e + p] * v_alpha
+                    else:
+                        v_op = S[f_e + p] * v_alpha * S[f_geo + p]
+                        v_sigma = -op * v_op
+                        L[_LOP + q] = v_op
+                    L[_LCON + q] = _HALF * v_sigma * dx * dx
+                    L[_LCON + _LW + q] = v_sigma * dx * dy
+                    L[_LCON + _U(2) * _LW + q] = _HALF * v_sigma * dy * dy
                     gx = v_sigma * (a * dx + b * dy)
                     gy = v_sigma * (b * dx + c * dy)
-                    lane[_LXY + j] += gx
-                    lane[_LXY + _LW + j] += gy
-                    lane[_LABS + j] += abs(gx)
-                    lane[_LABS + _LW + j] += abs(gy)
-                continue
-            if additive:
-                for p in range(lo, hi):
-                    dx = mx - px[p - rb]
-                    sigma = _HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
-                    e = exp_neg(sigma)
-                    use = (sigma >= _ZERO) & (sigma <= _ACUT) & (last[p] >= idx32)
-                    um = _ONE if use else _ZERO
-                    S[f_dx + p] = dx
-                    S[f_e + p] = e * um
-                    S[f_fac + p] = op * e * um  # the weight w
-                    S[f_val + p] = S[_BVA + p] * um  # d/dw; colour terms below
-                    S[f_geo + p] = um
-            else:
-                for p in range(lo, hi):
-                    dx = mx - px[p - rb]
-                    sigma = _HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
-                    e = exp_neg(sigma)
-                    ope = op * e
-                    alpha = _clamp_alpha(ope)
-                    use = (sigma >= _ZERO) & (alpha >= _ATHR) & (last[p] >= idx32)
-                    um = _ONE if use else _ZERO
-                    ra = _ONE / (_ONE - alpha)
-                    tc = S[_BT + p] * (ra if use else _ONE)
-                    S[_BT + p] = tc
-                    S[f_dx + p] = dx
-                    S[f_e + p] = e
-                    S[f_tc + p] = tc * um
-                    S[f_ra + p] = ra * um
-                    S[f_fac + p] = alpha * tc * um
-                    S[f_val + p] = S[_BTF + p] * ra * um * S[_BVA + p]
-                    S[f_geo + p] = um if ope <= _AMAX else _ZERO
-            for k in range(D):
-                ck = colors[g, k]
-                fvc = _BVC + _U(k) * _FS
-                fb = fbuf + _U(k) * _FS
-                lk = _LCOL + _U(k) * _LW - rb
-                if additive:
-                    for p in range(lo, hi):
-                        vck = S[fvc + p]
-                        S[f_val + p] += ck * vck * S[f_geo + p]
-                        lane[lk + p] += S[f_fac + p] * vck
-                else:
-                    for p in range(lo, hi):
-                        vck = S[fvc + p]
-                        S[f_val + p] += (ck * S[f_tc + p] - S[fb + p] * S[f_ra + p]) * vck
-                        S[fb + p] += ck * S[f_fac + p]
-                        lane[lk + p] += S[f_fac + p] * vck
-            for p in range(lo, hi):
-                j = p - rb
-                dx = S[f_dx + p]
-                v_alpha = S[f_val + p]
-                if additive:
-                    v_sigma = -S[f_fac + p] * v_alpha
-                    lane[_LOP + j] += S[f_e + p] * v_alpha
-                else:
-                    v_op = S[f_e + p] * v_alpha * S[f_geo + p]
-                    v_sigma = -op * v_op
-                    lane[_LOP + j] += v_op
-                lane[_LCON + j] += _HALF * v_sigma * dx * dx
-                lane[_LCON + _LW + j] += v_sigma * dx * dy
-                lane[_LCON + _U(2) * _LW + j] += _HALF * v_sigma * dy * dy
-                gx = v_sigma * (a * dx + b * dy)
-                gy = v_sigma * (b * dx + c * dy)
-                lane[_LXY + j] += gx
-                lane[_LXY + _LW + j] += gy
-                lane[_LABS + j] += abs(gx)
-                lane[_LABS + _LW + j] += abs(gy)
-        # fold the used chunks lane by lane (vectorised), then a fixed pairwise tree over the 8
-        # lanes: a short dependency chain, and the same order every time (deterministic)
+                    L[_LXY + q] = gx
+                    L[_LXY + _LW + q] = gy
+                    L[_LABS + q] = abs(gx)
+                    L[_LABS + _LW + q] = abs(gy)
+        if n_lanes == 0:
+            if first:
+                for i in range(n_slot):
+                    slots[idx, i] = _ZERO
+            continue
+        # Per field: a running sum with stride 8 (vectorised, LLVM sees the distance) leaves the
+        # 8 column sums in the last 8 lanes; then a fixed pairwise tree. Same order every time.
         for i in range(n_slot):
             fi = _U(i) * _LW
-            for ch in range(l0 + _U(_LANES), l1, _U(_LANES)):
-                for j in range(_U(_LANES)):
-                    lane[fi + l0 + j] += lane[fi + ch + j]
-            q = fi + l0
-            s = ((lane[q] + lane[q + _U(1)]) + (lane[q + _U(2)] + lane[q + _U(3)])) + (
-                (lane[q + _U(4)] + lane[q + _U(5)]) + (lane[q + _U(6)] + lane[q + _U(7)])
+            for q in range(fi + _U(_LANES), fi + n_lanes):
+                L[q] += L[q - _U(_LANES)]
+            e8 = fi + n_lanes - _U(_LANES)
+            s = ((L[e8] + L[e8 + _U(1)]) + (L[e8 + _U(2)] + L[e8 + _U(3)])) + (
+                (L[e8 + _U(4)] + L[e8 + _U(5)]) + (L[e8 + _U(6)] + L[e8 + _U(7)])
             )
             slots[idx, i] = s if first else slots[idx, i] + s
 
 
 @njit(cache=True, error_model="numpy")
 def _backward_tile(
-    t, means2d, conics, colors, opacities, backgrounds, has_bg, flatten_ids, offsets,
-    width, height, tile_size, tile_width, n_tiles, additive,
-    t_final, last_ids, v_colors, v_alphas, slots,
+    t, pk, rg, offsets, width, height, tile_size, tile_width, n_tiles, additive, backgrounds,
+    has_bg, t_final, last_ids, v_colors, v_alphas, slots,
 ):  # fmt: skip
     start = offsets[t]
     end = offsets[t + 1]
@@ -713,40 +803,37 @@ def _backward_tile(
     ty0 = ty * tile_size
     tx1 = min(tx0 + tile_size, width)
     ty1 = min(ty0 + tile_size, height)
-    D = colors.shape[1]
-    S = np.empty((_N_BFIELDS_FIXED + 2 * D + _N_TMP) * _BLOCK * _BLOCK, np.float32)
+    D = pk.shape[1] - 6
+    S = np.empty((_N_BFIELDS + 2 * D + _N_TMP) * _BLOCK * _BLOCK, np.float32)
     last = np.empty(_BLOCK * _BLOCK, np.int32)
-    px = np.empty(_BLOCK, np.float32)
-    lane = np.empty(slots.shape[1] * _BLOCK, np.float32)
-    row_last = np.empty(_BLOCK, np.int64)
+    L = np.empty(slots.shape[1] * _BLOCK * _BLOCK, np.float32)
+    row_last = np.empty((_BLOCK // _LANES, _BLOCK), np.int64)
     first = True
     for y0 in range(ty0, ty1, _BLOCK):
         for x0 in range(tx0, tx1, _BLOCK):
             _backward_block(
-                cam, x0, y0, min(x0 + _BLOCK, tx1), min(y0 + _BLOCK, ty1), means2d, conics, colors,
-                opacities, backgrounds, has_bg, flatten_ids, start, end, additive, t_final,
-                last_ids, v_colors, v_alphas, slots, first, S, last, px, lane, row_last,
+                cam, x0, y0, min(x0 + _BLOCK, tx1), min(y0 + _BLOCK, ty1), pk, rg, start, end,
+                additive, backgrounds, has_bg, t_final, last_ids, v_colors, v_alphas, slots,
+                first, S, last, L, row_last,
             )  # fmt: skip
             first = False
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _backward_kernel(
-    means2d, conics, colors, opacities, backgrounds, has_bg, flatten_ids, offsets,
-    width, height, tile_size, tile_width, n_tiles, n_cameras, additive,
-    t_final, last_ids, v_colors, v_alphas, slots,
+    pk, rg, offsets, width, height, tile_size, tile_width, n_tiles, n_cameras, additive,
+    backgrounds, has_bg, t_final, last_ids, v_colors, v_alphas, slots,
 ):  # fmt: skip
     for t in prange(n_cameras * n_tiles):
         _backward_tile(
-            t, means2d, conics, colors, opacities, backgrounds, has_bg, flatten_ids, offsets,
-            width, height, tile_size, tile_width, n_tiles, additive,
-            t_final, last_ids, v_colors, v_alphas, slots,
+            t, pk, rg, offsets, width, height, tile_size, tile_width, n_tiles, additive,
+            backgrounds, has_bg, t_final, last_ids, v_colors, v_alphas, slots,
         )  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy")
 def _by_gaussian(flatten_ids, n_rows):
-    """Counting sort of the intersections by Gaussian: ptr [n_rows + 1], order [M] (stable)."""
+    """Counting sort of the intersections by Gaussian (stable): ptr [n_rows + 1], order [M]."""
     M = flatten_ids.shape[0]
     ptr = np.zeros(n_rows + 1, np.int64)
     for i in range(M):
@@ -764,7 +851,9 @@ def _by_gaussian(flatten_ids, n_rows):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _reduce_slots(slots, ptr, order, n_rows):
-    """Sum slot rows per Gaussian, in intersection order (deterministic); parallel over Gaussians."""
+    """Sum slot rows per Gaussian, in intersection order (deterministic); parallel over Gaussians.
+    (The backward writes slots in intersection order: sequential stores there beat a
+    Gaussian-major layout, whose scattered stores cost more than these scattered loads.)"""
     S = slots.shape[1]
     out = np.zeros((n_rows, S), np.float32)
     for g in prange(n_rows):
@@ -806,28 +895,36 @@ class _RasterizeToPixelsCPU(torch.autograd.Function):
     ):  # fmt: skip
         C, N, D = colors.shape
         _, th, tw = isect_offsets.shape
-        offsets = _offsets_np(isect_offsets, flatten_ids.shape[0])
+        M = flatten_ids.shape[0]
+        offsets = _offsets_np(isect_offsets, M)
+        if M and int(np.max(np.diff(offsets))) >= _MAX_TILE_LIST:
+            raise ValueError(f"rasterize_to_pixels: a tile lists >= {_MAX_TILE_LIST} Gaussians (backend='cpu' limit)")
         fids = _np(flatten_ids.to(torch.int32))
         has_bg = backgrounds is not None
         bg = _np(backgrounds) if has_bg else np.zeros((C, D), np.float32)
-        out_colors = np.empty((C, height, width, D), np.float32)
-        out_alphas = np.empty((C, height, width), np.float32)
-        t_final = np.empty((C, height, width), np.float32)
-        last_ids = np.empty((C, height, width), np.int32)
-        arrays = (
+        m2d, con, col, opa = (
             _np(means2d).reshape(C * N, 2),
             _np(conics).reshape(C * N, 3),
             _np(colors).reshape(C * N, D),
             _np(opacities).reshape(C * N),
-            bg,
         )
+        ga = np.empty((C * N, 6 + D), np.float32)
+        bounds = np.empty((C * N, 4), np.int32)
+        _gauss_pack(m2d, con, opa, col, additive, ga, bounds)
+        pk = np.empty((M, 6 + D), np.float32)
+        rg = np.empty((M, 4), np.int32)
+        _pack(ga, fids, offsets, bounds, width, height, tile_size, tw, tw * th, pk, rg)
+        out_colors = np.empty((C, height, width, D), np.float32)
+        out_alphas = np.empty((C, height, width), np.float32)
+        t_final = np.empty((C, height, width), np.float32)
+        last_ids = np.empty((C, height, width), np.int32)
         with _Dynamic():
             _forward_kernel(
-                *arrays, has_bg, fids, offsets, width, height, tile_size, tw, tw * th, C,
-                additive, out_colors, out_alphas, t_final, last_ids,
+                pk, rg, offsets, width, height, tile_size, tw, tw * th, C, additive, bg, has_bg,
+                out_colors, out_alphas, t_final, last_ids,
             )  # fmt: skip
         ctx.save_for_backward(means2d, conics, colors, opacities, backgrounds)
-        ctx.np_state = (arrays, fids, offsets, t_final, last_ids)
+        ctx.np_state = (pk, rg, bg, fids, offsets, t_final, last_ids)
         ctx.meta = (C, N, D, width, height, tile_size, tw, th, additive, absgrad, has_bg)
         render_colors = torch.from_numpy(out_colors)
         render_alphas = torch.from_numpy(out_alphas)[..., None]
@@ -836,15 +933,15 @@ class _RasterizeToPixelsCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_render_colors, v_render_alphas):
         means2d, conics, colors, opacities, backgrounds = ctx.saved_tensors
-        arrays, fids, offsets, t_final, last_ids = ctx.np_state
+        pk, rg, bg, fids, offsets, t_final, last_ids = ctx.np_state
         C, N, D, width, height, tile_size, tw, th, additive, absgrad, has_bg = ctx.meta
         v_c = _np(v_render_colors.to(torch.float32))
         v_a = _np(v_render_alphas.to(torch.float32)).reshape(C, height, width)
         slots = np.empty((fids.shape[0], _S_COL + D), np.float32)
         with _Dynamic():
             _backward_kernel(
-                *arrays, has_bg, fids, offsets, width, height, tile_size, tw, tw * th, C,
-                additive, t_final, last_ids, v_c, v_a, slots,
+                pk, rg, offsets, width, height, tile_size, tw, tw * th, C, additive, bg, has_bg,
+                t_final, last_ids, v_c, v_a, slots,
             )  # fmt: skip
         ptr, order = _by_gaussian(fids, C * N)
         grads = torch.from_numpy(_reduce_slots(slots, ptr, order, C * N))

@@ -30,7 +30,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
-__all__ = ["project_and_shade", "project_and_shade_raw", "warmup"]
+__all__ = ["project_and_shade", "project_and_shade_raw", "accumulate_grad2d", "warmup"]
 
 # real SH constants (same as sh.py)
 _C0 = 0.28209479177387814
@@ -117,134 +117,173 @@ def _sh_basis_grad(d, x, y, z, w, out):
     out[2] = gz
 
 
+# 3x3 matrices are 9-tuples (row-major) of float64: numba keeps them in registers.
 @njit(inline="always", cache=True, error_model="numpy")
-def _coeff(c0, c1, g, b, k):
-    """SH coefficient b, channel k of Gaussian g: bases [0, K0) from c0, the rest from c1."""
-    K0 = c0.shape[1]
-    return c0[g, b, k] if b < K0 else c1[g, b - K0, k]
-
-
-@njit(inline="always", cache=True, error_model="numpy")
-def _rotmat(w, x, y, z, R):
-    R[0, 0] = 1.0 - 2.0 * (y * y + z * z)
-    R[0, 1] = 2.0 * (x * y - w * z)
-    R[0, 2] = 2.0 * (x * z + w * y)
-    R[1, 0] = 2.0 * (x * y + w * z)
-    R[1, 1] = 1.0 - 2.0 * (x * x + z * z)
-    R[1, 2] = 2.0 * (y * z - w * x)
-    R[2, 0] = 2.0 * (x * z - w * y)
-    R[2, 1] = 2.0 * (y * z + w * x)
-    R[2, 2] = 1.0 - 2.0 * (x * x + y * y)
+def _mm(a, b):  # a @ b
+    return (
+        a[0] * b[0] + a[1] * b[3] + a[2] * b[6], a[0] * b[1] + a[1] * b[4] + a[2] * b[7], a[0] * b[2] + a[1] * b[5] + a[2] * b[8],
+        a[3] * b[0] + a[4] * b[3] + a[5] * b[6], a[3] * b[1] + a[4] * b[4] + a[5] * b[7], a[3] * b[2] + a[4] * b[5] + a[5] * b[8],
+        a[6] * b[0] + a[7] * b[3] + a[8] * b[6], a[6] * b[1] + a[7] * b[4] + a[8] * b[7], a[6] * b[2] + a[7] * b[5] + a[8] * b[8],
+    )  # fmt: skip
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _activate(g, means, quats, scales, opacities, raw, q, s):
-    """Unit quaternion into q[4] (returns |q|), scales into s[3], opacity (returned)."""
+def _mmt(a, b):  # a @ b^T
+    return (
+        a[0] * b[0] + a[1] * b[1] + a[2] * b[2], a[0] * b[3] + a[1] * b[4] + a[2] * b[5], a[0] * b[6] + a[1] * b[7] + a[2] * b[8],
+        a[3] * b[0] + a[4] * b[1] + a[5] * b[2], a[3] * b[3] + a[4] * b[4] + a[5] * b[5], a[3] * b[6] + a[4] * b[7] + a[5] * b[8],
+        a[6] * b[0] + a[7] * b[1] + a[8] * b[2], a[6] * b[3] + a[7] * b[4] + a[8] * b[5], a[6] * b[6] + a[7] * b[7] + a[8] * b[8],
+    )  # fmt: skip
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _mtm(a, b):  # a^T @ b
+    return (
+        a[0] * b[0] + a[3] * b[3] + a[6] * b[6], a[0] * b[1] + a[3] * b[4] + a[6] * b[7], a[0] * b[2] + a[3] * b[5] + a[6] * b[8],
+        a[1] * b[0] + a[4] * b[3] + a[7] * b[6], a[1] * b[1] + a[4] * b[4] + a[7] * b[7], a[1] * b[2] + a[4] * b[5] + a[7] * b[8],
+        a[2] * b[0] + a[5] * b[3] + a[8] * b[6], a[2] * b[1] + a[5] * b[4] + a[8] * b[7], a[2] * b[2] + a[5] * b[5] + a[8] * b[8],
+    )  # fmt: skip
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _gaussian(g, quats, scales, opacities, raw):
+    """Unit quaternion, its norm, rotation R, scales, M = R diag(s), opacity (activated)."""
     qw = float(quats[g, 0])
     qx = float(quats[g, 1])
     qy = float(quats[g, 2])
     qz = float(quats[g, 3])
     qn = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
     inv = 1.0 / max(qn, _NORM_EPS)
-    q[0] = qw * inv
-    q[1] = qx * inv
-    q[2] = qy * inv
-    q[3] = qz * inv
-    for j in range(3):
-        s[j] = math.exp(float(scales[g, j])) if raw else float(scales[g, j])
+    w = qw * inv
+    x = qx * inv
+    y = qy * inv
+    z = qz * inv
+    R = (
+        1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - w * z), 2.0 * (x * z + w * y),
+        2.0 * (x * y + w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - w * x),
+        2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y),
+    )  # fmt: skip
+    s0 = float(scales[g, 0])
+    s1 = float(scales[g, 1])
+    s2 = float(scales[g, 2])
     o = float(opacities[g])
     if raw:
+        s0 = math.exp(s0)
+        s1 = math.exp(s1)
+        s2 = math.exp(s2)
         o = 1.0 / (1.0 + math.exp(-o))
-    return qn, o
+    M = (R[0] * s0, R[1] * s1, R[2] * s2, R[3] * s0, R[4] * s1, R[5] * s2, R[6] * s0, R[7] * s1, R[8] * s2)
+    return (w, x, y, z), qn, R, (s0, s1, s2), M, o
+
+
+def _camera_table(viewmats: Tensor, Ks: Tensor, width: int, height: int) -> np.ndarray:
+    """Per camera, float64: rotation (9), translation (3), fx, fy, cx, cy, the four FoV limits of
+    the Jacobian (x+, x-, y+, y-) and the camera centre (3) -> [C, 23]. Computed once per call
+    (not per Gaussian)."""
+    vm = viewmats.detach().to(torch.float64).numpy()
+    K = Ks.detach().to(torch.float64).numpy()
+    C = vm.shape[0]
+    out = np.empty((C, 23))
+    for c in range(C):
+        R = vm[c, :3, :3]
+        t = vm[c, :3, 3]
+        fx, fy, cx, cy = K[c, 0, 0], K[c, 1, 1], K[c, 0, 2], K[c, 1, 2]
+        tan_fovx = 0.5 * width / fx
+        tan_fovy = 0.5 * height / fy
+        lims = ((width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx,
+                (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy)  # fmt: skip
+        out[c] = np.concatenate([R.reshape(-1), t, [fx, fy, cx, cy], lims, -R.T @ t])
+    return out
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _world_cov(q, s, R, Sig):
-    """Sigma = R diag(s)^2 R^T (symmetric, full 3x3 into Sig) with R from unit q."""
-    _rotmat(q[0], q[1], q[2], q[3], R)
-    for i in range(3):
-        for k in range(i, 3):
-            v = 0.0
-            for j in range(3):
-                v += R[i, j] * s[j] * R[k, j] * s[j]
-            Sig[i, k] = v
-            Sig[k, i] = v
+def _camera(cams, cam):
+    """Rotation (9-tuple), translation, fx, fy, cx, cy, FoV limits and centre from the table."""
+    Rc = (cams[cam, 0], cams[cam, 1], cams[cam, 2], cams[cam, 3], cams[cam, 4], cams[cam, 5],
+          cams[cam, 6], cams[cam, 7], cams[cam, 8])  # fmt: skip
+    t = (cams[cam, 9], cams[cam, 10], cams[cam, 11])
+    lims = (cams[cam, 16], cams[cam, 17], cams[cam, 18], cams[cam, 19])
+    centre = (cams[cam, 20], cams[cam, 21], cams[cam, 22])
+    return Rc, t, cams[cam, 12], cams[cam, 13], cams[cam, 14], cams[cam, 15], lims, centre
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _cam_cov(Rc, Sig, Sc, T):
-    """Sc = Rc Sig Rc^T (T: scratch 3x3)."""
-    for i in range(3):
-        for j in range(3):
-            v = 0.0
-            for k in range(3):
-                v += Rc[i, k] * Sig[k, j]
-            T[i, j] = v
-    for i in range(3):
-        for j in range(3):
-            v = 0.0
-            for k in range(3):
-                v += T[i, k] * Rc[j, k]
-            Sc[i, j] = v
+def _jacobian(px, py, pz, fx, fy, lims):
+    rz = 1.0 / pz
+    xr = px * rz
+    yr = py * rz
+    u = min(lims[0], max(-lims[1], xr))
+    v = min(lims[2], max(-lims[3], yr))
+    x_in = xr <= lims[0] and xr >= -lims[1]
+    y_in = yr <= lims[2] and yr >= -lims[3]
+    return rz, u, v, x_in, y_in, fx * rz, -fx * u * rz, fy * rz, -fy * v * rz
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _cov2d(J00, J02, J11, J12, Sc):
+    c00 = J00 * J00 * Sc[0] + 2.0 * J00 * J02 * Sc[2] + J02 * J02 * Sc[8]
+    c01 = J00 * J11 * Sc[1] + J00 * J12 * Sc[2] + J02 * J11 * Sc[7] + J02 * J12 * Sc[8]
+    c11 = J11 * J11 * Sc[4] + 2.0 * J11 * J12 * Sc[5] + J12 * J12 * Sc[8]
+    return c00, c01, c11
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _sh_colour(c0, c1, g, k, n_bases, Y):
+    K0 = c0.shape[1]
+    acc = 0.0
+    for bb in range(min(n_bases, K0)):
+        acc += Y[bb] * c0[g, bb, k]
+    for bb in range(K0, n_bases):
+        acc += Y[bb] * c1[g, bb - K0, k]
+    return acc
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _forward_kernel(
-    means, quats, scales, opacities, c0, c1, viewmats, Ks, width, height, eps2d, near, far,
+    means, quats, scales, opacities, c0, c1, cams, width, height, eps2d, near, far,
     radius_clip, calc_comp, radius_sigmas, sh_degree, raw,
     radii, means2d, depths, conics, opac_out, colors_out,
 ):  # fmt: skip
+    n_blocks = (means.shape[0] + _BLOCK - 1) // _BLOCK
+    for blk in prange(n_blocks):
+        _forward_block(
+            blk, means, quats, scales, opacities, c0, c1, cams, width, height, eps2d, near, far,
+            radius_clip, calc_comp, radius_sigmas, sh_degree, raw,
+            radii, means2d, depths, conics, opac_out, colors_out,
+        )  # fmt: skip
+
+
+@njit(cache=True, error_model="numpy")
+def _forward_block(
+    blk, means, quats, scales, opacities, c0, c1, cams, width, height, eps2d, near, far,
+    radius_clip, calc_comp, radius_sigmas, sh_degree, raw,
+    radii, means2d, depths, conics, opac_out, colors_out,
+):  # fmt: skip
+    """One block of Gaussians (a plain function: numba inlines the helpers here, no array
+    reference counting per call)."""
     N = means.shape[0]
-    C = viewmats.shape[0]
-    n_blocks = (N + _BLOCK - 1) // _BLOCK
+    C = cams.shape[0]
     shade = sh_degree >= 0
     n_bases = (sh_degree + 1) * (sh_degree + 1)
-    for blk in prange(n_blocks):
-        q = np.empty(4)
-        s = np.empty(3)
-        R = np.empty((3, 3))
-        Sig = np.empty((3, 3))
-        Sc = np.empty((3, 3))
-        T = np.empty((3, 3))
-        Rc = np.empty((3, 3))
+    if True:
         Y = np.zeros(16)
         for g in range(blk * _BLOCK, min(N, (blk + 1) * _BLOCK)):
-            _, o = _activate(g, means, quats, scales, opacities, raw, q, s)
-            _world_cov(q, s, R, Sig)
+            _, _, _, _, M, o = _gaussian(g, quats, scales, opacities, raw)
+            Sig = _mmt(M, M)
             mu0 = float(means[g, 0])
             mu1 = float(means[g, 1])
             mu2 = float(means[g, 2])
             for cam in range(C):
-                for i in range(3):
-                    for j in range(3):
-                        Rc[i, j] = viewmats[cam, i, j]
-                px = Rc[0, 0] * mu0 + Rc[0, 1] * mu1 + Rc[0, 2] * mu2 + viewmats[cam, 0, 3]
-                py = Rc[1, 0] * mu0 + Rc[1, 1] * mu1 + Rc[1, 2] * mu2 + viewmats[cam, 1, 3]
-                pz = Rc[2, 0] * mu0 + Rc[2, 1] * mu1 + Rc[2, 2] * mu2 + viewmats[cam, 2, 3]
+                Rc, t, fx, fy, cx, cy, lims, cc = _camera(cams, cam)
+                px = Rc[0] * mu0 + Rc[1] * mu1 + Rc[2] * mu2 + t[0]
+                py = Rc[3] * mu0 + Rc[4] * mu1 + Rc[5] * mu2 + t[1]
+                pz = Rc[6] * mu0 + Rc[7] * mu1 + Rc[8] * mu2 + t[2]
                 keep = False
                 comp = 0.0
                 if pz > near and pz < far:
-                    _cam_cov(Rc, Sig, Sc, T)
-                    fx = float(Ks[cam, 0, 0])
-                    fy = float(Ks[cam, 1, 1])
-                    cx = float(Ks[cam, 0, 2])
-                    cy = float(Ks[cam, 1, 2])
-                    tan_fovx = 0.5 * width / fx
-                    tan_fovy = 0.5 * height / fy
-                    lim_xp = (width - cx) / fx + 0.3 * tan_fovx
-                    lim_xn = cx / fx + 0.3 * tan_fovx
-                    lim_yp = (height - cy) / fy + 0.3 * tan_fovy
-                    lim_yn = cy / fy + 0.3 * tan_fovy
-                    rz = 1.0 / pz
-                    u = min(lim_xp, max(-lim_xn, px * rz))
-                    v = min(lim_yp, max(-lim_yn, py * rz))
-                    J00 = fx * rz
-                    J02 = -fx * u * rz
-                    J11 = fy * rz
-                    J12 = -fy * v * rz
-                    c00 = J00 * J00 * Sc[0, 0] + 2.0 * J00 * J02 * Sc[0, 2] + J02 * J02 * Sc[2, 2]
-                    c01 = J00 * J11 * Sc[0, 1] + J00 * J12 * Sc[0, 2] + J02 * J11 * Sc[2, 1] + J02 * J12 * Sc[2, 2]
-                    c11 = J11 * J11 * Sc[1, 1] + 2.0 * J11 * J12 * Sc[1, 2] + J12 * J12 * Sc[2, 2]
+                    Sc = _mmt(_mm(Rc, Sig), Rc)
+                    rz, u, v, x_in, y_in, J00, J02, J11, J12 = _jacobian(px, py, pz, fx, fy, lims)
+                    c00, c01, c11 = _cov2d(J00, J02, J11, J12, Sc)
                     a = c00 + eps2d
                     b = c01
                     c = c11 + eps2d
@@ -264,9 +303,10 @@ def _forward_kernel(
                             means2d[cam, g, 0] = m2x
                             means2d[cam, g, 1] = m2y
                             depths[cam, g] = pz
-                            conics[cam, g, 0] = c / det
-                            conics[cam, g, 1] = -b / det
-                            conics[cam, g, 2] = a / det
+                            inv_det = 1.0 / det
+                            conics[cam, g, 0] = c * inv_det
+                            conics[cam, g, 1] = -b * inv_det
+                            conics[cam, g, 2] = a * inv_det
                             if calc_comp:
                                 ratio = (c00 * c11 - b * b) / det
                                 comp = math.sqrt(ratio) if ratio > 0.0 else 0.0
@@ -284,13 +324,9 @@ def _forward_kernel(
                         for k in range(3):
                             colors_out[cam, g, k] = 0.5
                         continue
-                    # camera centre: -Rc^T t
-                    ccx = -(Rc[0, 0] * viewmats[cam, 0, 3] + Rc[1, 0] * viewmats[cam, 1, 3] + Rc[2, 0] * viewmats[cam, 2, 3])
-                    ccy = -(Rc[0, 1] * viewmats[cam, 0, 3] + Rc[1, 1] * viewmats[cam, 1, 3] + Rc[2, 1] * viewmats[cam, 2, 3])
-                    ccz = -(Rc[0, 2] * viewmats[cam, 0, 3] + Rc[1, 2] * viewmats[cam, 1, 3] + Rc[2, 2] * viewmats[cam, 2, 3])
-                    dx = mu0 - ccx
-                    dy = mu1 - ccy
-                    dz = mu2 - ccz
+                    dx = mu0 - cc[0]
+                    dy = mu1 - cc[1]
+                    dz = mu2 - cc[2]
                     if sh_degree > 0:
                         inv = 1.0 / max(math.sqrt(dx * dx + dy * dy + dz * dz), _NORM_EPS)
                         dx *= inv
@@ -298,44 +334,44 @@ def _forward_kernel(
                         dz *= inv
                     _sh_basis(sh_degree, dx, dy, dz, Y)
                     for k in range(3):
-                        acc = 0.0
-                        for bb in range(n_bases):
-                            acc += Y[bb] * _coeff(c0, c1, g, bb, k)
-                        colors_out[cam, g, k] = max(acc + 0.5, 0.0)
+                        colors_out[cam, g, k] = max(_sh_colour(c0, c1, g, k, n_bases, Y) + 0.5, 0.0)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _backward_kernel(
-    means, quats, scales, opacities, c0, c1, viewmats, Ks, width, height, eps2d,
+    means, quats, scales, opacities, c0, c1, cams, width, height, eps2d,
+    calc_comp, sh_degree, raw, radii,
+    v_means2d, v_depths, v_conics, v_opac, v_colors,
+    g_means, g_quats, g_scales, g_opacities, g_c0, g_c1,
+):  # fmt: skip
+    n_blocks = (means.shape[0] + _BLOCK - 1) // _BLOCK
+    for blk in prange(n_blocks):
+        _backward_block(
+            blk, means, quats, scales, opacities, c0, c1, cams, width, height, eps2d,
+            calc_comp, sh_degree, raw, radii, v_means2d, v_depths, v_conics, v_opac, v_colors,
+            g_means, g_quats, g_scales, g_opacities, g_c0, g_c1,
+        )  # fmt: skip
+
+
+@njit(cache=True, error_model="numpy")
+def _backward_block(
+    blk, means, quats, scales, opacities, c0, c1, cams, width, height, eps2d,
     calc_comp, sh_degree, raw, radii,
     v_means2d, v_depths, v_conics, v_opac, v_colors,
     g_means, g_quats, g_scales, g_opacities, g_c0, g_c1,
 ):  # fmt: skip
     N = means.shape[0]
-    C = viewmats.shape[0]
-    n_blocks = (N + _BLOCK - 1) // _BLOCK
+    C = cams.shape[0]
     shade = sh_degree >= 0
     n_bases = (sh_degree + 1) * (sh_degree + 1)
     K0 = c0.shape[1]
-    for blk in prange(n_blocks):
-        q = np.empty(4)
-        s = np.empty(3)
-        R = np.empty((3, 3))
-        Sig = np.empty((3, 3))
-        Sc = np.empty((3, 3))
-        T = np.empty((3, 3))
-        Rc = np.empty((3, 3))
-        vSc = np.empty((3, 3))
-        vSig = np.zeros((3, 3))
-        vM = np.empty((3, 3))
+    if True:
         Y = np.zeros(16)
         w = np.zeros(16)
         gd = np.empty(3)
-        JS0 = np.empty(3)
-        JS1 = np.empty(3)
         for g in range(blk * _BLOCK, min(N, (blk + 1) * _BLOCK)):
-            qn, o = _activate(g, means, quats, scales, opacities, raw, q, s)
-            _world_cov(q, s, R, Sig)
+            q, qn, R, s, M, o = _gaussian(g, quats, scales, opacities, raw)
+            Sig = _mmt(M, M)
             mu0 = float(means[g, 0])
             mu1 = float(means[g, 1])
             mu2 = float(means[g, 2])
@@ -343,53 +379,26 @@ def _backward_kernel(
             vmu1 = 0.0
             vmu2 = 0.0
             v_o = 0.0
-            for i in range(3):
-                for j in range(3):
-                    vSig[i, j] = 0.0
+            vSig = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
             if shade:
-                for bb in range(n_bases):
+                for bb in range(min(n_bases, K0)):
                     for k in range(3):
-                        if bb < K0:
-                            g_c0[g, bb, k] = 0.0
-                        else:
-                            g_c1[g, bb - K0, k] = 0.0
+                        g_c0[g, bb, k] = 0.0
+                for bb in range(K0, n_bases):
+                    for k in range(3):
+                        g_c1[g, bb - K0, k] = 0.0
             for cam in range(C):
-                r = radii[cam, g]
                 if not calc_comp:
-                    v_o += v_opac[cam, g]
-                if r <= 0:
+                    v_o += float(v_opac[cam, g])
+                if radii[cam, g] <= 0:
                     continue
-                for i in range(3):
-                    for j in range(3):
-                        Rc[i, j] = viewmats[cam, i, j]
-                px = Rc[0, 0] * mu0 + Rc[0, 1] * mu1 + Rc[0, 2] * mu2 + viewmats[cam, 0, 3]
-                py = Rc[1, 0] * mu0 + Rc[1, 1] * mu1 + Rc[1, 2] * mu2 + viewmats[cam, 1, 3]
-                pz = Rc[2, 0] * mu0 + Rc[2, 1] * mu1 + Rc[2, 2] * mu2 + viewmats[cam, 2, 3]
-                _cam_cov(Rc, Sig, Sc, T)
-                fx = float(Ks[cam, 0, 0])
-                fy = float(Ks[cam, 1, 1])
-                cx = float(Ks[cam, 0, 2])
-                cy = float(Ks[cam, 1, 2])
-                tan_fovx = 0.5 * width / fx
-                tan_fovy = 0.5 * height / fy
-                lim_xp = (width - cx) / fx + 0.3 * tan_fovx
-                lim_xn = cx / fx + 0.3 * tan_fovx
-                lim_yp = (height - cy) / fy + 0.3 * tan_fovy
-                lim_yn = cy / fy + 0.3 * tan_fovy
-                rz = 1.0 / pz
-                xr = px * rz
-                yr = py * rz
-                x_in = xr <= lim_xp and xr >= -lim_xn
-                y_in = yr <= lim_yp and yr >= -lim_yn
-                u = min(lim_xp, max(-lim_xn, xr))
-                v = min(lim_yp, max(-lim_yn, yr))
-                J00 = fx * rz
-                J02 = -fx * u * rz
-                J11 = fy * rz
-                J12 = -fy * v * rz
-                c00 = J00 * J00 * Sc[0, 0] + 2.0 * J00 * J02 * Sc[0, 2] + J02 * J02 * Sc[2, 2]
-                c01 = J00 * J11 * Sc[0, 1] + J00 * J12 * Sc[0, 2] + J02 * J11 * Sc[2, 1] + J02 * J12 * Sc[2, 2]
-                c11 = J11 * J11 * Sc[1, 1] + 2.0 * J11 * J12 * Sc[1, 2] + J12 * J12 * Sc[2, 2]
+                Rc, t, fx, fy, cx, cy, lims, cc = _camera(cams, cam)
+                px = Rc[0] * mu0 + Rc[1] * mu1 + Rc[2] * mu2 + t[0]
+                py = Rc[3] * mu0 + Rc[4] * mu1 + Rc[5] * mu2 + t[1]
+                pz = Rc[6] * mu0 + Rc[7] * mu1 + Rc[8] * mu2 + t[2]
+                Sc = _mmt(_mm(Rc, Sig), Rc)
+                rz, u, v, x_in, y_in, J00, J02, J11, J12 = _jacobian(px, py, pz, fx, fy, lims)
+                c00, c01, c11 = _cov2d(J00, J02, J11, J12, Sc)
                 a = c00 + eps2d
                 b = c01
                 c = c11 + eps2d
@@ -413,22 +422,25 @@ def _backward_kernel(
                         va += vr * (c11 * det - det0 * c) * id2
                         vc += vr * (c00 * det - det0 * a) * id2
                         vb += vr * (-2.0 * b * (det - det0)) * id2
-                # cov2d = J Sc J^T, gradient G2 = [[va, vb/2], [vb/2, vc]]
+                # cov2d = J Sc J^T with gradient G2 = [[va, h], [h, vc]], h = vb / 2
                 h = 0.5 * vb
-                # J rows: r0 = (J00, 0, J02), r1 = (0, J11, J12); v_Sc = J^T G2 J
-                j0 = (J00, 0.0, J02)
-                j1 = (0.0, J11, J12)
-                for i in range(3):
-                    for k in range(3):
-                        vSc[i, k] = va * j0[i] * j0[k] + h * (j0[i] * j1[k] + j1[i] * j0[k]) + vc * j1[i] * j1[k]
-                # v_J = 2 G2 J Sc
-                for k in range(3):
-                    JS0[k] = J00 * Sc[0, k] + J02 * Sc[2, k]
-                    JS1[k] = J11 * Sc[1, k] + J12 * Sc[2, k]
-                vJ00 = 2.0 * (va * JS0[0] + h * JS1[0])
-                vJ02 = 2.0 * (va * JS0[2] + h * JS1[2])
-                vJ11 = 2.0 * (h * JS0[1] + vc * JS1[1])
-                vJ12 = 2.0 * (h * JS0[2] + vc * JS1[2])
+                vSc = (
+                    va * J00 * J00, h * J00 * J11, va * J00 * J02 + h * J00 * J12,
+                    h * J11 * J00, vc * J11 * J11, h * J11 * J02 + vc * J11 * J12,
+                    va * J02 * J00 + h * J12 * J00, h * J02 * J11 + vc * J12 * J11,
+                    va * J02 * J02 + 2.0 * h * J02 * J12 + vc * J12 * J12,
+                )  # fmt: skip
+                # v_J = 2 G2 J Sc (rows of J Sc: JS0 = J00 Sc[0,:] + J02 Sc[2,:], JS1 = J11 Sc[1,:] + J12 Sc[2,:])
+                js00 = J00 * Sc[0] + J02 * Sc[6]
+                js01 = J00 * Sc[1] + J02 * Sc[7]
+                js02 = J00 * Sc[2] + J02 * Sc[8]
+                js10 = J11 * Sc[3] + J12 * Sc[6]
+                js11 = J11 * Sc[4] + J12 * Sc[7]
+                js12 = J11 * Sc[5] + J12 * Sc[8]
+                vJ00 = 2.0 * (va * js00 + h * js10)
+                vJ02 = 2.0 * (va * js02 + h * js12)
+                vJ11 = 2.0 * (h * js01 + vc * js11)
+                vJ12 = 2.0 * (h * js02 + vc * js12)
                 vmx = float(v_means2d[cam, g, 0])
                 vmy = float(v_means2d[cam, g, 1])
                 rz2 = rz * rz
@@ -439,7 +451,7 @@ def _backward_kernel(
                 if x_in:  # J02 = -fx x / z^2
                     vpx += -fx * rz2 * vJ02
                     vpz += 2.0 * fx * px * rz2 * rz * vJ02
-                else:  # J02 = -fx u / z with u fixed
+                else:  # J02 = -fx u / z with u fixed at the FoV limit
                     vpz += fx * u * rz2 * vJ02
                 if y_in:
                     vpy += -fy * rz2 * vJ12
@@ -447,28 +459,18 @@ def _backward_kernel(
                 else:
                     vpz += fy * v * rz2 * vJ12
                 # world: p = Rc mu + t, Sc = Rc Sig Rc^T
-                vmu0 += Rc[0, 0] * vpx + Rc[1, 0] * vpy + Rc[2, 0] * vpz
-                vmu1 += Rc[0, 1] * vpx + Rc[1, 1] * vpy + Rc[2, 1] * vpz
-                vmu2 += Rc[0, 2] * vpx + Rc[1, 2] * vpy + Rc[2, 2] * vpz
-                for i in range(3):
-                    for j in range(3):
-                        t_ = 0.0
-                        for k in range(3):
-                            t_ += vSc[i, k] * Rc[k, j]
-                        T[i, j] = t_
-                for i in range(3):
-                    for j in range(3):
-                        t_ = 0.0
-                        for k in range(3):
-                            t_ += Rc[k, i] * T[k, j]
-                        vSig[i, j] += t_
+                vmu0 += Rc[0] * vpx + Rc[3] * vpy + Rc[6] * vpz
+                vmu1 += Rc[1] * vpx + Rc[4] * vpy + Rc[7] * vpz
+                vmu2 += Rc[2] * vpx + Rc[5] * vpy + Rc[8] * vpz
+                d = _mm(_mtm(Rc, vSc), Rc)
+                vSig = (
+                    vSig[0] + d[0], vSig[1] + d[1], vSig[2] + d[2], vSig[3] + d[3], vSig[4] + d[4],
+                    vSig[5] + d[5], vSig[6] + d[6], vSig[7] + d[7], vSig[8] + d[8],
+                )  # fmt: skip
                 if shade:
-                    ccx = -(Rc[0, 0] * viewmats[cam, 0, 3] + Rc[1, 0] * viewmats[cam, 1, 3] + Rc[2, 0] * viewmats[cam, 2, 3])
-                    ccy = -(Rc[0, 1] * viewmats[cam, 0, 3] + Rc[1, 1] * viewmats[cam, 1, 3] + Rc[2, 1] * viewmats[cam, 2, 3])
-                    ccz = -(Rc[0, 2] * viewmats[cam, 0, 3] + Rc[1, 2] * viewmats[cam, 1, 3] + Rc[2, 2] * viewmats[cam, 2, 3])
-                    dx = mu0 - ccx
-                    dy = mu1 - ccy
-                    dz = mu2 - ccz
+                    dx = mu0 - cc[0]
+                    dy = mu1 - cc[1]
+                    dz = mu2 - cc[2]
                     nrm = math.sqrt(dx * dx + dy * dy + dz * dz)
                     inv = 1.0
                     if sh_degree > 0:
@@ -480,16 +482,13 @@ def _backward_kernel(
                     for bb in range(n_bases):
                         w[bb] = 0.0
                     for k in range(3):
-                        acc = 0.0
-                        for bb in range(n_bases):
-                            acc += Y[bb] * _coeff(c0, c1, g, bb, k)
-                        vck = float(v_colors[cam, g, k]) if acc + 0.5 >= 0.0 else 0.0
-                        for bb in range(n_bases):
-                            if bb < K0:
-                                g_c0[g, bb, k] += Y[bb] * vck
-                            else:
-                                g_c1[g, bb - K0, k] += Y[bb] * vck
-                            w[bb] += _coeff(c0, c1, g, bb, k) * vck
+                        vck = float(v_colors[cam, g, k]) if _sh_colour(c0, c1, g, k, n_bases, Y) + 0.5 >= 0.0 else 0.0
+                        for bb in range(min(n_bases, K0)):
+                            g_c0[g, bb, k] += Y[bb] * vck
+                            w[bb] += c0[g, bb, k] * vck
+                        for bb in range(K0, n_bases):
+                            g_c1[g, bb - K0, k] += Y[bb] * vck
+                            w[bb] += c1[g, bb - K0, k] * vck
                     if sh_degree > 0:
                         _sh_basis_grad(sh_degree, dx, dy, dz, w, gd)
                         dot = gd[0] * dx + gd[1] * dy + gd[2] * dz
@@ -505,20 +504,24 @@ def _backward_kernel(
             g_means[g, 1] = vmu1
             g_means[g, 2] = vmu2
             # Sigma = M M^T, M = R diag(s): v_M = (vSig + vSig^T) M
-            for i in range(3):
-                for j in range(3):
-                    t_ = 0.0
-                    for k in range(3):
-                        t_ += (vSig[i, k] + vSig[k, i]) * R[k, j] * s[j]
-                    vM[i, j] = t_
-            for j in range(3):
-                vs = vM[0, j] * R[0, j] + vM[1, j] * R[1, j] + vM[2, j] * R[2, j]
-                g_scales[g, j] = vs * s[j] if raw else vs
-            # v_R = v_M diag(s); quaternion (unit) then normalisation
-            w_, x, y, z = q[0], q[1], q[2], q[3]
-            r00, r01, r02 = vM[0, 0] * s[0], vM[0, 1] * s[1], vM[0, 2] * s[2]
-            r10, r11, r12 = vM[1, 0] * s[0], vM[1, 1] * s[1], vM[1, 2] * s[2]
-            r20, r21, r22 = vM[2, 0] * s[0], vM[2, 1] * s[1], vM[2, 2] * s[2]
+            vS2 = (
+                2.0 * vSig[0], vSig[1] + vSig[3], vSig[2] + vSig[6],
+                vSig[3] + vSig[1], 2.0 * vSig[4], vSig[5] + vSig[7],
+                vSig[6] + vSig[2], vSig[7] + vSig[5], 2.0 * vSig[8],
+            )  # fmt: skip
+            vM = _mm(vS2, M)
+            s0, s1, s2 = s
+            vs0 = vM[0] * R[0] + vM[3] * R[3] + vM[6] * R[6]
+            vs1 = vM[1] * R[1] + vM[4] * R[4] + vM[7] * R[7]
+            vs2 = vM[2] * R[2] + vM[5] * R[5] + vM[8] * R[8]
+            g_scales[g, 0] = vs0 * s0 if raw else vs0
+            g_scales[g, 1] = vs1 * s1 if raw else vs1
+            g_scales[g, 2] = vs2 * s2 if raw else vs2
+            # v_R = v_M diag(s); quaternion (unit) then its normalisation
+            w_, x, y, z = q
+            r00, r01, r02 = vM[0] * s0, vM[1] * s1, vM[2] * s2
+            r10, r11, r12 = vM[3] * s0, vM[4] * s1, vM[5] * s2
+            r20, r21, r22 = vM[6] * s0, vM[7] * s1, vM[8] * s2
             gw = 2.0 * (-z * r01 + y * r02 + z * r10 - x * r12 - y * r20 + x * r21)
             gx = 2.0 * (y * r01 + z * r02 + y * r10 - 2.0 * x * r11 - w_ * r12 + z * r20 + w_ * r21 - 2.0 * x * r22)
             gy = 2.0 * (-2.0 * y * r00 + x * r01 + w_ * r02 + x * r10 + z * r12 - w_ * r20 + z * r21 - 2.0 * y * r22)
@@ -561,7 +564,8 @@ class _ProjectShade(torch.autograd.Function):
         conics = np.empty((C, N, 3), npd)
         opac = np.empty((C, N), npd)
         colors = np.empty((C, N, 3) if shade else (C, 0, 3), npd)
-        arrays = [_np(t) for t in (means, quats, scales, opacities, coeffs0, coeffs1, viewmats, Ks)]
+        arrays = [_np(t) for t in (means, quats, scales, opacities, coeffs0, coeffs1)]
+        arrays.append(_camera_table(viewmats, Ks, width, height))
         _forward_kernel(
             *arrays, float(width), float(height), float(eps2d), float(near_plane), float(far_plane),
             float(radius_clip), bool(calc_compensations), float(radius_sigmas),
@@ -571,7 +575,6 @@ class _ProjectShade(torch.autograd.Function):
         ctx.arrays = arrays
         ctx.radii = radii
         ctx.meta = (width, height, float(eps2d), bool(calc_compensations), sh_degree, bool(raw))
-        ctx.shapes = (tuple(coeffs0.shape), tuple(coeffs1.shape))
         ctx.mark_non_differentiable(radii_t := torch.from_numpy(radii))
         outs = [torch.from_numpy(a) for a in (means2d, depths, conics, opac)]
         colors_t = torch.from_numpy(colors) if shade else None
@@ -580,7 +583,7 @@ class _ProjectShade(torch.autograd.Function):
     @staticmethod
     def backward(ctx, _v_radii, v_means2d, v_depths, v_conics, v_opac, v_colors):
         width, height, eps2d, calc_comp, sh_degree, raw = ctx.meta
-        means, quats, scales, opacities, c0, c1, viewmats, Ks = ctx.arrays
+        means, quats, scales, opacities, c0, c1, cams = ctx.arrays
         C, N = ctx.radii.shape
         npd = means.dtype
         shade = sh_degree is not None
@@ -592,7 +595,7 @@ class _ProjectShade(torch.autograd.Function):
         g_c0 = np.zeros(c0.shape, npd)
         g_c1 = np.zeros(c1.shape, npd)
         _backward_kernel(
-            means, quats, scales, opacities, c0, c1, viewmats, Ks, float(width), float(height),
+            means, quats, scales, opacities, c0, c1, cams, float(width), float(height),
             eps2d, calc_comp, -1 if not shade else int(sh_degree), raw, ctx.radii,
             arr(v_means2d, (C, N, 2)), arr(v_depths, (C, N)), arr(v_conics, (C, N, 3)),
             arr(v_opac, (C, N)), arr(v_colors, (C, N, 3)) if shade else np.zeros((C, 0, 3), npd),
@@ -673,6 +676,44 @@ def project_and_shade_raw(
     return _ProjectShade.apply(
         means, quats, log_scales, opacity_logits, sh0, shN, viewmats, Ks, width, height, eps2d,
         near_plane, far_plane, radius_clip, calc_compensations, radius_sigmas, sh_degree, True,
+    )  # fmt: skip
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _accumulate_kernel(grads, radii, sx, sy, grad2d, count):
+    C, N = radii.shape
+    for g in prange(N):
+        for cam in range(C):
+            if radii[cam, g] > 0:
+                gx = grads[cam, g, 0] * sx
+                gy = grads[cam, g, 1] * sy
+                grad2d[g] += math.sqrt(gx * gx + gy * gy)
+                count[g] += 1.0
+
+
+@torch.no_grad()
+def accumulate_grad2d(
+    grad2d: Tensor,  # [N] float32, updated in place
+    count: Tensor,  # [N] float32, updated in place
+    grads: Tensor,  # [C, N, 2] d loss / d means2d (or absgrad)
+    radii: Tensor,  # [C, N] int
+    width: int,
+    height: int,
+) -> None:
+    """Densification statistics of ``DensifyStrategy._accumulate`` (non-packed) in one pass:
+    for every (camera, Gaussian) with radius > 0, ``grad2d += |grads * (W/2 * C, H/2 * C)|``
+    and ``count += 1``. Twin: the strategy's torch code (norm, nonzero, index_add_)."""
+    C, N = radii.shape
+    if grads.shape != (C, N, 2) or grad2d.shape != (N,) or count.shape != (N,):
+        raise ValueError(
+            f"accumulate_grad2d: expected grads [C={C}, N={N}, 2], grad2d and count [N], given "
+            f"{list(grads.shape)}, {list(grad2d.shape)}, {list(count.shape)}"
+        )
+    if not (grad2d.dtype == count.dtype == torch.float32 and grad2d.is_contiguous() and count.is_contiguous()):
+        raise ValueError("accumulate_grad2d: grad2d and count must be contiguous float32")
+    _accumulate_kernel(
+        _np(grads.to(torch.float32)), _np(radii.to(torch.int32)), np.float32(width / 2.0 * C),
+        np.float32(height / 2.0 * C), grad2d.numpy(), count.numpy(),
     )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -28,7 +28,14 @@ from .projection import fully_fused_projection
 from .sh import MAX_SH_DEGREE, num_sh_bases, spherical_harmonics
 from .tiles import isect_offset_encode, isect_tiles, tile_grid
 
-__all__ = ["rasterization", "BACKENDS", "RENDER_MODES"]
+__all__ = [
+    "rasterization",
+    "rasterize_params",
+    "activate_params",
+    "project_and_shade_torch",
+    "BACKENDS",
+    "RENDER_MODES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -403,3 +410,99 @@ def _composite(
         "compositing": compositing,
     }
     return render_colors, render_alphas, meta
+
+
+def activate_params(
+    params: Mapping[str, Tensor],  # means, quats, scales (log), opacities (logit), sh0, shN
+    sh_degree: int,
+) -> Dict[str, Tensor]:
+    """The 3DGS activations (``GaussianModel.activated``) in plain PyTorch: unit quaternions,
+    ``exp`` scales, ``sigmoid`` opacities, SH coefficients ``cat([sh0, shN[:, :(d+1)^2 - 1]])``.
+    The reference twin of the activations that ``rasterize_params`` fuses on the CPU."""
+    colors = torch.cat([params["sh0"], params["shN"][:, : num_sh_bases(sh_degree) - 1]], dim=1)
+    return {
+        "means": params["means"],
+        "quats": torch.nn.functional.normalize(params["quats"], dim=-1),
+        "scales": torch.exp(params["scales"]),
+        "opacities": torch.sigmoid(params["opacities"]),
+        "colors": colors,
+    }
+
+
+def rasterize_params(
+    params: Mapping[str, Tensor],  # GaussianModel.params (raw): see below
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    sh_degree: int,
+    backgrounds: Optional[Tensor] = None,  # [C, 3]
+    render_mode: str = "RGB",
+    rasterize_mode: str = "classic",
+    absgrad: bool = False,
+    tile_size: int = 16,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    backend: str = "auto",
+) -> Tuple[Tensor, Tensor, Dict]:
+    """Render raw 3DGS trainer parameters: ``rasterization(**activate_params(params, d), ...)``
+    with the activations fused into the CPU kernels.
+
+    Args:
+        params: ``means`` [N, 3], ``quats`` [N, 4] (wxyz, any norm), ``scales`` [N, 3] (log
+            std devs), ``opacities`` [N] (logits), ``sh0`` [N, 1, 3], ``shN`` [N, K - 1, 3]
+            with (sh_degree + 1)^2 <= K (``GaussianModel.params``).
+        sh_degree: SH degree to evaluate; higher bands of ``shN`` get zero gradients.
+        other arguments: as ``rasterization``.
+
+    Returns:
+        As ``rasterization``. On the CPU backend (float32 CPU tensors, viewmats and Ks without
+        gradient) projection, SH and activations run in one numba pass each way
+        (``fused_cpu.project_and_shade_raw``) and gradients go straight to ``params``; otherwise
+        this is exactly ``rasterization(**activate_params(params, sh_degree), ...)``.
+    """
+    missing = [k for k in ("means", "quats", "scales", "opacities", "sh0", "shN") if k not in params]
+    if missing:
+        raise ValueError(f"params: missing {missing} (expected GaussianModel.params)")
+    means = params["means"]
+    N = means.shape[0] if isinstance(means, Tensor) and means.dim() == 2 else -1
+    for name, shape in (("means", (N, 3)), ("quats", (N, 4)), ("scales", (N, 3)), ("opacities", (N,)), ("sh0", (N, 1, 3))):
+        if tuple(params[name].shape) != shape or N < 0:
+            raise ValueError(f"params[{name!r}]: expected shape {list(shape)}, given {list(params[name].shape)}")
+    shN = params["shN"]
+    if shN.dim() != 3 or shN.shape[0] != N or shN.shape[2] != 3 or shN.shape[1] + 1 < num_sh_bases(sh_degree):
+        raise ValueError(f"params['shN']: expected [N={N}, K-1 >= {num_sh_bases(sh_degree) - 1}, 3], given {list(shN.shape)}")
+    device = means.device
+    fused = (
+        _resolve_backend(backend, device) == "cpu"
+        and device.type == "cpu"
+        and all(params[k].dtype == torch.float32 for k in ("means", "quats", "scales", "opacities", "sh0", "shN"))
+        and not (viewmats.requires_grad or Ks.requires_grad)
+    )
+    if not fused:
+        return rasterization(
+            **activate_params(params, sh_degree), viewmats=viewmats, Ks=Ks, width=width, height=height,
+            sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
+            rasterize_mode=rasterize_mode, absgrad=absgrad, tile_size=tile_size, eps2d=eps2d,
+            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, backend=backend,
+        )  # fmt: skip
+    from . import fused_cpu, raster_cpu  # numba: imported only when used
+
+    C = viewmats.shape[0]
+    # shapes/options checked by the shared checker (on the activated layout it describes)
+    _check_inputs(
+        means, params["quats"], params["scales"], params["opacities"],
+        torch.empty(N, num_sh_bases(sh_degree), 3), viewmats, Ks, width, height, sh_degree,
+        tile_size, backgrounds, render_mode, rasterize_mode, 32, None, "alpha",
+    )  # fmt: skip
+    radii, means2d, depths, conics, opacities_cn, feats = fused_cpu.project_and_shade_raw(
+        means, params["quats"], params["scales"], params["opacities"], params["sh0"], shN,
+        viewmats, Ks, width, height, sh_degree, eps2d=eps2d, near_plane=near_plane,
+        far_plane=far_plane, radius_clip=radius_clip, calc_compensations=rasterize_mode == "antialiased",
+    )  # fmt: skip
+    return _composite(
+        means2d, radii, depths, conics, opacities_cn, feats, backgrounds, width, height, tile_size,
+        render_mode, "alpha", absgrad, raster_cpu.bin_gaussians, raster_cpu.rasterize_to_pixels, "cpu", C,
+    )  # fmt: skip

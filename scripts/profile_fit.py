@@ -199,9 +199,19 @@ def resample(params: dict, n: int, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------ parts
+_CPU: list = []  # process CPU seconds of the last _median_time / _fwd_bwd call (all threads)
+
+
 def _median_time(fn, repeats: int) -> float:
+    """Median wall seconds of ``fn()`` (after a warm-up); its median CPU seconds go to _CPU."""
     fn()  # warm-up (numba cache load, allocations)
-    return statistics.median(_timed(fn) for _ in range(repeats))
+    walls, cpus = [], []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        walls.append(_timed(fn))
+        cpus.append(time.process_time() - c0)
+    _CPU.append(statistics.median(cpus))
+    return statistics.median(walls)
 
 
 def _rand_like(x: torch.Tensor, seed: int = 1) -> torch.Tensor:
@@ -212,16 +222,20 @@ def _fwd_bwd(forward, repeats: int) -> tuple[float, float]:
     """(median forward s, median backward s) of ``forward() -> list of outputs`` (floating
     outputs get random upstream gradients)."""
     t_f = _median_time(forward, repeats)
+    c_f = _CPU.pop()
     grads = None
-    times = []
+    times, cpus = [], []
     for i in range(repeats + 1):
         outs = [o for o in forward() if isinstance(o, torch.Tensor) and o.requires_grad]
         if grads is None:
             grads = [_rand_like(o) for o in outs]
+        c0 = time.process_time()
         t0 = time.perf_counter()
         torch.autograd.backward(outs, grads)
         if i:
             times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+    _CPU.append(c_f + (statistics.median(cpus) if cpus else 0.0))
     return t_f, statistics.median(times) if times else 0.0
 
 
@@ -270,6 +284,13 @@ class Profiler:
         return self.w2c[[v]], self.Ks[[v]], self.images[[v]]
 
     def parts(self) -> dict:
+        """{part: (forward wall s, backward wall s)}; self.cpu[part]: CPU s of both."""
+        _CPU.clear()
+        out = self._parts()
+        self.cpu = dict(zip(out.keys(), _CPU))
+        return out
+
+    def _parts(self) -> dict:
         from recon.splat import raster_cpu
         from recon.splat.tiles import tile_grid
 
@@ -371,10 +392,11 @@ class Profiler:
         opts = self._optimizers(model)
         strat = DensifyStrategy(refine_start_iter=10**9, refine_stop_iter=10**9, reset_every=10**9)
         state = strat.initialize_state(1.0)
-        times = []
+        times, cpus = [], []
         for i in range(steps + 1):
             self.view = i % self.w2c.shape[0]
             vm, K, gt = self._cam()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             if self.impl == "fused":
                 self._fused_step(leaves, opts, state, vm, K, gt)
@@ -382,7 +404,9 @@ class Profiler:
                 self._reference_step(model, leaves, opts, strat, state, vm, K, gt)
             if i:
                 times.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0)
         self.view = 0
+        self.step_cpu = statistics.median(cpus)
         return statistics.median(times)
 
     def _reference_step(self, model, leaves, opts, strat, state, vm, K, gt):
@@ -511,10 +535,12 @@ def profile(scene: dict, sizes, impl: str, sh_degree: int, repeats: int, steps: 
         total_parts = sum(f + b for f, b in parts.values())
         rows.append({
             "n": n, "impl": impl, "resolution": [prof.W, prof.H], "intersections": bounds["_isect"],
-            "contributing_pairs": bounds["_pairs"], "step_s": step,
-            "parts": {k: {"fwd_s": f, "bwd_s": b, "bound_s": bounds[k][2], "bytes": bounds[k][0], "flops": bounds[k][1]}
+            "contributing_pairs": bounds["_pairs"], "step_s": step, "step_cpu_s": prof.step_cpu,
+            "parts": {k: {"fwd_s": f, "bwd_s": b, "cpu_s": prof.cpu[k], "bound_s": bounds[k][2],
+                          "bytes": bounds[k][0], "flops": bounds[k][1]}
                       for k, (f, b) in parts.items()},
             "overhead_s": step - total_parts,
+            "overhead_cpu_s": prof.step_cpu - sum(prof.cpu.values()),
             "load": os.getloadavg()[0],
         })  # fmt: skip
         print(f"  N={n:,}: step {step * 1e3:.1f} ms (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
@@ -531,14 +557,14 @@ def print_table(result: dict) -> None:
     for row in result["rows"]:
         t = Table(title=f"{row['impl']}: N = {row['n']:,}, {row['resolution'][0]}x{row['resolution'][1]}, "
                         f"{row['intersections']:,} intersections, {row['contributing_pairs']:,} contributing pairs")  # fmt: skip
-        for col in ("part", "forward ms", "backward ms", "total ms", "bound ms", "total / bound"):
+        for col in ("part", "forward ms", "backward ms", "total ms", "CPU ms", "bound ms", "total / bound"):
             t.add_column(col, justify="right" if col != "part" else "left")
         for part, p in row["parts"].items():
             tot = p["fwd_s"] + p["bwd_s"]
             t.add_row(part, f"{p['fwd_s'] * 1e3:.1f}", f"{p['bwd_s'] * 1e3:.1f}" if p["bwd_s"] else "", f"{tot * 1e3:.1f}",
-                      f"{p['bound_s'] * 1e3:.2f}", f"{tot / max(p['bound_s'], 1e-9):.0f}x")  # fmt: skip
-        t.add_row("overhead (step - parts)", "", "", f"{row['overhead_s'] * 1e3:.1f}", "0", "")
-        t.add_row("[bold]full step[/bold]", "", "", f"[bold]{row['step_s'] * 1e3:.1f}[/bold]",
+                      f"{p['cpu_s'] * 1e3:.1f}", f"{p['bound_s'] * 1e3:.2f}", f"{tot / max(p['bound_s'], 1e-9):.0f}x")  # fmt: skip
+        t.add_row("overhead (step - parts)", "", "", f"{row['overhead_s'] * 1e3:.1f}", f"{row['overhead_cpu_s'] * 1e3:.1f}", "0", "")
+        t.add_row("[bold]full step[/bold]", "", "", f"[bold]{row['step_s'] * 1e3:.1f}[/bold]", f"{row['step_cpu_s'] * 1e3:.1f}",
                   f"{sum(p['bound_s'] for p in row['parts'].values()) * 1e3:.1f}", "")  # fmt: skip
         con.print(t)
 
@@ -548,10 +574,11 @@ def compare(a: dict, b: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"step time: {a['rows'][0]['impl']} ({a.get('tree', '')}) vs {b['rows'][0]['impl']} ({b.get('tree', '')})")
-    for col in ("N", "A step ms", "B step ms", "A / B"):
+    for col in ("N", "A step ms", "B step ms", "A / B", "A CPU ms", "B CPU ms", "A / B (CPU)"):
         t.add_column(col, justify="right")
     for ra, rb in zip(a["rows"], b["rows"]):
-        t.add_row(f"{ra['n']:,}", f"{ra['step_s'] * 1e3:.1f}", f"{rb['step_s'] * 1e3:.1f}", f"{ra['step_s'] / rb['step_s']:.2f}x")
+        t.add_row(f"{ra['n']:,}", f"{ra['step_s'] * 1e3:.1f}", f"{rb['step_s'] * 1e3:.1f}", f"{ra['step_s'] / rb['step_s']:.2f}x",
+                  f"{ra['step_cpu_s'] * 1e3:.1f}", f"{rb['step_cpu_s'] * 1e3:.1f}", f"{ra['step_cpu_s'] / rb['step_cpu_s']:.2f}x")  # fmt: skip
     Console(width=160).print(t)
 
 

@@ -39,6 +39,7 @@ _C20, _C21, _C22 = 1.0925484305920792, 0.31539156525252005, 0.5462742152960396
 _C30, _C31, _C32, _C33 = 0.5900435899266435, 1.445305721320277, 0.4570457994644658, 0.3731763325901154
 _NORM_EPS = 1e-12  # F.normalize's eps
 _BLOCK = 1024  # Gaussians per parallel task
+_U = np.uint64
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -227,17 +228,6 @@ def _cov2d(J00, J02, J11, J12, Sc):
     return c00, c01, c11
 
 
-@njit(inline="always", cache=True, error_model="numpy")
-def _sh_colour(c0, c1, g, k, n_bases, Y):
-    K0 = c0.shape[1]
-    acc = 0.0
-    for bb in range(min(n_bases, K0)):
-        acc += Y[bb] * c0[g, bb, k]
-    for bb in range(K0, n_bases):
-        acc += Y[bb] * c1[g, bb - K0, k]
-    return acc
-
-
 @njit(parallel=True, cache=True, error_model="numpy")
 def _forward_kernel(
     means, quats, scales, opacities, c0, c1, cams, width, height, eps2d, near, far,
@@ -265,6 +255,10 @@ def _forward_block(
     C = cams.shape[0]
     shade = sh_degree >= 0
     n_bases = (sh_degree + 1) * (sh_degree + 1)
+    K0 = c0.shape[1]
+    K1 = c1.shape[1]
+    c0f = c0.reshape(-1)
+    c1f = c1.reshape(-1)
     if True:
         Y = np.zeros(16)
         for g in range(blk * _BLOCK, min(N, (blk + 1) * _BLOCK)):
@@ -333,15 +327,33 @@ def _forward_block(
                         dy *= inv
                         dz *= inv
                     _sh_basis(sh_degree, dx, dy, dz, Y)
-                    for k in range(3):
-                        colors_out[cam, g, k] = max(_sh_colour(c0, c1, g, k, n_bases, Y) + 0.5, 0.0)
+                    r0 = 0.0
+                    r1 = 0.0
+                    r2 = 0.0
+                    b0 = _U(g * K0 * 3)
+                    for bb in range(min(n_bases, K0)):
+                        i = b0 + _U(bb * 3)
+                        y = Y[bb]
+                        r0 += y * c0f[i]
+                        r1 += y * c0f[i + _U(1)]
+                        r2 += y * c0f[i + _U(2)]
+                    b1 = _U(g * K1 * 3)
+                    for bb in range(K0, n_bases):
+                        i = b1 + _U((bb - K0) * 3)
+                        y = Y[bb]
+                        r0 += y * c1f[i]
+                        r1 += y * c1f[i + _U(1)]
+                        r2 += y * c1f[i + _U(2)]
+                    colors_out[cam, g, 0] = max(r0 + 0.5, 0.0)
+                    colors_out[cam, g, 1] = max(r1 + 0.5, 0.0)
+                    colors_out[cam, g, 2] = max(r2 + 0.5, 0.0)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _backward_kernel(
     means, quats, scales, opacities, c0, c1, cams, width, height, eps2d,
     calc_comp, sh_degree, raw, radii,
-    v_means2d, v_depths, v_conics, v_opac, v_colors,
+    v_means2d, v_depths, v_conics, v_opac, v_colors, colors_fwd,
     g_means, g_quats, g_scales, g_opacities, g_c0, g_c1,
 ):  # fmt: skip
     n_blocks = (means.shape[0] + _BLOCK - 1) // _BLOCK
@@ -349,7 +361,7 @@ def _backward_kernel(
         _backward_block(
             blk, means, quats, scales, opacities, c0, c1, cams, width, height, eps2d,
             calc_comp, sh_degree, raw, radii, v_means2d, v_depths, v_conics, v_opac, v_colors,
-            g_means, g_quats, g_scales, g_opacities, g_c0, g_c1,
+            colors_fwd, g_means, g_quats, g_scales, g_opacities, g_c0, g_c1,
         )  # fmt: skip
 
 
@@ -357,7 +369,7 @@ def _backward_kernel(
 def _backward_block(
     blk, means, quats, scales, opacities, c0, c1, cams, width, height, eps2d,
     calc_comp, sh_degree, raw, radii,
-    v_means2d, v_depths, v_conics, v_opac, v_colors,
+    v_means2d, v_depths, v_conics, v_opac, v_colors, colors_fwd,
     g_means, g_quats, g_scales, g_opacities, g_c0, g_c1,
 ):  # fmt: skip
     N = means.shape[0]
@@ -365,6 +377,11 @@ def _backward_block(
     shade = sh_degree >= 0
     n_bases = (sh_degree + 1) * (sh_degree + 1)
     K0 = c0.shape[1]
+    K1 = c1.shape[1]
+    c0f = c0.reshape(-1)
+    c1f = c1.reshape(-1)
+    g_c0f = g_c0.reshape(-1)  # zero on entry (np.zeros): rows are accumulated over cameras
+    g_c1f = g_c1.reshape(-1)
     if True:
         Y = np.zeros(16)
         w = np.zeros(16)
@@ -380,13 +397,6 @@ def _backward_block(
             vmu2 = 0.0
             v_o = 0.0
             vSig = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-            if shade:
-                for bb in range(min(n_bases, K0)):
-                    for k in range(3):
-                        g_c0[g, bb, k] = 0.0
-                for bb in range(K0, n_bases):
-                    for k in range(3):
-                        g_c1[g, bb - K0, k] = 0.0
             for cam in range(C):
                 if not calc_comp:
                     v_o += float(v_opac[cam, g])
@@ -479,16 +489,27 @@ def _backward_block(
                         dy *= inv
                         dz *= inv
                     _sh_basis(sh_degree, dx, dy, dz, Y)
-                    for bb in range(n_bases):
-                        w[bb] = 0.0
-                    for k in range(3):
-                        vck = float(v_colors[cam, g, k]) if _sh_colour(c0, c1, g, k, n_bases, Y) + 0.5 >= 0.0 else 0.0
-                        for bb in range(min(n_bases, K0)):
-                            g_c0[g, bb, k] += Y[bb] * vck
-                            w[bb] += c0[g, bb, k] * vck
-                        for bb in range(K0, n_bases):
-                            g_c1[g, bb - K0, k] += Y[bb] * vck
-                            w[bb] += c1[g, bb - K0, k] * vck
+                    # clamp_min(SH + 0.5, 0) passes the gradient where SH + 0.5 >= 0: where the
+                    # forward colour is > 0 (== 0 only when clamped, up to an exact 0)
+                    v0 = float(v_colors[cam, g, 0]) if colors_fwd[cam, g, 0] > 0.0 else 0.0
+                    v1 = float(v_colors[cam, g, 1]) if colors_fwd[cam, g, 1] > 0.0 else 0.0
+                    v2 = float(v_colors[cam, g, 2]) if colors_fwd[cam, g, 2] > 0.0 else 0.0
+                    b0 = _U(g * K0 * 3)
+                    for bb in range(min(n_bases, K0)):
+                        i = b0 + _U(bb * 3)
+                        y = Y[bb]
+                        g_c0f[i] += y * v0
+                        g_c0f[i + _U(1)] += y * v1
+                        g_c0f[i + _U(2)] += y * v2
+                        w[bb] = c0f[i] * v0 + c0f[i + _U(1)] * v1 + c0f[i + _U(2)] * v2
+                    b1 = _U(g * K1 * 3)
+                    for bb in range(K0, n_bases):
+                        i = b1 + _U((bb - K0) * 3)
+                        y = Y[bb]
+                        g_c1f[i] += y * v0
+                        g_c1f[i + _U(1)] += y * v1
+                        g_c1f[i + _U(2)] += y * v2
+                        w[bb] = c1f[i] * v0 + c1f[i + _U(1)] * v1 + c1f[i + _U(2)] * v2
                     if sh_degree > 0:
                         _sh_basis_grad(sh_degree, dx, dy, dz, w, gd)
                         dot = gd[0] * dx + gd[1] * dy + gd[2] * dz
@@ -574,6 +595,7 @@ class _ProjectShade(torch.autograd.Function):
         )  # fmt: skip
         ctx.arrays = arrays
         ctx.radii = radii
+        ctx.colors = colors
         ctx.meta = (width, height, float(eps2d), bool(calc_compensations), sh_degree, bool(raw))
         ctx.mark_non_differentiable(radii_t := torch.from_numpy(radii))
         outs = [torch.from_numpy(a) for a in (means2d, depths, conics, opac)]
@@ -598,7 +620,7 @@ class _ProjectShade(torch.autograd.Function):
             means, quats, scales, opacities, c0, c1, cams, float(width), float(height),
             eps2d, calc_comp, -1 if not shade else int(sh_degree), raw, ctx.radii,
             arr(v_means2d, (C, N, 2)), arr(v_depths, (C, N)), arr(v_conics, (C, N, 3)),
-            arr(v_opac, (C, N)), arr(v_colors, (C, N, 3)) if shade else np.zeros((C, 0, 3), npd),
+            arr(v_opac, (C, N)), arr(v_colors, (C, N, 3)) if shade else np.zeros((C, 0, 3), npd), ctx.colors,
             *g, g_c0, g_c1,
         )  # fmt: skip
         grads = [torch.from_numpy(x) for x in g]

@@ -3,11 +3,18 @@
 Backends are chosen here and only here:
 
 * ``"auto"``: gsplat's CUDA ``rasterization`` for CUDA tensors (gsplat imported lazily),
-  the numba CPU path (``raster_cpu``) for CPU tensors;
+  the numba CPU path for CPU tensors;
 * ``"gsplat"``: gsplat's CUDA kernels (CUDA tensors, alpha compositing only);
-* ``"cpu"``: numba kernels, float32 CPU tensors;
-* ``"torch"``: the plain-PyTorch twin (``raster_torch``), any float dtype and device; slow,
-  meant for tests and debugging.
+* ``"cpu"``: numba kernels, float32 CPU tensors: projection + SH colours in one pass each way
+  (``fused_cpu.project_and_shade``; when ``viewmats``/``Ks`` need gradients, e.g. pose
+  refinement, or ``covars`` are given, the torch twin ``project_and_shade_torch`` projects
+  instead), binning and compositing in ``raster_cpu``;
+* ``"torch"``: the plain-PyTorch twins (``project_and_shade_torch``, ``tiles``,
+  ``raster_torch``), any float dtype and device; slow, meant for tests and debugging.
+
+``rasterize_params`` renders the raw parameters of a 3DGS trainer (``GaussianModel.params``:
+log-scales, opacity logits, ``sh0`` / ``shN``); on the CPU backend the activations run inside
+the projection kernel, elsewhere it is ``rasterization(**activate_params(params, d), ...)``.
 
 The CPU backends implement gsplat's non-packed pinhole path; options they cannot honour
 (``packed=True``, ``sparse_grad=True``, ``distributed=True``, other camera models) raise

@@ -145,20 +145,18 @@ def synthetic_scene(n: int = 100_000, width: int = 480, height: int = 270, views
 
 def make_scene(checkpoint: str, data: str, out: str, downscale: float = 4.0, k: int = 8) -> None:
     """A profile scene from a ``recon fit`` checkpoint: its Gaussians and its training views."""
-    from recon.io.capture import load_capture
-    from recon.io.images import load_views
+    from recon.io.formats import load_capture
+    from recon.io.views import load_views
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    trainer = ckpt["trainer"]
     capture = load_capture(data)
-    idx = ckpt.get("train_indices")
-    if idx is None:
-        from recon.io.views import split_views
-
-        idx, _ = split_views(capture, k, 8)
+    idx = [int(i) for i in trainer["train_indices"]]
     images, _, cams = load_views(capture, idx, downscale=downscale)
-    params = {key.split(".", 1)[1]: v for key, v in ckpt["model"].items() if key.startswith("params.")}
+    model = trainer["fields"][0]["model"]
+    params = {key.split(".", 1)[1]: v for key, v in model.items() if key.startswith("params.")}
     torch.save({"params": params, "w2c": cams.w2c, "Ks": cams.Ks(), "images": images,
-                "source": f"{checkpoint} (step {ckpt.get('step')}), {data} views {list(idx)}"}, out)  # fmt: skip
+                "source": f"{checkpoint} (step {trainer.get('step')}), {data} views {idx}"}, out)  # fmt: skip
     print(f"wrote {out}: {params['means'].shape[0]} Gaussians, {len(idx)} views {tuple(images.shape[1:3])}")
 
 
@@ -365,7 +363,7 @@ class Profiler:
         else:
             from recon.splat.strategy import DensifyStrategy
 
-            strat = DensifyStrategy(refine_start_iter=10**9, refine_stop_iter=10**9, reset_every=10**9)
+            strat = DensifyStrategy(start_iter=10**9, stop_iter=10**9, reset_every=10**9)
             state = strat.initialize_state(1.0)
             m = m2d.clone().requires_grad_()
             m.grad = grads2d
@@ -390,7 +388,7 @@ class Profiler:
         model = self._fresh()
         leaves = model.params
         opts = self._optimizers(model)
-        strat = DensifyStrategy(refine_start_iter=10**9, refine_stop_iter=10**9, reset_every=10**9)
+        strat = DensifyStrategy(start_iter=10**9, stop_iter=10**9, reset_every=10**9)
         state = strat.initialize_state(1.0)
         times, cpus = [], []
         for i in range(steps + 1):

@@ -8,7 +8,7 @@ import torch
 
 from recon.splat.adam import FusedAdam, fuse_optimizers
 from recon.splat.model import GaussianModel
-from recon.splat.strategy import _duplicate, _remove
+from recon.splat.strategy import duplicate_rows, remove_rows
 
 
 def _pair(shape, seed=0, **kw):
@@ -91,8 +91,8 @@ def test_densification_row_operations_keep_moments():
         o.step()
     m_before = opts["means"].state[model.params["means"]]["exp_avg"].clone()
     state = {"grad2d": torch.zeros(10), "count": torch.zeros(10)}
-    _duplicate(model.params, opts, state, torch.arange(10) < 2)
-    _remove(model.params, opts, state, torch.arange(12) == 0)
+    duplicate_rows(model.params, opts, state, torch.arange(10) < 2)
+    remove_rows(model.params, opts, state, torch.arange(12) == 0)
     m_after = opts["means"].state[model.params["means"]]["exp_avg"]
     assert m_after.shape == (11, 3)
     torch.testing.assert_close(m_after[:9], m_before[1:])  # kept rows keep their moments

@@ -139,7 +139,7 @@ def test_accumulate_grad2d_matches_strategy(scene):
     C, N = 2, 50
     radii = (torch.rand(C, N, generator=g) > 0.3).to(torch.int32) * 3
     grads = torch.randn(C, N, 2, generator=g)
-    strat = DensifyStrategy(refine_start_iter=10**6, refine_stop_iter=10**6, reset_every=10**6)
+    strat = DensifyStrategy(start_iter=10**6, stop_iter=10**6, reset_every=10**6)
     state = strat.initialize_state(1.0)
     params = {"means": torch.nn.Parameter(torch.zeros(N, 3))}
     m2d = torch.zeros(C, N, 2, requires_grad=True)

@@ -16,9 +16,12 @@ random upstream gradients of the right shape, which cost the same as real ones):
 With the fused CPU pieces of this branch present (``--impl fused``, the default when they can be
 imported) the step is the one they make: ``rasterize_params`` (activation + projection + SH in
 one numba pass), ``ssim_cpu.photometric_loss``, ``adam.FusedAdam`` (``active_columns`` for the
-SH bands in use) and ``fused_cpu.accumulate_grad2d``. ``--impl reference`` times today's trainer
-step (``recon.pipelines.capture.CaptureTrainer.train_step`` without regularisers) with any tree,
-so the same script measures a checkout of main: ``PYTHONPATH=/path/to/main python ...``.
+SH bands in use), as ``SplatTrainer`` runs it with ``--cpu-kernels fused``; the full step keeps
+the strategy's densification statistics as the trainer does, the parts table times
+``fused_cpu.accumulate_grad2d``. ``--impl reference`` times the plain-torch step
+(``SplatTrainer`` with ``--cpu-kernels reference``, no regularisers) with any tree, so the same
+script measures a checkout of main: ``PYTHONPATH=/path/to/main python ...``.
+``--steps-only`` skips the parts and the machine limits (full steps only).
 
 Lower bounds: each part's bytes moved (inputs read once, outputs written once) and arithmetic
 (float ops of the useful work; for compositing, the (pixel, Gaussian) pairs that contribute,
@@ -49,13 +52,14 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from numba import njit, prange  # noqa: E402
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
 
 PARTS = ("activation", "projection", "SH", "binning", "raster", "loss", "optimiser", "densify stats")
 
@@ -263,7 +267,7 @@ class Profiler:
         self.images = scene["images"]
         if scale != 1.0:
             self.Ks[:, :2] *= scale
-            H, W = int(round(H * scale)), int(round(W * scale))
+            H, W = round(H * scale), round(W * scale)
             self.images = torch.nn.functional.interpolate(self.images.permute(0, 3, 1, 2), size=(H, W), mode="area").permute(0, 2, 3, 1).contiguous()
         self.W, self.H = W, H
         self.bg = self.images.mean(dim=(0, 1, 2))[None]
@@ -397,7 +401,7 @@ class Profiler:
             c0 = time.process_time()
             t0 = time.perf_counter()
             if self.impl == "fused":
-                self._fused_step(leaves, opts, state, vm, K, gt)
+                self._fused_step(leaves, opts, strat, state, vm, K, gt)
             else:
                 self._reference_step(model, leaves, opts, strat, state, vm, K, gt)
             if i:
@@ -408,7 +412,7 @@ class Profiler:
         return statistics.median(times)
 
     def _reference_step(self, model, leaves, opts, strat, state, vm, K, gt):
-        """CaptureTrainer.train_step without regularisers, as on main."""
+        """SplatTrainer's step without regularisers, as on main (--cpu-kernels reference)."""
         from recon.metrics import ssim
         from recon.splat.rasterize import rasterization
 
@@ -425,24 +429,24 @@ class Profiler:
         strat.step_post_backward(leaves, opts, state, 1, info)
         return float(loss.detach())
 
-    def _fused_step(self, leaves, opts, state, vm, K, gt):
-        """The same step with this branch's fused CPU pieces."""
-        from recon.splat.fused_cpu import accumulate_grad2d
+    def _fused_step(self, leaves, opts, strat, state, vm, K, gt):
+        """The same step as SplatTrainer's CPU default (--cpu-kernels fused): rasterize_params,
+        the fused L1 + D-SSIM, FusedAdam on the SH bands in use; densification statistics by
+        the strategy, as in the trainer."""
         from recon.splat.rasterize import rasterize_params
+        from recon.splat.sh import num_sh_bases
         from recon.splat.ssim_cpu import photometric_loss
 
         out, _, info = rasterize_params(leaves, vm, K, self.W, self.H, self.sh, backgrounds=self.bg)
-        info["means2d"].retain_grad()
-        loss, l1, _ = photometric_loss(out[..., :3], gt, 0.2)
+        strat.step_pre_backward(leaves, opts, state, 1, info)
+        loss, _l1, _ = photometric_loss(out[..., :3], gt, 0.2)
         loss.backward()
-        if state.get("grad2d") is None:
-            state["grad2d"], state["count"] = torch.zeros(self.n), torch.zeros(self.n)
-        accumulate_grad2d(state["grad2d"], state["count"], info["means2d"].grad, info["radii"], self.W, self.H)
+        opts["shN"].param_groups[0]["active_columns"] = num_sh_bases(self.sh) - 1
         for o in opts.values():
             o.step()
             o.zero_grad(set_to_none=True)
-        return float(loss)
-
+        strat.step_post_backward(leaves, opts, state, 1, info)
+        return float(loss.detach())
 
 def _activated(leaves: dict, d: int) -> dict:
     from recon.splat.sh import num_sh_bases
@@ -484,7 +488,7 @@ def _contributing_pairs(m2d, conics, opac, fids, offsets, tw, W, H, ts):
     return n
 
 
-def lower_bounds(prof: "Profiler", limits: dict) -> dict:
+def lower_bounds(prof: Profiler, limits: dict) -> dict:
     """{part: (bytes, flops, bound seconds)} for the parts of ``prof`` (see module docstring)."""
     from recon.splat import raster_cpu
     from recon.splat.projection import fully_fused_projection
@@ -523,10 +527,17 @@ def lower_bounds(prof: "Profiler", limits: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------ main
-def profile(scene: dict, sizes, impl: str, sh_degree: int, repeats: int, steps: int, scale: float, limits: dict) -> list:
+def profile(scene: dict, sizes, impl: str, sh_degree: int, repeats: int, steps: int, scale: float, limits: dict,
+            steps_only: bool = False) -> list:  # fmt: skip
     rows = []
     for n in sizes:
         prof = Profiler(scene, n, impl, sh_degree, repeats, scale)
+        if steps_only:
+            step = prof.step_time(steps)
+            rows.append({"n": n, "impl": impl, "resolution": [prof.W, prof.H], "step_s": step,
+                         "step_cpu_s": prof.step_cpu, "load": os.getloadavg()[0]})  # fmt: skip
+            print(f"  N={n:,}: step {step * 1e3:.1f} ms, CPU {prof.step_cpu * 1e3:.1f} ms (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+            continue
         parts = prof.parts()
         bounds = lower_bounds(prof, limits)
         step = prof.step_time(steps)
@@ -592,11 +603,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="timed full steps (median)")
     ap.add_argument("--scale", type=float, default=1.0, help="resolution scale of the views (0.25: 67x120 for fox)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--steps-only", action="store_true", help="time full steps only (no parts, no machine limits)")
     ap.add_argument("--tree", default="", help="label of the code tree (for --compare)")
     ap.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"))
     args = ap.parse_args()
     if args.compare:
-        a, b = (json.load(open(p)) for p in args.compare)
+        a, b = (json.loads(Path(p).read_text()) for p in args.compare)
         compare(a, b)
         return
     if args.make_scene:
@@ -614,10 +626,11 @@ def main() -> None:
     from recon.splat import raster_cpu
 
     raster_cpu.warmup()
-    limits = machine_limits()
-    rows = profile(scene, args.sizes, impl, args.sh_degree, args.repeats, args.steps, args.scale, limits)
+    limits = {} if args.steps_only else machine_limits()
+    rows = profile(scene, args.sizes, impl, args.sh_degree, args.repeats, args.steps, args.scale, limits, args.steps_only)
     result = {"scene": scene.get("source", args.scene), "limits": limits, "rows": rows, "tree": args.tree}
-    print_table(result)
+    if not args.steps_only:
+        print_table(result)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

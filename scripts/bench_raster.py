@@ -62,7 +62,7 @@ def make_scene(n: int, width: int, height: int, seed: int = 0):
 
 
 def render_ours(params, viewmats, Ks, width, height):
-    colors, alphas, meta = rasterization(*params, viewmats, Ks, width, height, backend="cpu")
+    colors, _alphas, meta = rasterization(*params, viewmats, Ks, width, height, backend="cpu")
     return colors, meta["flatten_ids"].shape[0]
 
 

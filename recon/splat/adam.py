@@ -27,7 +27,7 @@ implemented here: :class:`FusedAdam` raises ``ValueError`` when given them, and 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -112,11 +112,11 @@ class FusedAdam(torch.optim.Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps)
 
     @classmethod
-    def from_optimizer(cls, opt: torch.optim.Adam) -> "FusedAdam":
+    def from_optimizer(cls, opt: torch.optim.Adam) -> FusedAdam:
         """A FusedAdam over the same parameter groups (names and learning rates kept) and the
         same state (moments and step counts are shared, not copied)."""
         if not isinstance(opt, torch.optim.Adam):
-            raise ValueError(f"opt: expected a torch.optim.Adam, given {type(opt).__name__}")
+            raise ValueError(f"opt: expected a torch.optim.Adam, given {type(opt).__name__}")  # noqa: TRY004 (bad input is a ValueError here)
         for group in opt.param_groups:
             if group.get("weight_decay", 0) or group.get("amsgrad") or group.get("maximize"):
                 raise ValueError("opt: weight_decay / amsgrad / maximize are not supported by FusedAdam")
@@ -127,7 +127,7 @@ class FusedAdam(torch.optim.Adam):
         return new
 
     @torch.no_grad()
-    def step(self, closure=None, visibility: Optional[Tensor] = None):  # visibility: [N] bool
+    def step(self, closure=None, visibility: Tensor | None = None):  # visibility: [N] bool
         """One Adam step; with ``visibility`` ([N] bool, N = rows of every parameter) only the
         visible rows are updated (selective Adam)."""
         loss = None

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Tuple
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ResolutionSchedule", "auto_iterations", "EarlyStop", "downsample_view"]
+__all__ = ["EarlyStop", "ResolutionSchedule", "auto_iterations", "downsample_view"]
 
 
 @dataclass
@@ -38,9 +38,9 @@ class ResolutionSchedule:
     thresholds keep their meaning), then at full resolution.
     """
 
-    scales: Tuple[float, ...] = (0.5, 1.0)
+    scales: tuple[float, ...] = (0.5, 1.0)
     """Resolution factors, coarse to fine, each in (0, 1]; the last should be 1."""
-    fractions: Tuple[float, ...] = (0.3, 1.0)
+    fractions: tuple[float, ...] = (0.3, 1.0)
     """Fraction of the run at which each scale ends (increasing, the last 1)."""
 
     def __post_init__(self) -> None:
@@ -64,7 +64,7 @@ def downsample_view(
     image: Tensor,  # [B, H, W, C]
     Ks: Tensor,  # [B, 3, 3]
     scale: float,
-) -> Tuple[Tensor, Tensor, int, int]:
+) -> tuple[Tensor, Tensor, int, int]:
     """Image (area average) and intrinsics at ``scale`` of the resolution.
 
     Returns:

@@ -23,14 +23,13 @@ refinement) use the torch twin (``rasterize.py`` chooses).
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import numpy as np
 import torch
 from numba import njit, prange
 from torch import Tensor
 
-__all__ = ["project_and_shade", "project_and_shade_raw", "accumulate_grad2d", "warmup"]
+__all__ = ["accumulate_grad2d", "project_and_shade", "project_and_shade_raw", "warmup"]
 
 # real SH constants (same as sh.py)
 _C0 = 0.28209479177387814
@@ -276,7 +275,7 @@ def _forward_block(
                 comp = 0.0
                 if pz > near and pz < far:
                     Sc = _mmt(_mm(Rc, Sig), Rc)
-                    rz, u, v, x_in, y_in, J00, J02, J11, J12 = _jacobian(px, py, pz, fx, fy, lims)
+                    rz, _u, _v, _x_in, _y_in, J00, J02, J11, J12 = _jacobian(px, py, pz, fx, fy, lims)
                     c00, c01, c11 = _cov2d(J00, J02, J11, J12, Sc)
                     a = c00 + eps2d
                     b = c01
@@ -402,7 +401,7 @@ def _backward_block(
                     v_o += float(v_opac[cam, g])
                 if radii[cam, g] <= 0:
                     continue
-                Rc, t, fx, fy, cx, cy, lims, cc = _camera(cams, cam)
+                Rc, t, fx, fy, _cx, _cy, lims, cc = _camera(cams, cam)
                 px = Rc[0] * mu0 + Rc[1] * mu1 + Rc[2] * mu2 + t[0]
                 py = Rc[3] * mu0 + Rc[4] * mu1 + Rc[5] * mu2 + t[1]
                 pz = Rc[6] * mu0 + Rc[7] * mu1 + Rc[8] * mu2 + t[2]
@@ -640,19 +639,19 @@ def project_and_shade(
     quats: Tensor,  # [N, 4] wxyz, normalised here
     scales: Tensor,  # [N, 3] activated
     opacities: Tensor,  # [N] activated
-    colors: Optional[Tensor],  # [N, K, 3] SH coefficients, or None
+    colors: Tensor | None,  # [N, K, 3] SH coefficients, or None
     viewmats: Tensor,  # [C, 4, 4] (no gradient)
     Ks: Tensor,  # [C, 3, 3] (no gradient)
     width: int,
     height: int,
-    sh_degree: Optional[int] = None,
+    sh_degree: int | None = None,
     eps2d: float = 0.3,
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     radius_clip: float = 0.0,
     calc_compensations: bool = False,
     radius_sigmas: float = 3.0,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """Numba twin of ``rasterize.project_and_shade_torch`` (same arguments and outputs).
 
     Returns:
@@ -689,7 +688,7 @@ def project_and_shade_raw(
     radius_clip: float = 0.0,
     calc_compensations: bool = False,
     radius_sigmas: float = 3.0,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``project_and_shade`` on raw trainer parameters: scales ``exp(log_scales)``, opacities
     ``sigmoid(opacity_logits)``, SH coefficients ``cat([sh0, shN[:, :(d+1)^2 - 1]])`` — the
     activations of ``GaussianModel.activated(d)`` — applied inside the kernels. Gradients go to

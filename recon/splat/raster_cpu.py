@@ -39,7 +39,6 @@ Design
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import numba
 import numpy as np
@@ -59,7 +58,7 @@ from .raster_torch import (
     check_raster_inputs,
 )
 
-__all__ = ["bin_gaussians", "rasterize_to_pixels", "exp_neg", "warmup"]
+__all__ = ["bin_gaussians", "exp_neg", "rasterize_to_pixels", "warmup"]
 
 # Slot layout of the per-intersection gradient rows: [v_xy(2), v_conic(3), v_opac, |v_xy|(2), v_colors(D)]
 _S_XY, _S_CON, _S_OP, _S_ABS, _S_COL = 0, 2, 5, 6, 8
@@ -105,8 +104,8 @@ def exp_neg(s):
     Cody-Waite reduction ``s = n ln2 - r``, Cephes' degree-7 polynomial for ``exp(r)`` and
     ``2^-n`` from its IEEE bits. Max relative error 7.2e-8 (1.2 ulp) against float64.
     """
-    s = s if s > _ZERO else _ZERO  # selects, not min/max: those are calls to LLVM
-    s = s if s < _EXP_ARG_MAX else _EXP_ARG_MAX
+    s = s if s > _ZERO else _ZERO  # selects, not min/max: those are calls to LLVM  # noqa: FURB136
+    s = s if s < _EXP_ARG_MAX else _EXP_ARG_MAX  # noqa: FURB136
     n = np.int32(s * _LOG2E + _HALF)
     fn = _F(n)
     r = (fn * _LN2_HI - s) + fn * _LN2_LO
@@ -117,7 +116,7 @@ def exp_neg(s):
 
 @njit(inline="always", cache=True, error_model="numpy")
 def _clamp_alpha(x):
-    return x if x < _AMAX else _AMAX
+    return x if x < _AMAX else _AMAX  # noqa: FURB136 (a select, see exp_neg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,14 +238,14 @@ def bin_gaussians(
     tile_size: int,
     tile_width: int,
     tile_height: int,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Numba twin of ``tiles.isect_tiles`` + ``tiles.isect_offset_encode``.
 
     Returns:
         tiles_per_gauss [C, N] int32, isect_ids [M] int64, flatten_ids [M] int32,
         isect_offsets [C, tile_height, tile_width] int32.
     """
-    C, N = radii.shape
+    C, _N = radii.shape
     m2d = means2d.detach().to(torch.float32).contiguous().numpy()
     rad = radii.to(torch.int32).contiguous().numpy()
     dbits = depths.detach().to(torch.float32).contiguous().numpy().view(np.int32)  # depth_bits
@@ -932,7 +931,7 @@ class _RasterizeToPixelsCPU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_render_colors, v_render_alphas):
-        means2d, conics, colors, opacities, backgrounds = ctx.saved_tensors
+        means2d, _conics, _colors, _opacities, _backgrounds = ctx.saved_tensors
         pk, rg, bg, fids, offsets, t_final, last_ids = ctx.np_state
         C, N, D, width, height, tile_size, tw, th, additive, absgrad, has_bg = ctx.meta
         v_c = _np(v_render_colors.to(torch.float32))
@@ -972,10 +971,10 @@ def rasterize_to_pixels(
     tile_size: int,
     isect_offsets: Tensor,  # [C, tile_height, tile_width] int32
     flatten_ids: Tensor,  # [M] int32
-    backgrounds: Optional[Tensor] = None,  # [C, D]
+    backgrounds: Tensor | None = None,  # [C, D]
     compositing: str = "alpha",
     absgrad: bool = False,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Numba twin of ``raster_torch.rasterize_to_pixels`` (float32 CPU tensors only).
 
     Returns:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -36,12 +36,12 @@ from .sh import MAX_SH_DEGREE, num_sh_bases, spherical_harmonics
 from .tiles import isect_offset_encode, isect_tiles, tile_grid
 
 __all__ = [
-    "rasterization",
-    "rasterize_params",
-    "activate_params",
-    "project_and_shade_torch",
     "BACKENDS",
     "RENDER_MODES",
+    "activate_params",
+    "project_and_shade_torch",
+    "rasterization",
+    "rasterize_params",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,11 @@ def _shape(x: Tensor) -> str:
     return "[" + ", ".join(str(s) for s in x.shape) + "]"
 
 
-def _check_shape(name: str, x: Optional[Tensor], expected: Tuple[Optional[int], ...], text: str) -> None:
+def _check_shape(name: str, x: Tensor | None, expected: tuple[int | None, ...], text: str) -> None:
     if x is None:
         raise ValueError(f"{name}: expected a tensor of shape {text}, given None")
     if not isinstance(x, Tensor):
-        raise ValueError(f"{name}: expected a tensor of shape {text}, given {type(x).__name__}")
+        raise ValueError(f"{name}: expected a tensor of shape {text}, given {type(x).__name__}")  # noqa: TRY004
     ok = x.dim() == len(expected) and all(e is None or s == e for s, e in zip(x.shape, expected))
     if not ok:
         raise ValueError(f"{name}: expected shape {text}, given {_shape(x)}")
@@ -96,7 +96,7 @@ def _bin_torch(means2d, radii, depths, tile_size, tile_width, tile_height):
 def _check_inputs(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
     tile_size, backgrounds, render_mode, rasterize_mode, channel_chunk, covars, compositing,
-) -> Tuple[int, int, int]:  # fmt: skip
+) -> tuple[int, int, int]:  # fmt: skip
     """Shape/option checks of ``rasterization``; returns N, C and the colour channels."""
     if not isinstance(means, Tensor) or means.dim() != 2 or means.shape[1] != 3:
         given = _shape(means) if isinstance(means, Tensor) else type(means).__name__
@@ -116,7 +116,7 @@ def _check_inputs(
         _check_shape("covars", covars, (N, 3, 3), f"[N={N}, 3, 3]")
     _check_shape("opacities", opacities, (N,), f"[N={N}]")
     if not isinstance(colors, Tensor):
-        raise ValueError(f"colors: expected a tensor, given {type(colors).__name__}")
+        raise ValueError(f"colors: expected a tensor, given {type(colors).__name__}")  # noqa: TRY004
     if sh_degree is None:
         if not ((colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N))):
             raise ValueError(f"colors: expected shape [N={N}, D] or [C={C}, N={N}, D], given {_shape(colors)}")
@@ -155,8 +155,8 @@ def _check_inputs(
 
 def rasterization(
     means: Tensor,  # [N, 3]
-    quats: Optional[Tensor],  # [N, 4]
-    scales: Optional[Tensor],  # [N, 3]
+    quats: Tensor | None,  # [N, 4]
+    scales: Tensor | None,  # [N, 3]
     opacities: Tensor,  # [N]
     colors: Tensor,  # [(C,) N, D] or [(C,) N, K, 3]
     viewmats: Tensor,  # [C, 4, 4]
@@ -167,10 +167,10 @@ def rasterization(
     far_plane: float = 1e10,
     radius_clip: float = 0.0,
     eps2d: float = 0.3,
-    sh_degree: Optional[int] = None,
+    sh_degree: int | None = None,
     packed: bool = False,
     tile_size: int = 16,
-    backgrounds: Optional[Tensor] = None,  # [C, D]
+    backgrounds: Tensor | None = None,  # [C, D]
     render_mode: str = "RGB",
     sparse_grad: bool = False,
     absgrad: bool = False,
@@ -178,10 +178,10 @@ def rasterization(
     channel_chunk: int = 32,
     distributed: bool = False,
     camera_model: str = "pinhole",
-    covars: Optional[Tensor] = None,  # [N, 3, 3]
+    covars: Tensor | None = None,  # [N, 3, 3]
     compositing: str = "alpha",
     backend: str = "auto",
-) -> Tuple[Tensor, Tensor, Dict]:
+) -> tuple[Tensor, Tensor, dict]:
     """Rasterise N 3D Gaussians into C pinhole images (gsplat 1.4.0 semantics).
 
     Args:
@@ -263,8 +263,8 @@ def rasterization(
                 f"{name}: backend={backend!r} supports only {supported!r}, given {given!r} "
                 "(use CUDA tensors with backend='gsplat')"
             )
-    tensors = dict(means=means, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks)
-    tensors.update(dict(covars=covars) if covars is not None else dict(quats=quats, scales=scales))
+    tensors = {"means": means, "opacities": opacities, "colors": colors, "viewmats": viewmats, "Ks": Ks}
+    tensors.update({"covars": covars} if covars is not None else {"quats": quats, "scales": scales})
     if backgrounds is not None:
         tensors["backgrounds"] = backgrounds
     for name, x in tensors.items():
@@ -319,24 +319,24 @@ def _project_and_shade_fused(means, quats, scales, opacities, colors, viewmats, 
 
 def project_and_shade_torch(
     means: Tensor,  # [N, 3]
-    quats: Optional[Tensor],  # [N, 4]
-    scales: Optional[Tensor],  # [N, 3]
+    quats: Tensor | None,  # [N, 4]
+    scales: Tensor | None,  # [N, 3]
     opacities: Tensor,  # [N]
-    colors: Optional[Tensor],  # [N, K, 3] or [C, N, K, 3] SH coefficients, or None
+    colors: Tensor | None,  # [N, K, 3] or [C, N, K, 3] SH coefficients, or None
     viewmats: Tensor,  # [C, 4, 4]
     Ks: Tensor,  # [C, 3, 3]
     width: int,
     height: int,
     *,
-    sh_degree: Optional[int],
+    sh_degree: int | None,
     eps2d: float = 0.3,
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     radius_clip: float = 0.0,
     calc_compensations: bool = False,
     radius_sigmas: float = 3.0,
-    covars: Optional[Tensor] = None,  # [N, 3, 3]
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+    covars: Tensor | None = None,  # [N, 3, 3]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """Projection and SH colours in plain PyTorch: the reference twin of
     ``fused_cpu.project_and_shade`` (differentiable w.r.t. every floating input).
 
@@ -422,7 +422,7 @@ def _composite(
 def activate_params(
     params: Mapping[str, Tensor],  # means, quats, scales (log), opacities (logit), sh0, shN
     sh_degree: int,
-) -> Dict[str, Tensor]:
+) -> dict[str, Tensor]:
     """The 3DGS activations (``GaussianModel.activated``) in plain PyTorch: unit quaternions,
     ``exp`` scales, ``sigmoid`` opacities, SH coefficients ``cat([sh0, shN[:, :(d+1)^2 - 1]])``.
     The reference twin of the activations that ``rasterize_params`` fuses on the CPU."""
@@ -443,7 +443,7 @@ def rasterize_params(
     width: int,
     height: int,
     sh_degree: int,
-    backgrounds: Optional[Tensor] = None,  # [C, 3]
+    backgrounds: Tensor | None = None,  # [C, 3]
     render_mode: str = "RGB",
     rasterize_mode: str = "classic",
     absgrad: bool = False,
@@ -453,7 +453,7 @@ def rasterize_params(
     far_plane: float = 1e10,
     radius_clip: float = 0.0,
     backend: str = "auto",
-) -> Tuple[Tensor, Tensor, Dict]:
+) -> tuple[Tensor, Tensor, dict]:
     """Render raw 3DGS trainer parameters: ``rasterization(**activate_params(params, d), ...)``
     with the activations fused into the CPU kernels.
 

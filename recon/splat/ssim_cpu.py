@@ -20,7 +20,6 @@ Arithmetic is float32 like the twin's (sums in a different order: the tests comp
 from __future__ import annotations
 
 import math
-from typing import Tuple
 
 import numpy as np
 import torch
@@ -255,7 +254,7 @@ def photometric_loss(
     pred: Tensor,  # [B, H, W, C]
     gt: Tensor,  # [B, H, W, C]
     ssim_lambda: float = 0.2,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """3DGS training loss ``(1 - l) * L1 + l * (1 - mean SSIM)``, fused (CPU tensors).
 
     Args:
@@ -277,7 +276,7 @@ def photometric_loss_torch(
     pred: Tensor,  # [B, H, W, C]
     gt: Tensor,  # [B, H, W, C]
     ssim_lambda: float = 0.2,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Plain-PyTorch twin of ``photometric_loss`` (any device/dtype): the capture trainer's
     ``(1 - l) * |pred - gt|.mean() + l * (1 - ssim(pred, gt)).mean()``."""
     from recon.metrics import ssim as ssim_torch

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recon.splat.fit_schedule import EarlyStop, ResolutionSchedule, auto_iterations, downsample_view
+from recon.splat.fit_schedule import (
+    EarlyStop,
+    ResolutionSchedule,
+    auto_iterations,
+    downsample_view,
+)
 from recon.splat.rasterize import rasterization
 
 
@@ -14,7 +19,7 @@ def test_resolution_schedule():
     assert [s.scale_at(i, 100) for i in (0, 29, 30, 99, 150)] == [0.5, 0.5, 1.0, 1.0, 1.0]
     s3 = ResolutionSchedule(scales=(0.25, 0.5, 1.0), fractions=(0.1, 0.3, 1.0))
     assert [s3.scale_at(i, 100) for i in (5, 15, 50)] == [0.25, 0.5, 1.0]
-    for bad in (dict(scales=(0.5,), fractions=(0.3, 1.0)), dict(scales=(0.0, 1.0)), dict(fractions=(0.5, 0.9))):
+    for bad in ({"scales": (0.5,), "fractions": (0.3, 1.0)}, {"scales": (0.0, 1.0)}, {"fractions": (0.5, 0.9)}):
         with pytest.raises(ValueError):
             ResolutionSchedule(**bad)
 

@@ -7,9 +7,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recon.splat.fused_cpu import accumulate_grad2d, project_and_shade, project_and_shade_raw
+from recon.splat.fused_cpu import (
+    accumulate_grad2d,
+    project_and_shade,
+    project_and_shade_raw,
+)
 from recon.splat.model import GaussianModel
-from recon.splat.rasterize import activate_params, project_and_shade_torch, rasterization, rasterize_params
+from recon.splat.rasterize import (
+    activate_params,
+    project_and_shade_torch,
+    rasterization,
+    rasterize_params,
+)
 from recon.splat.strategy import DensifyStrategy
 
 W, H = 24, 20
@@ -84,8 +93,8 @@ def test_raw_parameters_match_activations_then_twin(scene, sh_degree):
     sum((o * w).sum() for o, w in zip(ref[1:], weights)).backward()
     for a, b in zip(ours[1:], ref[1:]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-    for k in raw:
-        torch.testing.assert_close(raw[k].grad, raw2[k].grad, rtol=1e-8, atol=1e-10, msg=k)
+    for k, p in raw.items():
+        torch.testing.assert_close(p.grad, raw2[k].grad, rtol=1e-8, atol=1e-10, msg=k)
     # bands above the degree in use get exactly zero gradient
     assert not raw["shN"].grad[:, (sh_degree + 1) ** 2 - 1 :].any()
     # activation twin == GaussianModel.activated (one convention, stated in two places)

@@ -128,6 +128,15 @@ class SplatTrainConfig:
     """Learning rate of the centres, times the scene scale; decays to 1% over the run."""
     seed: int = 0
     """Seed of every random choice (initialisation, view order)."""
+    cpu_kernels: Literal["fused", "reference"] = "fused"
+    """How a training step runs on the CPU (CUDA always uses gsplat): 'fused' renders the raw
+    parameters with activations, projection and SH colours in one numba pass each way
+    (``rasterize_params``), computes L1 + D-SSIM in one pass (``ssim_cpu``) and steps one-pass
+    Adam (``adam.FusedAdam``, only the SH bands in use); 'reference' runs the plain-PyTorch ops
+    those kernels are tested against (same maths up to float rounding; slower)."""
+    selective_adam: bool = False
+    """With --cpu-kernels fused: update only the Gaussians seen in the step's view (gsplat's
+    SelectiveAdam). Not the same optimiser as Adam: the others' moments do not decay."""
     model: Literal["gaussians", "anchored"] = "gaussians"
     """'gaussians': free Gaussians with densification (3DGS); 'anchored': voxel-anchored
     Gaussians decoded from sparse U-Net features (Scaffold-GS-like, ``--anchored.*``; no
@@ -168,6 +177,10 @@ class SplatTrainConfig:
                 "--outlier-k/--outlier-std-ratio/--outlier-every",
                 f"must be >= 1, >= 0, >= 0, got {self.outlier_k}, {self.outlier_std_ratio}, {self.outlier_every}",
             )
+        if self.cpu_kernels not in ("fused", "reference"):
+            raise InputError("--cpu-kernels", f"expected 'fused' or 'reference', got {self.cpu_kernels!r}")
+        if self.selective_adam and self.cpu_kernels != "fused":
+            raise InputError("--selective-adam", "needs --cpu-kernels fused")
         if not self.pose_lr > 0:
             raise InputError("--pose-lr", f"must be > 0, got {self.pose_lr}")
         problems = self.reg.validate()
@@ -194,6 +207,8 @@ class SplatTrainConfig:
             raise InputError("--model anchored", f"regularisers are not supported, got {', '.join(active)}{via}")
         if self.refine_poses:
             raise InputError("--model anchored", "pose refinement is not supported (drop --refine-poses)")
+        if self.selective_adam:
+            raise InputError("--model anchored", "selective Adam is for free Gaussians (drop --selective-adam)")
         if self.prune_outliers and self.outlier_every:
             raise InputError("--model anchored", "only the initial points can be outlier-pruned (add --outlier-every 0)")
         if self.densify != default_densify():

@@ -3,11 +3,18 @@
 Backends are chosen here and only here:
 
 * ``"auto"``: gsplat's CUDA ``rasterization`` for CUDA tensors (gsplat imported lazily),
-  the numba CPU path (``raster_cpu``) for CPU tensors;
+  the numba CPU path for CPU tensors;
 * ``"gsplat"``: gsplat's CUDA kernels (CUDA tensors, alpha compositing only);
-* ``"cpu"``: numba kernels, float32 CPU tensors;
-* ``"torch"``: the plain-PyTorch twin (``raster_torch``), any float dtype and device; slow,
-  meant for tests and debugging.
+* ``"cpu"``: numba kernels, float32 CPU tensors: projection + SH colours in one pass each way
+  (``fused_cpu.project_and_shade``; when ``viewmats``/``Ks`` need gradients, e.g. pose
+  refinement, or ``covars`` are given, the torch twin ``project_and_shade_torch`` projects
+  instead), binning and compositing in ``raster_cpu``;
+* ``"torch"``: the plain-PyTorch twins (``project_and_shade_torch``, ``tiles``,
+  ``raster_torch``), any float dtype and device; slow, meant for tests and debugging.
+
+``rasterize_params`` renders the raw parameters of a 3DGS trainer (``GaussianModel.params``:
+log-scales, opacity logits, ``sh0`` / ``shN``); on the CPU backend the activations run inside
+the projection kernel, elsewhere it is ``rasterization(**activate_params(params, d), ...)``.
 
 The CPU backends implement gsplat's non-packed pinhole path; options they cannot honour
 (``packed=True``, ``sparse_grad=True``, ``distributed=True``, other camera models) raise
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, Optional, Tuple
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -28,7 +35,14 @@ from .projection import fully_fused_projection
 from .sh import MAX_SH_DEGREE, num_sh_bases, spherical_harmonics
 from .tiles import isect_offset_encode, isect_tiles, tile_grid
 
-__all__ = ["rasterization", "BACKENDS", "RENDER_MODES"]
+__all__ = [
+    "BACKENDS",
+    "RENDER_MODES",
+    "activate_params",
+    "project_and_shade_torch",
+    "rasterization",
+    "rasterize_params",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +55,11 @@ def _shape(x: Tensor) -> str:
     return "[" + ", ".join(str(s) for s in x.shape) + "]"
 
 
-def _check_shape(name: str, x: Optional[Tensor], expected: Tuple[Optional[int], ...], text: str) -> None:
+def _check_shape(name: str, x: Tensor | None, expected: tuple[int | None, ...], text: str) -> None:
     if x is None:
         raise ValueError(f"{name}: expected a tensor of shape {text}, given None")
     if not isinstance(x, Tensor):
-        raise ValueError(f"{name}: expected a tensor of shape {text}, given {type(x).__name__}")
+        raise ValueError(f"{name}: expected a tensor of shape {text}, given {type(x).__name__}")  # noqa: TRY004
     ok = x.dim() == len(expected) and all(e is None or s == e for s, e in zip(x.shape, expected))
     if not ok:
         raise ValueError(f"{name}: expected shape {text}, given {_shape(x)}")
@@ -82,7 +96,7 @@ def _bin_torch(means2d, radii, depths, tile_size, tile_width, tile_height):
 def _check_inputs(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
     tile_size, backgrounds, render_mode, rasterize_mode, channel_chunk, covars, compositing,
-) -> Tuple[int, int, int]:  # fmt: skip
+) -> tuple[int, int, int]:  # fmt: skip
     """Shape/option checks of ``rasterization``; returns N, C and the colour channels."""
     if not isinstance(means, Tensor) or means.dim() != 2 or means.shape[1] != 3:
         given = _shape(means) if isinstance(means, Tensor) else type(means).__name__
@@ -102,7 +116,7 @@ def _check_inputs(
         _check_shape("covars", covars, (N, 3, 3), f"[N={N}, 3, 3]")
     _check_shape("opacities", opacities, (N,), f"[N={N}]")
     if not isinstance(colors, Tensor):
-        raise ValueError(f"colors: expected a tensor, given {type(colors).__name__}")
+        raise ValueError(f"colors: expected a tensor, given {type(colors).__name__}")  # noqa: TRY004
     if sh_degree is None:
         if not ((colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N))):
             raise ValueError(f"colors: expected shape [N={N}, D] or [C={C}, N={N}, D], given {_shape(colors)}")
@@ -141,8 +155,8 @@ def _check_inputs(
 
 def rasterization(
     means: Tensor,  # [N, 3]
-    quats: Optional[Tensor],  # [N, 4]
-    scales: Optional[Tensor],  # [N, 3]
+    quats: Tensor | None,  # [N, 4]
+    scales: Tensor | None,  # [N, 3]
     opacities: Tensor,  # [N]
     colors: Tensor,  # [(C,) N, D] or [(C,) N, K, 3]
     viewmats: Tensor,  # [C, 4, 4]
@@ -153,10 +167,10 @@ def rasterization(
     far_plane: float = 1e10,
     radius_clip: float = 0.0,
     eps2d: float = 0.3,
-    sh_degree: Optional[int] = None,
+    sh_degree: int | None = None,
     packed: bool = False,
     tile_size: int = 16,
-    backgrounds: Optional[Tensor] = None,  # [C, D]
+    backgrounds: Tensor | None = None,  # [C, D]
     render_mode: str = "RGB",
     sparse_grad: bool = False,
     absgrad: bool = False,
@@ -164,10 +178,10 @@ def rasterization(
     channel_chunk: int = 32,
     distributed: bool = False,
     camera_model: str = "pinhole",
-    covars: Optional[Tensor] = None,  # [N, 3, 3]
+    covars: Tensor | None = None,  # [N, 3, 3]
     compositing: str = "alpha",
     backend: str = "auto",
-) -> Tuple[Tensor, Tensor, Dict]:
+) -> tuple[Tensor, Tensor, dict]:
     """Rasterise N 3D Gaussians into C pinhole images (gsplat 1.4.0 semantics).
 
     Args:
@@ -249,8 +263,8 @@ def rasterization(
                 f"{name}: backend={backend!r} supports only {supported!r}, given {given!r} "
                 "(use CUDA tensors with backend='gsplat')"
             )
-    tensors = dict(means=means, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks)
-    tensors.update(dict(covars=covars) if covars is not None else dict(quats=quats, scales=scales))
+    tensors = {"means": means, "opacities": opacities, "colors": colors, "viewmats": viewmats, "Ks": Ks}
+    tensors.update({"covars": covars} if covars is not None else {"quats": quats, "scales": scales})
     if backgrounds is not None:
         tensors["backgrounds"] = backgrounds
     for name, x in tensors.items():
@@ -270,29 +284,92 @@ def rasterization(
     else:
         bin_fn, raster_fn = _bin_torch, raster_torch.rasterize_to_pixels
 
-    # ---------------------------------------------------------------- projection
+    # ---------------------------------------------------------------- projection + colours
     # Additive mode bins each Gaussian wherever a term can pass its cutoff (sigma <= 18, i.e.
     # 6 std), so the X-ray image does not depend on tile boundaries; alpha mode keeps gsplat's 3.
     radius_sigmas = math.sqrt(2.0 * raster_torch.ADDITIVE_SIGMA_CUT) if compositing == "additive" else 3.0
+    fused = backend == "cpu" and covars is None and not (viewmats.requires_grad or Ks.requires_grad)
+    shade_fn = _project_and_shade_fused if fused else project_and_shade_torch
+    sh_colors = colors if sh_degree is not None else None
+    radii, means2d, depths, conics, opacities_cn, feats = shade_fn(
+        means, quats, scales, opacities, sh_colors, viewmats, Ks, width, height, sh_degree=sh_degree,
+        eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
+        calc_compensations=rasterize_mode == "antialiased", radius_sigmas=radius_sigmas, covars=covars,
+    )  # fmt: skip
+    if sh_degree is None:
+        feats = colors.expand(C, N, n_channels) if colors.dim() == 2 else colors  # [C, N, D]
+    return _composite(
+        means2d, radii, depths, conics, opacities_cn, feats, backgrounds, width, height, tile_size,
+        render_mode, compositing, absgrad, bin_fn, raster_fn, backend, C,
+    )  # fmt: skip
+
+
+def _project_and_shade_fused(means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
+                             sh_degree, covars=None, **kw):  # fmt: skip
+    from . import fused_cpu  # numba: imported only when used
+
+    colors_cn = colors if colors is None or colors.dim() == 3 else None
+    if colors is not None and colors_cn is None:  # per-camera SH [C, N, K, 3]: twin
+        return project_and_shade_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                                       sh_degree=sh_degree, covars=covars, **kw)  # fmt: skip
+    return fused_cpu.project_and_shade(
+        means, quats, scales, opacities, colors_cn, viewmats, Ks, width, height, sh_degree, **kw
+    )
+
+
+def project_and_shade_torch(
+    means: Tensor,  # [N, 3]
+    quats: Tensor | None,  # [N, 4]
+    scales: Tensor | None,  # [N, 3]
+    opacities: Tensor,  # [N]
+    colors: Tensor | None,  # [N, K, 3] or [C, N, K, 3] SH coefficients, or None
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    *,
+    sh_degree: int | None,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    calc_compensations: bool = False,
+    radius_sigmas: float = 3.0,
+    covars: Tensor | None = None,  # [N, 3, 3]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Projection and SH colours in plain PyTorch: the reference twin of
+    ``fused_cpu.project_and_shade`` (differentiable w.r.t. every floating input).
+
+    Returns:
+        radii [C, N] int32, means2d [C, N, 2], depths [C, N], conics [C, N, 3], opacities
+        [C, N] (times the antialiasing compensation when ``calc_compensations``), colours
+        [C, N, 3] = ``max(SH + 0.5, 0)`` (SH masked to 0 where culled, as gsplat) or None when
+        ``sh_degree`` is None.
+    """
+    C, N = viewmats.shape[0], means.shape[0]
     radii, means2d, depths, conics, compensations = fully_fused_projection(
         means, quats, scales, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
-        far_plane=far_plane, radius_clip=radius_clip,
-        calc_compensations=rasterize_mode == "antialiased", covars=covars,
-        radius_sigmas=radius_sigmas,
+        far_plane=far_plane, radius_clip=radius_clip, calc_compensations=calc_compensations,
+        covars=covars, radius_sigmas=radius_sigmas,
     )  # fmt: skip
     opacities_cn = opacities[None, :].expand(C, N)
     if compensations is not None:
         opacities_cn = opacities_cn * compensations
-
-    # ---------------------------------------------------------------- colours
-    if sh_degree is None:
-        feats = colors.expand(C, N, n_channels) if colors.dim() == 2 else colors  # [C, N, D]
-    else:
+    feats = None
+    if sh_degree is not None:
         campos = torch.inverse(viewmats)[:, :3, 3]  # [C, 3]
         dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
         shs = colors.expand(C, *colors.shape) if colors.dim() == 3 else colors  # [C, N, K, 3]
         feats = spherical_harmonics(sh_degree, dirs, shs, masks=radii > 0)
         feats = torch.clamp_min(feats + 0.5, 0.0)  # as gsplat (Inria's convention)
+    return radii, means2d, depths, conics, opacities_cn, feats
+
+
+def _composite(
+    means2d, radii, depths, conics, opacities_cn, feats, backgrounds, width, height, tile_size,
+    render_mode, compositing, absgrad, bin_fn, raster_fn, backend, C,
+):  # fmt: skip
+    """Depth channels, binning and compositing; returns (colours, alphas, meta)."""
     bg = backgrounds
     if render_mode in ("RGB+D", "RGB+ED"):
         feats = torch.cat([feats, depths[..., None]], dim=-1)
@@ -340,3 +417,99 @@ def rasterization(
         "compositing": compositing,
     }
     return render_colors, render_alphas, meta
+
+
+def activate_params(
+    params: Mapping[str, Tensor],  # means, quats, scales (log), opacities (logit), sh0, shN
+    sh_degree: int,
+) -> dict[str, Tensor]:
+    """The 3DGS activations (``GaussianModel.activated``) in plain PyTorch: unit quaternions,
+    ``exp`` scales, ``sigmoid`` opacities, SH coefficients ``cat([sh0, shN[:, :(d+1)^2 - 1]])``.
+    The reference twin of the activations that ``rasterize_params`` fuses on the CPU."""
+    colors = torch.cat([params["sh0"], params["shN"][:, : num_sh_bases(sh_degree) - 1]], dim=1)
+    return {
+        "means": params["means"],
+        "quats": torch.nn.functional.normalize(params["quats"], dim=-1),
+        "scales": torch.exp(params["scales"]),
+        "opacities": torch.sigmoid(params["opacities"]),
+        "colors": colors,
+    }
+
+
+def rasterize_params(
+    params: Mapping[str, Tensor],  # GaussianModel.params (raw): see below
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    sh_degree: int,
+    backgrounds: Tensor | None = None,  # [C, 3]
+    render_mode: str = "RGB",
+    rasterize_mode: str = "classic",
+    absgrad: bool = False,
+    tile_size: int = 16,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, dict]:
+    """Render raw 3DGS trainer parameters: ``rasterization(**activate_params(params, d), ...)``
+    with the activations fused into the CPU kernels.
+
+    Args:
+        params: ``means`` [N, 3], ``quats`` [N, 4] (wxyz, any norm), ``scales`` [N, 3] (log
+            std devs), ``opacities`` [N] (logits), ``sh0`` [N, 1, 3], ``shN`` [N, K - 1, 3]
+            with (sh_degree + 1)^2 <= K (``GaussianModel.params``).
+        sh_degree: SH degree to evaluate; higher bands of ``shN`` get zero gradients.
+        other arguments: as ``rasterization``.
+
+    Returns:
+        As ``rasterization``. On the CPU backend (float32 CPU tensors, viewmats and Ks without
+        gradient) projection, SH and activations run in one numba pass each way
+        (``fused_cpu.project_and_shade_raw``) and gradients go straight to ``params``; otherwise
+        this is exactly ``rasterization(**activate_params(params, sh_degree), ...)``.
+    """
+    missing = [k for k in ("means", "quats", "scales", "opacities", "sh0", "shN") if k not in params]
+    if missing:
+        raise ValueError(f"params: missing {missing} (expected GaussianModel.params)")
+    means = params["means"]
+    N = means.shape[0] if isinstance(means, Tensor) and means.dim() == 2 else -1
+    for name, shape in (("means", (N, 3)), ("quats", (N, 4)), ("scales", (N, 3)), ("opacities", (N,)), ("sh0", (N, 1, 3))):
+        if tuple(params[name].shape) != shape or N < 0:
+            raise ValueError(f"params[{name!r}]: expected shape {list(shape)}, given {list(params[name].shape)}")
+    shN = params["shN"]
+    if shN.dim() != 3 or shN.shape[0] != N or shN.shape[2] != 3 or shN.shape[1] + 1 < num_sh_bases(sh_degree):
+        raise ValueError(f"params['shN']: expected [N={N}, K-1 >= {num_sh_bases(sh_degree) - 1}, 3], given {list(shN.shape)}")
+    device = means.device
+    fused = (
+        _resolve_backend(backend, device) == "cpu"
+        and device.type == "cpu"
+        and all(params[k].dtype == torch.float32 for k in ("means", "quats", "scales", "opacities", "sh0", "shN"))
+        and not (viewmats.requires_grad or Ks.requires_grad)
+    )
+    if not fused:
+        return rasterization(
+            **activate_params(params, sh_degree), viewmats=viewmats, Ks=Ks, width=width, height=height,
+            sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
+            rasterize_mode=rasterize_mode, absgrad=absgrad, tile_size=tile_size, eps2d=eps2d,
+            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, backend=backend,
+        )  # fmt: skip
+    from . import fused_cpu, raster_cpu  # numba: imported only when used
+
+    C = viewmats.shape[0]
+    # shapes/options checked by the shared checker (on the activated layout it describes)
+    _check_inputs(
+        means, params["quats"], params["scales"], params["opacities"],
+        torch.empty(N, num_sh_bases(sh_degree), 3), viewmats, Ks, width, height, sh_degree,
+        tile_size, backgrounds, render_mode, rasterize_mode, 32, None, "alpha",
+    )  # fmt: skip
+    radii, means2d, depths, conics, opacities_cn, feats = fused_cpu.project_and_shade_raw(
+        means, params["quats"], params["scales"], params["opacities"], params["sh0"], shN,
+        viewmats, Ks, width, height, sh_degree, eps2d=eps2d, near_plane=near_plane,
+        far_plane=far_plane, radius_clip=radius_clip, calc_compensations=rasterize_mode == "antialiased",
+    )  # fmt: skip
+    return _composite(
+        means2d, radii, depths, conics, opacities_cn, feats, backgrounds, width, height, tile_size,
+        render_mode, "alpha", absgrad, raster_cpu.bin_gaussians, raster_cpu.rasterize_to_pixels, "cpu", C,
+    )  # fmt: skip

@@ -10,9 +10,9 @@ from torch import Tensor
 
 from recon.geometry.cameras import CameraSet
 from recon.splat.model import GaussianModel
-from recon.splat.rasterize import rasterization
+from recon.splat.rasterize import rasterization, rasterize_params
 
-__all__ = ["rasterize_views", "render", "render_all"]
+__all__ = ["rasterize_params_views", "rasterize_views", "render", "render_all"]
 
 
 def rasterize_views(
@@ -35,6 +35,34 @@ def rasterize_views(
         width=width,
         height=height,
         sh_degree=sh_degree,
+        backgrounds=background.to(dev).expand(len(viewmats), 3),
+        render_mode=render_mode,
+    )
+
+
+
+def rasterize_params_views(
+    params: Mapping[str, Tensor],  # GaussianModel.params (raw): means, quats, scales (log), opacities (logit), sh0, shN
+    viewmats: Tensor,  # [C, 4, 4] OpenCV world-to-camera
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    sh_degree: int,
+    background: Tensor,  # [3]
+    render_mode: str = "RGB",
+) -> tuple[Tensor, Tensor, dict]:
+    """:func:`rasterize_views` of ``GaussianModel.activated(sh_degree)`` taking the raw
+    parameters (:func:`recon.splat.rasterize.rasterize_params`): on float32 CPU tensors the
+    activations run inside the fused numba projection, elsewhere it is the same as
+    ``rasterize_views(model.activated(sh_degree), ...)``."""
+    dev = params["means"].device
+    return rasterize_params(
+        params,
+        viewmats.to(dev),
+        Ks.to(dev),
+        width,
+        height,
+        sh_degree,
         backgrounds=background.to(dev).expand(len(viewmats), 3),
         render_mode=render_mode,
     )

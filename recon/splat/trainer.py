@@ -39,7 +39,8 @@ from recon.splat.regularizers import (
     scale_loss,
     scale_ratio_loss,
 )
-from recon.splat.render import rasterize_views
+from recon.splat.render import rasterize_params_views, rasterize_views
+from recon.splat.sh import num_sh_bases
 from recon.splat.strategy import remove_rows
 from recon.train.schedule import exponential_decay, set_learning_rate
 
@@ -74,7 +75,10 @@ class SplatTrainer:
         train: the training views (images ``[V, H, W, 3]`` and cameras) at training resolution.
         background: ``[3]`` RGB behind the Gaussians.
         initial: initial points per field (one; two with co-regularisation); ignored with ``state``.
-        device: where the models live (CPU: the numba rasteriser; CUDA: gsplat).
+        device: where the models live (CPU: the numba rasteriser; CUDA: gsplat). On the CPU,
+            ``config.cpu_kernels == "fused"`` (the default) trains free Gaussians with the fused
+            kernels (raw-parameter rendering, fused L1 + D-SSIM, :class:`FusedAdam`); "reference"
+            with the plain-PyTorch ops. Anchored Gaussians always use the latter.
         state: a :meth:`state_dict` to continue from (no initialisation then).
     """
 
@@ -95,6 +99,7 @@ class SplatTrainer:
         self.background = background.to(torch.float32)
         self.scene_scale = scene_scale_of(train.cameras)
         self.anchored = cfg.model == "anchored"
+        self.fused = self.device.type == "cpu" and cfg.cpu_kernels == "fused" and not self.anchored
         self.strategy = cfg.densify.within(cfg.iterations) if not self.anchored else cfg.densify
         reg = cfg.reg
         if reg.pseudo_every > 0 and len(train.indices) < 2:
@@ -141,6 +146,12 @@ class SplatTrainer:
         if isinstance(model, AnchoredGaussians):
             return _Field(model, model.make_optimizers(), model.initialize_state())
         optimizers = model.make_optimizers(scene_scale=self.scene_scale, means_lr=self.config.means_lr)
+        if self.fused:
+            from recon.splat.adam import (
+                fuse_optimizers,  # numba: imported only when used
+            )
+
+            optimizers = fuse_optimizers(optimizers)  # same groups and state layout: checkpoints load either way
         self.strategy.check_sanity(model.params, optimizers)
         return _Field(model, optimizers, self.strategy.initialize_state(scene_scale=self.scene_scale))
 
@@ -250,15 +261,22 @@ class SplatTrainer:
         total: Tensor | float = 0.0
         infos, pseudo_rgb = [], []
         stats: dict[str, Any] = {}
+        # fused: render the raw parameters (activations inside the numba projection); the
+        # torch activations are built only for the terms that need them
+        raw = self.fused and reg.dropout == 0
+        needs_act = not raw or reg.opacity_reg > 0 or reg.scale_reg > 0 or reg.scale_ratio_reg > 0 or pseudo is not None
         for fi, f in enumerate(self.fields):
-            act = f.model.activated(sh_deg)
-            inputs = dict(act)
-            if reg.dropout > 0:
-                inputs["opacities"] = gaussian_dropout(act["opacities"], reg.dropout)
-            out, alphas, info = rasterize_views(inputs, viewmats, Ks, w, h, sh_deg, self.background, mode)
+            act = f.model.activated(sh_deg) if needs_act else {}
+            if raw:
+                out, alphas, info = rasterize_params_views(f.model.params, viewmats, Ks, w, h, sh_deg, self.background, mode)
+            else:
+                inputs = dict(act)
+                if reg.dropout > 0:
+                    inputs["opacities"] = gaussian_dropout(act["opacities"], reg.dropout)
+                out, alphas, info = rasterize_views(inputs, viewmats, Ks, w, h, sh_deg, self.background, mode)
             self.strategy.step_pre_backward(f.model.params, f.optimizers, f.state, step, info)
             infos.append(info)
-            loss, l1 = photometric_loss(out[..., :3], gt, cfg.ssim_lambda)
+            loss, l1 = photometric_loss(out[..., :3], gt, cfg.ssim_lambda, fused=self.fused)
             terms: dict[str, Tensor] = {}
             if reg.opacity_reg > 0:
                 terms["opacity_reg"] = reg.opacity_reg * opacity_loss(act["opacities"])
@@ -288,9 +306,7 @@ class SplatTrainer:
         means_lr = exponential_decay(cfg.means_lr * self.scene_scale, step, cfg.iterations, 0.01)
         for f, info in zip(self.fields, infos):
             set_learning_rate(f.optimizers["means"], means_lr)
-            for opt in f.optimizers.values():
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            self._optimiser_step(f, info, sh_deg)
             self.strategy.step_post_backward(f.model.params, f.optimizers, f.state, step, info)
         if self.pose_refiner is not None:
             grad = self.pose_refiner.pose_adjustment.grad
@@ -302,6 +318,23 @@ class SplatTrainer:
         if cfg.prune_outliers and cfg.outlier_every and (step + 1) % cfg.outlier_every == 0:
             stats["outliers_pruned"] = self.prune_outliers()
         return {"loss": float(total.detach()), **stats, "n_gaussians": self.model.num_gaussians, "sh_degree": sh_deg}
+
+    def _optimiser_step(self, f: _Field, info: dict, sh_deg: int) -> None:
+        """Adam on every parameter of a free-Gaussian field. Fused: only the SH bands in use
+        (the others have had zero gradients and zero moments, so their update is exactly
+        zero) and, with ``selective_adam``, only the Gaussians the view saw."""
+        visibility = None
+        if self.fused:
+            f.optimizers["shN"].param_groups[0]["active_columns"] = num_sh_bases(sh_deg) - 1
+            if self.config.selective_adam:
+                radii = info["radii"]
+                visibility = (radii > 0).reshape(radii.shape[0], radii.shape[1], -1).all(-1).any(0)  # [N]
+        for opt in f.optimizers.values():
+            if visibility is not None:
+                opt.step(visibility=visibility)  # type: ignore[call-arg]
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
 
     def _step_anchored(self, view: int) -> dict[str, Any]:
         """One step of --model anchored: decode, cull, render, L1 + D-SSIM, Adam, prune anchors."""

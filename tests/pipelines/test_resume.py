@@ -63,6 +63,10 @@ CAPTURE = ["--train-views", "3", "--eval-views", "1", "--downscale", "16", "--in
     [
         pytest.param(["--preset", "plain", "--densify.start-iter", "5", "--densify.every", "7",
                       "--densify.grow-grad2d", "1e-5", "--reg.dropout", "0.2"], id="gaussians"),
+        pytest.param(["--preset", "plain", "--densify.start-iter", "5", "--densify.every", "7",
+                      "--densify.grow-grad2d", "1e-5", "--selective-adam"], id="gaussians-fused-selective"),
+        pytest.param(["--preset", "plain", "--densify.start-iter", "5", "--densify.every", "7",
+                      "--cpu-kernels", "reference"], id="gaussians-reference"),
         pytest.param(["--preset", "plain", "--model", "anchored", "--anchored.max-anchors", "200", "--anchored.prune-every", "15"], id="anchored"),
     ],
 )

@@ -7,7 +7,11 @@ import math
 
 import pytest
 import torch
-from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
+from gsplat.cuda._torch_impl import (
+    _fully_fused_projection,
+    _quat_scale_to_covar_preci,
+    _spherical_harmonics,
+)
 
 from recon.splat.rasterize import rasterization
 
@@ -28,7 +32,7 @@ def brute_force(meta, colors, width, height, tile_size, backgrounds=None, compos
     radii, m2d, conics = meta["radii"], meta["means2d"].detach().double(), meta["conics"].detach().double()
     opac, depths = meta["opacities"].detach().double(), meta["depths"].detach()
     colors = colors.detach().double()
-    C, N = radii.shape
+    C, _N = radii.shape
     ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     xs, ys = xs.reshape(-1), ys.reshape(-1)
     px, py = xs.double() + 0.5, ys.double() + 0.5
@@ -174,7 +178,7 @@ def test_additive_does_not_depend_on_tiles(scene):
 def test_sh_colors(scene, backend):
     s = scene(n=20, n_cameras=2, width=W, height=H, seed=13)
     s["colors"] = torch.randn(20, 16, 3) * 0.3
-    img, alpha, meta = render(s, backend, sh_degree=2)
+    img, _alpha, meta = render(s, backend, sh_degree=2)
     campos = torch.inverse(s["viewmats"])[:, :3, 3]
     dirs = s["means"][None] - campos[:, None]
     rgb = torch.clamp_min(_spherical_harmonics(2, dirs, s["colors"].expand(2, 20, 16, 3)) + 0.5, 0.0)
@@ -187,7 +191,7 @@ def test_sh_colors(scene, backend):
 def test_depth_render_modes(scene, backend, mode):
     s = scene(n=20, n_cameras=2, width=W, height=H, seed=14)
     bg = torch.rand(2, 3)
-    img, alpha, meta = render(s, backend, render_mode=mode, backgrounds=bg)
+    img, _alpha, meta = render(s, backend, render_mode=mode, backgrounds=bg)
     assert img.shape[-1] == (1 if mode in ("D", "ED") else 4)
     d_ref, a_ref = brute_force(meta, meta["depths"][..., None], W, H, TS)
     if mode.endswith("ED"):
@@ -201,7 +205,7 @@ def test_depth_render_modes(scene, backend, mode):
 def test_antialiased_and_radius_clip(scene):
     s = scene(n=20, width=W, height=H, seed=15)
     a_img, _, a_meta = render(s, "cpu", rasterize_mode="antialiased", radius_clip=2.0)
-    t_img, _, t_meta = render(s, "torch", rasterize_mode="antialiased", radius_clip=2.0)
+    t_img, _, _t_meta = render(s, "torch", rasterize_mode="antialiased", radius_clip=2.0)
     c_img, _, c_meta = render(s, "cpu")
     assert torch.all(a_meta["opacities"] <= c_meta["opacities"]) and not torch.equal(a_img, c_img)
     assert torch.all((a_meta["radii"] == 0) | (a_meta["radii"] > 2))
@@ -214,9 +218,9 @@ def test_covars_instead_of_quats_and_scales(scene):
     from recon.splat.projection import quat_scale_to_covar
 
     s = scene(n=20, n_cameras=2, width=W, height=H, seed=17)
-    img, alpha, _ = render(s, "cpu")
+    img, _alpha, _ = render(s, "cpu")
     covars = quat_scale_to_covar(s["quats"], s["scales"])
-    img_c, alpha_c, _ = rasterization(
+    img_c, _alpha_c, _ = rasterization(
         s["means"], None, None, s["opacities"], s["colors"], s["viewmats"], s["Ks"], W, H,
         tile_size=TS, covars=covars, backend="cpu",
     )  # fmt: skip
@@ -257,8 +261,9 @@ def test_empty_scenes(scene):
 def _grads(s, backend, bg=None, absgrad=False, **kw):
     leaves = {k: s[k].detach().clone().requires_grad_() for k in PARAMS}
     bg = bg.detach().clone().requires_grad_() if bg is not None else None
+    kw.setdefault("tile_size", TS)
     img, alpha, meta = rasterization(
-        *leaves.values(), s["viewmats"], s["Ks"], s["width"], s["height"], tile_size=TS,
+        *leaves.values(), s["viewmats"], s["Ks"], s["width"], s["height"],
         backgrounds=bg, backend=backend, absgrad=absgrad, **kw,
     )  # fmt: skip
     meta["means2d"].retain_grad()
@@ -278,14 +283,14 @@ def _grads(s, backend, bg=None, absgrad=False, **kw):
 @pytest.mark.parametrize(
     "case",
     [
-        dict(n_cameras=1),
-        dict(n_cameras=2, bg=True),
-        dict(n_cameras=2, bg=True, per_view=True),
-        dict(n_cameras=2, sh=True),
-        dict(n_cameras=2, render_mode="RGB+ED", bg=True),
-        dict(n_cameras=2, rasterize_mode="antialiased"),
-        dict(n_cameras=2, compositing="additive"),
-        dict(n_cameras=1, saturated=True),
+        {"n_cameras": 1},
+        {"n_cameras": 2, "bg": True},
+        {"n_cameras": 2, "bg": True, "per_view": True},
+        {"n_cameras": 2, "sh": True},
+        {"n_cameras": 2, "render_mode": "RGB+ED", "bg": True},
+        {"n_cameras": 2, "rasterize_mode": "antialiased"},
+        {"n_cameras": 2, "compositing": "additive"},
+        {"n_cameras": 1, "saturated": True},
     ],
     ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
 )
@@ -294,7 +299,7 @@ def test_cpu_gradients_match_torch_twin(scene, case):
     C = case.pop("n_cameras")
     sat = case.pop("saturated", False)
     s = scene(n=20, n_cameras=C, width=W, height=H, seed=21,
-              **(dict(opacity_range=(0.8, 1.0), sigma_px=(3.0, 8.0)) if sat else {}))  # fmt: skip
+              **({"opacity_range": (0.8, 1.0), "sigma_px": (3.0, 8.0)} if sat else {}))  # fmt: skip
     if case.pop("per_view", False):
         s["colors"] = torch.rand(C, 20, 3)
     if case.pop("sh", False):
@@ -372,29 +377,29 @@ def test_cpu_is_deterministic(scene):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(means=torch.zeros(20, 2)), r"means: expected shape \[N, 3\], given \[20, 2\]"),
-        (dict(quats=torch.zeros(19, 4)), r"quats: expected shape \[N=20, 4\], given \[19, 4\]"),
-        (dict(scales=torch.zeros(20, 3, 1)), r"scales: expected shape"),
-        (dict(opacities=torch.zeros(20, 1)), r"opacities: expected shape \[N=20\]"),
-        (dict(colors=torch.zeros(3, 20, 3)), r"colors: expected shape \[N=20, D\] or \[C=1"),
-        (dict(viewmats=torch.zeros(1, 3, 4)), r"viewmats: expected shape \[C, 4, 4\]"),
-        (dict(Ks=torch.zeros(2, 3, 3)), r"Ks: expected shape \[C=1, 3, 3\], given \[2, 3, 3\]"),
-        (dict(backgrounds=torch.zeros(1, 4)), r"backgrounds: expected shape \[C=1, D=3\]"),
-        (dict(sh_degree=2), r"colors: expected SH coefficients"),
-        (dict(colors=torch.zeros(20, 4, 3), sh_degree=2), r"needs K >= 9"),
-        (dict(colors=torch.zeros(20, 25, 3), sh_degree=4), r"sh_degree"),
-        (dict(render_mode="RGBD"), r"render_mode"),
-        (dict(rasterize_mode="aa"), r"rasterize_mode"),
-        (dict(compositing="max"), r"compositing"),
-        (dict(backend="cuda"), r"backend"),
-        (dict(packed=True), r"packed: backend='cpu' supports only False"),
-        (dict(sparse_grad=True), r"sparse_grad"),
-        (dict(distributed=True), r"distributed"),
-        (dict(camera_model="fisheye"), r"camera_model"),
-        (dict(compositing="additive", backgrounds=torch.zeros(1, 3)), r"backgrounds: not supported"),
-        (dict(tile_size=0), r"tile_size: expected a positive int"),
-        (dict(width=10.5), r"width: expected a positive int"),
-        (dict(backend="gsplat"), r"expected CUDA tensors"),
+        ({"means": torch.zeros(20, 2)}, r"means: expected shape \[N, 3\], given \[20, 2\]"),
+        ({"quats": torch.zeros(19, 4)}, r"quats: expected shape \[N=20, 4\], given \[19, 4\]"),
+        ({"scales": torch.zeros(20, 3, 1)}, r"scales: expected shape"),
+        ({"opacities": torch.zeros(20, 1)}, r"opacities: expected shape \[N=20\]"),
+        ({"colors": torch.zeros(3, 20, 3)}, r"colors: expected shape \[N=20, D\] or \[C=1"),
+        ({"viewmats": torch.zeros(1, 3, 4)}, r"viewmats: expected shape \[C, 4, 4\]"),
+        ({"Ks": torch.zeros(2, 3, 3)}, r"Ks: expected shape \[C=1, 3, 3\], given \[2, 3, 3\]"),
+        ({"backgrounds": torch.zeros(1, 4)}, r"backgrounds: expected shape \[C=1, D=3\]"),
+        ({"sh_degree": 2}, r"colors: expected SH coefficients"),
+        ({"colors": torch.zeros(20, 4, 3), "sh_degree": 2}, r"needs K >= 9"),
+        ({"colors": torch.zeros(20, 25, 3), "sh_degree": 4}, r"sh_degree"),
+        ({"render_mode": "RGBD"}, r"render_mode"),
+        ({"rasterize_mode": "aa"}, r"rasterize_mode"),
+        ({"compositing": "max"}, r"compositing"),
+        ({"backend": "cuda"}, r"backend"),
+        ({"packed": True}, r"packed: backend='cpu' supports only False"),
+        ({"sparse_grad": True}, r"sparse_grad"),
+        ({"distributed": True}, r"distributed"),
+        ({"camera_model": "fisheye"}, r"camera_model"),
+        ({"compositing": "additive", "backgrounds": torch.zeros(1, 3)}, r"backgrounds: not supported"),
+        ({"tile_size": 0}, r"tile_size: expected a positive int"),
+        ({"width": 10.5}, r"width: expected a positive int"),
+        ({"backend": "gsplat"}, r"expected CUDA tensors"),
     ],
 )
 def test_bad_input(scene, change, match):
@@ -417,9 +422,9 @@ def test_cpu_backend_rejects_float64(scene):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat kernels)")
 def test_auto_uses_gsplat_on_cuda_and_matches_cpu(scene):
     s = scene(n=20, n_cameras=2, width=W, height=H)
-    img_cpu, alpha_cpu, _ = render(s, "cpu", tile_size=16)
+    img_cpu, _alpha_cpu, _ = render(s, "cpu", tile_size=16)
     s_cuda = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-    img, alpha, meta = render(s_cuda, "auto", tile_size=16)
+    img, _alpha, meta = render(s_cuda, "auto", tile_size=16)
     assert meta["backend"] == "gsplat"
     torch.testing.assert_close(img.cpu(), img_cpu, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="additive"):
@@ -445,3 +450,39 @@ def test_rasterize_to_pixels_bad_input(scene, module):
         fn(*bad)
     with pytest.raises(ValueError, match=r"backgrounds: expected shape \[1, 3\]"):
         fn(*args, backgrounds=torch.zeros(2, 3))
+
+
+# ------------------------------------------------------------------------------- numba kernel details
+
+
+def test_vectorised_exp_accuracy():
+    import numpy as np
+    from numba import njit
+
+    from recon.splat.raster_cpu import exp_neg
+
+    @njit
+    def run(x, out):
+        for i in range(x.shape[0]):
+            out[i] = exp_neg(x[i])
+
+    x = np.linspace(0.0, 43.0, 200_001).astype(np.float32)
+    out = np.empty_like(x)
+    run(x, out)
+    ref = np.exp(-x.astype(np.float64))
+    assert np.max(np.abs(out - ref) / ref) < 1e-7  # ~1.2 ulp of float32
+    run(np.array([-1.0, 50.0], np.float32), out[:2])
+    assert out[0] == 1.0 and 0 < out[1] < 1e-18  # clamped to [0, 43]
+
+
+@pytest.mark.parametrize("tile_size", [4, 48])
+def test_cpu_matches_torch_twin_other_tile_sizes(scene, tile_size):
+    # tile_size 4: a chunk wider than the tile; 48: tiles composited in 32 x 32 blocks
+    s = scene(n=30, n_cameras=1, width=56, height=40, seed=33, sigma_px=(0.7, 6.0))
+    g_cpu = _grads(s, "cpu", tile_size=tile_size)
+    g_ref = _grads(s, "torch", tile_size=tile_size)
+    img_cpu = render(s, "cpu", tile_size=tile_size)[0]
+    img_ref = render(s, "torch", tile_size=tile_size)[0]
+    torch.testing.assert_close(img_cpu, img_ref, atol=2e-6, rtol=1e-5)
+    for k in g_ref:
+        _assert_grads_close(g_cpu[k], g_ref[k], what=k)

@@ -17,11 +17,8 @@ CT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ct"  # real
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every test here runs with one torch thread (tests/conftest.py ``one_thread``)."""
 
 
 def cone_geometry(n_views: int = 8, n: int = 16, det: tuple[int, int] = (24, 34), **kw) -> CTGeometry:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from recon.io.r2gaussian import read_r2gaussian
 from recon.io.naf import write_naf_pickle
@@ -22,12 +21,7 @@ from recon.io.formats import load_ct_data, load_volume_file
 from tests._floors import constant_volume_scores
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -59,15 +59,3 @@ def make_ct_scan(out: Path) -> Path:
 def ct_scan(tmp_path_factory) -> Path:
     """R2-Gaussian folder of the tiny simulated CT scan (:func:`make_ct_scan`)."""
     return make_ct_scan(tmp_path_factory.mktemp("ct"))
-
-
-@pytest.fixture
-def one_thread():
-    """Single-threaded torch for small CPU training loops (OpenMP spin-waiting makes small ops
-    far slower on a shared 2-core machine; see tests/ct/conftest.py)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)

@@ -27,12 +27,7 @@ def sphere():
     return sphere_gaussians(R, 8000, overlap=0.6)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rgbd_renders_the_sphere_depth(sphere):

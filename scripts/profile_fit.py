@@ -152,7 +152,7 @@ def make_scene(checkpoint: str, data: str, out: str, downscale: float = 4.0, k: 
     from recon.io.formats import load_capture
     from recon.io.views import load_views
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     trainer = ckpt["trainer"]
     capture = load_capture(data)
     idx = [int(i) for i in trainer["train_indices"]]
@@ -619,7 +619,7 @@ def main() -> None:
     impl = args.impl if args.impl != "auto" else ("fused" if _has_fused() else "reference")
     if impl == "fused" and not _has_fused():
         ap.error("--impl fused: this tree has no recon.splat.fused_cpu / ssim_cpu / adam")
-    scene = torch.load(args.scene, weights_only=False) if args.scene else synthetic_scene()
+    scene = torch.load(args.scene, weights_only=True) if args.scene else synthetic_scene()
     print(f"torch {torch.__version__} threads {torch.get_num_threads()}, numba {numba.__version__} threads "
           f"{numba.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load {os.getloadavg()[0]:.1f}",
           file=sys.stderr)  # fmt: skip

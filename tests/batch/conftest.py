@@ -87,8 +87,9 @@ def local_batch(mixed_manifest, tmp_path_factory) -> tuple[int, Path]:
     return code, out
 
 
-LONG_TV = {"method": "tv", "tv.iterations": 300, "checkpoint_every": 10}
-"""A CT job long enough to be stopped after its first checkpoint (16^3: a few ms per step)."""
+LONG_TV = {"method": "tv", "tv.iterations": 2000, "checkpoint_every": 10}
+"""A CT job long enough to be stopped after its first checkpoint (16^3: a few ms per step, so
+2000 steps outlast the driver's 0.2 s polling and the stop reaching the worker on a quiet machine)."""
 
 
 def long_manifest(folder: Path, scan: Path) -> Path:

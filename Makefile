@@ -44,7 +44,7 @@ demo-ct: install
 	$(VENV)/bin/recon ct fit runs/ct-demo/scan --method tv --out runs/ct-demo/tv --overwrite
 
 test: install-test
-	$(PY) -m pytest -q -p no:cacheprovider --timeout 1200
+	$(PY) -m pytest -q -p no:cacheprovider --timeout 1200 --durations=30
 
 test-fast: install-test
 	$(PY) -m pytest -q -m "not slow"

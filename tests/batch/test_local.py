@@ -55,9 +55,13 @@ ONE_JOB = ("--jobs", "1", "--cpus-per-job", "1")
 
 
 def _batch_process(manifest: Path, out: Path) -> subprocess.Popen:
+    """``recon batch`` as a terminal starts it: SIGINT at its default disposition, whatever this
+    test process has (an ignored SIGINT is inherited through exec, and Python then never raises
+    KeyboardInterrupt; in the full suite the pytest process was seen with SIGINT ignored)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "recon.cli", "batch", str(manifest), "--out", str(out), *ONE_JOB],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
 
 
 def _wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 300) -> None:

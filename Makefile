@@ -43,8 +43,15 @@ demo-ct: install
 	$(VENV)/bin/recon ct simulate data/ct/chest.npz --views 25 --out runs/ct-demo/scan --overwrite
 	$(VENV)/bin/recon ct fit runs/ct-demo/scan --method tv --out runs/ct-demo/tv --overwrite
 
+# Two phases: the bulk on 2 pytest-xdist workers with one thread each (small single-threaded
+# tests pack two to a 2-core machine better than 2 threads each fighting for it), then the tests
+# marked `serial` alone (a Ray head with 2 CPUs; a signal raced against a running job).
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --timeout 1200
 test: install-test
-	$(PY) -m pytest -q -p no:cacheprovider --timeout 1200 --durations=30
+	@status=0; \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PYTEST) -n 2 -m "not serial" --durations=25 || status=$$?; \
+	$(PYTEST) -m serial --durations=5 || status=$$?; \
+	exit $$status
 
 test-fast: install-test
 	$(PY) -m pytest -q -m "not slow"

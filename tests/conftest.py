@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FOX = SHARED_DATA / "object" / "fox"
 CT_DATA = SHARED_DATA / "ct"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sigint_at_its_default():
+    """Ctrl-C raises KeyboardInterrupt in this process and reaches the children tests start. A
+    test process can be started with SIGINT ignored (pytest-xdist workers, some CI runners), and an
+    ignored SIGINT is inherited through exec: a ``recon`` subprocess would then never see the
+    SIGINT a test sends it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -73,6 +73,7 @@ def _wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float =
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # the stop must reach the job while it runs: timing, not load, decides
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_stopped_or_killed_batch_resumes_to_the_uninterrupted_result(batch_inputs, long_whole, tmp_path, sig):
     manifest = long_manifest(tmp_path, batch_inputs / "scans" / "a")

@@ -21,7 +21,7 @@ from tests.batch.conftest import long_manifest, read_report
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (make install-test installs it)")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 HEAD_ATTEMPTS = 3
 """Ray's raylet gives its agents 15 s to report their ports; on a busy machine a first start can

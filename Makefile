@@ -7,30 +7,37 @@ DEMO_ITERS ?= 600
 
 .PHONY: install install-test demo demo-ct test test-fast test-minkowski bench clean
 
-# the package and what it needs to run
-install: $(VENV)/.installed
-
-$(VENV)/.installed: pyproject.toml
+# the libusb that open3d needs, the virtual environment, a current pip
+define VENV_SETUP
 	@if command -v apt-get >/dev/null && ! ldconfig -p | grep -q libusb-1.0.so.0; then \
 	  echo "installing Debian package libusb-1.0-0 (open3d needs it)"; \
 	  (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) >/dev/null || \
 	  echo "warning: could not install libusb-1.0-0; open3d will not import"; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+endef
+
+# the package and what it needs to run
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(VENV_SETUP)
 	$(PY) -m pip install -q -e .
 	touch $@
 
 # + the test tools: pytest, playwright, Debian's chromium for the viewer's browser tests, and the
-#   ray extra (recon batch --backend ray: tests/batch/test_ray.py starts a Ray head on loopback)
+#   ray extra (recon batch --backend ray: tests/batch/test_ray.py starts a Ray head on loopback);
+#   one pip run for the package and its extras (a second resolution of the whole tree costs a minute)
 install-test: $(VENV)/.installed-test
 
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: pyproject.toml
+	$(VENV_SETUP)
 	@if command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then \
 	  echo "installing Debian package chromium (the web viewer's browser tests drive it through playwright)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
 	  echo "warning: could not install chromium; the viewer's browser tests will be skipped"; fi
 	$(PY) -m pip install -q -e ".[test,ray]"
-	touch $@
+	touch $(VENV)/.installed $@
 
 # 8 of the 16 sample photos (data/fox), scored on the other 8: 229 s on 2 cores after the install
 # (2026-12-03: eval PSNR 19.4 dB on the 8 held-out views, train 31.1)

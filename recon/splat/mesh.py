@@ -91,9 +91,9 @@ class MeshConfig:
     """Decimate to at most this many faces (None: keep every face)."""
     fill_holes: int = 48
     """Close holes outlined by at most this many edges (about as many voxels around, some 15
-    voxels across; 0: none), before and after decimation: the pinholes fusion leaves where voxels
-    are smaller than the pixels' footprint. Openings the views never saw are far larger and stay
-    open."""
+    voxels across; 0: none), before decimation and after it while ``target_faces`` allows: the
+    pinholes fusion leaves where voxels are smaller than the pixels' footprint. Openings the
+    views never saw are far larger and stay open."""
     tsdf: TsdfName = "auto"
     """The TSDF fused into (:func:`tsdf_backend`): ``scalable`` (Open3D's legacy
     ``ScalableTSDFVolume``), ``voxel-block-grid`` (``VoxelBlockGrid``), or ``auto``: scalable
@@ -298,9 +298,10 @@ def splat_mesh(
     mesh, holes = fill_small_holes(mesh, cfg.fill_holes) if cfg.fill_holes else (mesh, 0)
     if cfg.target_faces is not None and mesh.n_faces > cfg.target_faces:
         mesh = clean_mesh(mesh, components=None, target_faces=cfg.target_faces)
-        if cfg.fill_holes:  # quadric decimation can open a few edges
-            mesh, more = fill_small_holes(mesh, cfg.fill_holes)
-            holes += more
+        if cfg.fill_holes:  # quadric decimation can open a few edges; closed while the face budget allows
+            filled, more = fill_small_holes(mesh, cfg.fill_holes)
+            if filled.n_faces <= cfg.target_faces:
+                mesh, holes = filled, holes + more
     info["holes_filled"] = holes
     logger.info("TSDF mesh: %d faces from %d views (voxel %.4g), %d after cleaning, %d holes filled", raw.n_faces, len(views), voxel,
                 mesh.n_faces, holes)  # fmt: skip

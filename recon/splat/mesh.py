@@ -142,8 +142,14 @@ def tsdf_backend(name: str = "auto") -> str:
     if name == "scalable":
         raise InputError("--tsdf", f"scalable: Open3D {version}'s ScalableTSDFVolume integrates nothing (its extractions "
                                    "are empty); install open3d<0.20 (pip install 'open3d<0.20') or use --tsdf voxel-block-grid")  # fmt: skip
-    logger.warning("Open3D %s's ScalableTSDFVolume integrates nothing; fusing into VoxelBlockGrid instead", version)
+    _warn_fallback(version)
     return "voxel-block-grid"
+
+
+@functools.cache
+def _warn_fallback(version: str) -> None:
+    """Say once per process that ``auto`` fell back (an export resolves the TSDF more than once)."""
+    logger.warning("Open3D %s's ScalableTSDFVolume integrates nothing; fusing into VoxelBlockGrid instead", version)
 
 
 def scene_extent(model: GaussianModel, min_opacity: float = 0.5, quantile: float = 0.01) -> Tensor:

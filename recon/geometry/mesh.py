@@ -4,7 +4,9 @@ volume, surface samples), and the clean-up steps done with Open3D (largest compo
 smoothing, quadric decimation).
 
 Faces are counter-clockwise seen from outside, so the right-hand normals point out of a closed
-surface and a closed mesh's :func:`signed_volume` is positive.
+surface and a closed mesh's :func:`signed_volume` is positive. :func:`fill_small_holes` closes
+boundary loops of a few edges (the pinholes marching cubes leaves in a fused TSDF) with fans that
+keep that orientation.
 
 Open3D is imported when a function needs it (:func:`require_open3d`); a missing or broken
 install is one :class:`~recon.errors.InputError` line with the install hint.
@@ -26,6 +28,7 @@ __all__ = [
     "Mesh",
     "boundary_edges",
     "clean_mesh",
+    "fill_small_holes",
     "from_open3d",
     "is_watertight",
     "require_open3d",
@@ -107,6 +110,65 @@ def is_watertight(mesh: Mesh) -> bool:
         return False
     directed = _edges(mesh.faces)
     return len(np.unique(directed, axis=0)) == len(directed)
+
+
+def _boundary_loops(faces: np.ndarray) -> list[list[int]]:
+    """The holes' outlines: simple loops of vertices ``[p0, p1, ...]`` such that each
+    ``p_i -> p_i+1`` is the reverse of a directed edge used once, so a face ``(p_i, p_i+1, x)``
+    continues the surface's orientation. Where holes touch at a vertex the walk through it is cut
+    into simple loops; a rim that does not close (non-manifold edges) gives none."""
+    directed = _edges(faces)
+    _, inverse, counts = np.unique(np.sort(directed, axis=1), axis=0, return_inverse=True, return_counts=True)
+    nxt: dict[int, list[int]] = {}
+    for a, b in directed[counts[inverse.reshape(-1)] == 1].tolist():
+        nxt.setdefault(b, []).append(a)  # the loop runs b -> a for each boundary edge a -> b
+    loops = []
+    for start in list(nxt):
+        while nxt[start]:
+            path, where, v = [start], {start: 0}, start
+            while nxt.get(v):
+                w = nxt[v].pop()
+                if w in where:  # the walk came back to w: cut the loop w -> ... -> v -> w off the path
+                    i = where[w]
+                    loops.append(path[i:])
+                    for x in path[i + 1 :]:
+                        del where[x]
+                    del path[i + 1 :]
+                else:
+                    where[w] = len(path)
+                    path.append(w)
+                v = w
+    return [loop for loop in loops if len(loop) >= 3]
+
+
+def fill_small_holes(mesh: Mesh, max_edges: int) -> tuple[Mesh, int]:
+    """Close every hole whose outline has at most ``max_edges`` edges with a fan of triangles
+    around a new vertex at the outline's centroid (colour and normal: the outline's mean),
+    oriented like the faces around it. Returns the mesh and the number of holes closed; larger
+    holes stay open. Holes that touch at a vertex are closed one by one."""
+    if max_edges < 3:
+        raise ValueError(f"max_edges: expected >= 3, given {max_edges}")
+    if mesh.n_faces == 0:
+        return mesh, 0
+    loops = [loop for loop in _boundary_loops(mesh.faces) if len(loop) <= max_edges]
+    if not loops:
+        return mesh, 0
+    vertices, faces = [mesh.vertices], [mesh.faces]
+    colours = [mesh.colours] if mesh.colours is not None else None
+    normals = [mesh.normals] if mesh.normals is not None else None
+    n = mesh.n_vertices
+    for loop in loops:
+        ring = np.asarray(loop, dtype=np.int64)
+        vertices.append(mesh.vertices[ring].mean(0, keepdims=True))
+        faces.append(np.stack([ring, np.roll(ring, -1), np.full_like(ring, n)], axis=1))
+        if colours is not None:
+            colours.append(mesh.colours[ring].mean(0, keepdims=True))  # type: ignore[index]
+        if normals is not None:
+            mean = mesh.normals[ring].mean(0, keepdims=True)  # type: ignore[index]
+            normals.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+        n += 1
+    cat = lambda parts: None if parts is None else np.concatenate(parts)  # noqa: E731
+    return Mesh(np.concatenate(vertices), np.concatenate(faces), cat(colours), cat(normals)), len(loops)
 
 
 def signed_volume(mesh: Mesh) -> float:

@@ -101,6 +101,10 @@ class ExportConfig(_ExportOptions):
     """Capture mesh: TSDF voxels across the longest side of the scene."""
     ring_views: int = 24
     """Capture mesh: views rendered on a ring around the training cameras, besides them (0: none)."""
+    tsdf: Literal["auto", "scalable", "voxel-block-grid"] = "auto"
+    """Capture mesh: the Open3D TSDF fused into: scalable (ScalableTSDFVolume), voxel-block-grid
+    (VoxelBlockGrid), or auto: scalable where the installed Open3D integrates with it (not 0.20.0),
+    else voxel-block-grid."""
     min_opacity: float = 0.1
     """Capture points: leave out Gaussians fainter than this."""
     outlier_std: float = 2.0
@@ -201,6 +205,10 @@ def _export(cfg: ExportConfig | CTExportConfig, progress: StepFn | None) -> Expo
             raise InputError("--ring-views", f"must be >= 0, got {cfg.ring_views}")
         if not 0.0 <= cfg.min_opacity < 1.0:
             raise InputError("--min-opacity", f"must be in [0, 1), got {cfg.min_opacity}")
+        if kind == "capture" and fmt == "mesh":
+            from recon.splat.mesh import tsdf_backend
+
+            tsdf_backend(cfg.tsdf)  # an Open3D that cannot fuse into the TSDF asked for: one line, before any rendering
     if kind == "ct" and fmt == "mesh":
         from recon.ct.mesh import iso_hu
 
@@ -291,18 +299,20 @@ def _export_capture(run: RunDir, fmt: str, out: Path, cfg: ExportConfig, progres
             raise InputError(run.root, f"no Gaussian is at least {cfg.min_opacity} opaque; nothing to export (lower --min-opacity)")
         write_points_ply(out, pts, rgb, normals)
         return ExportResult(out, "capture", fmt, {"points": len(pts), "gaussians": n})
-    from recon.geometry.mesh import is_watertight
+    from recon.geometry.mesh import boundary_edges, is_watertight
     from recon.io.mesh import write_mesh
     from recon.splat.mesh import MeshConfig, splat_mesh
 
     components = 1 if cfg.components is None else (cfg.components or None)
-    mesh_cfg = MeshConfig(resolution=cfg.resolution, ring_views=cfg.ring_views, components=components, target_faces=cfg.target_faces or None)
+    mesh_cfg = MeshConfig(resolution=cfg.resolution, ring_views=cfg.ring_views, components=components, target_faces=cfg.target_faces or None,
+                          tsdf=cfg.tsdf)  # fmt: skip
     background = torch.tensor(run_background(run), dtype=torch.float32)
     mesh, info = splat_mesh(model, cameras, background, mesh_cfg, progress=progress)
     if mesh.n_faces == 0:
         raise InputError(run.root, "the fused mesh is empty: no rendered pixel reached the opacity threshold")
     write_mesh(out, mesh)
-    info.update(faces=mesh.n_faces, vertices=mesh.n_vertices, watertight=is_watertight(mesh), coloured=mesh.colours is not None)
+    info.update(faces=mesh.n_faces, vertices=mesh.n_vertices, watertight=is_watertight(mesh), boundary_edges=boundary_edges(mesh),
+                coloured=mesh.colours is not None)  # fmt: skip
     return ExportResult(out, "capture", fmt, info)
 
 

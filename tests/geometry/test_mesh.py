@@ -12,6 +12,7 @@ from recon.geometry.mesh import (
     Mesh,
     boundary_edges,
     clean_mesh,
+    fill_small_holes,
     is_watertight,
     sample_surface,
     signed_volume,
@@ -85,6 +86,40 @@ def test_clean_mesh_keeps_the_largest_component_and_decimates():
     assert smooth.n_faces == one.n_faces
     with pytest.raises(ValueError, match="components"):
         clean_mesh(both, components=0)
+
+
+def _sphere_mesh() -> Mesh:
+    from skimage.measure import marching_cubes
+
+    z, y, x = np.mgrid[-12:13, -12:13, -12:13].astype(float)
+    verts, faces, _n, _v = marching_cubes(np.sqrt(x**2 + y**2 + z**2) - 9.3, 0.0)  # no grid point on the surface
+    m = Mesh(verts - 12.0, faces)
+    assert is_watertight(m) and signed_volume(m) > 0
+    return m
+
+
+def _punch(m: Mesh, centre, radius: float) -> Mesh:
+    """``m`` without the faces that have a vertex within ``radius`` of ``centre`` (a hole)."""
+    near = np.linalg.norm(m.vertices - np.asarray(centre, float), axis=1) < radius
+    return Mesh(m.vertices, m.faces[~near[m.faces].any(axis=1)], np.full_like(m.vertices, 0.25), None)
+
+
+def test_fill_small_holes_closes_pinholes_with_outward_faces_and_leaves_large_holes():
+    closed = _sphere_mesh()
+    pinholes = _punch(_punch(closed, (0, 0, 9), 1.0), (9, 0, 0), 1.2)
+    assert not is_watertight(pinholes) and boundary_edges(pinholes) > 6
+    filled, n = fill_small_holes(pinholes, 24)
+    assert n == 2 and is_watertight(filled)  # closed, and the fans turn the way the surface does
+    assert signed_volume(filled) == pytest.approx(signed_volume(closed), rel=0.01)
+    assert filled.colours is not None and np.allclose(filled.colours, 0.25)
+    # a hole larger than max_edges stays open, the pinhole beside it is closed
+    big = _punch(_punch(closed, (0, 0, -9), 5.0), (9, 0, 0), 1.2)
+    partly, n = fill_small_holes(big, 24)
+    assert n == 1 and not is_watertight(partly) and boundary_edges(partly) == boundary_edges(_punch(closed, (0, 0, -9), 5.0))
+    same, n = fill_small_holes(closed, 24)
+    assert same is closed and n == 0
+    with pytest.raises(ValueError, match="max_edges"):
+        fill_small_holes(closed, 2)
 
 
 def test_a_broken_open3d_is_one_input_error(monkeypatch):

@@ -177,8 +177,9 @@ def _one_line_error(code: int, err: str, needle: str) -> None:
 
 
 def test_capture_mesh_is_coloured_and_states_whether_it_is_closed(tiny_capture_run, tmp_path, capsys):
-    from recon.geometry.mesh import is_watertight
+    from recon.geometry.mesh import boundary_edges, is_watertight
     from recon.io.mesh import read_mesh
+    from recon.splat.mesh import tsdf_backend
 
     out = tmp_path / "m.ply"
     code, err = _cli(["export", str(tiny_capture_run), "--format", "mesh", "--out", str(out), "--resolution", "48",
@@ -188,11 +189,23 @@ def test_capture_mesh_is_coloured_and_states_whether_it_is_closed(tiny_capture_r
     assert 0 < mesh.n_faces <= 3000 and mesh.colours is not None
     text = err.replace("\n", " ")
     assert f"watertight {is_watertight(mesh)}" in text  # what the CLI states is what the file is
+    assert f"boundary edges {boundary_edges(mesh)}" in text and "holes filled" in text
+    assert f"tsdf {tsdf_backend('auto')}" in text
     # the mesh lies inside the scene the training cameras look at: near the Gaussians
     means = read_splat_ply(tiny_capture_run / "splat.ply")["means"].numpy()
     lo, hi = np.percentile(means, 1, axis=0), np.percentile(means, 99, axis=0)
     pad = 0.25 * (hi - lo).max()
     assert np.all(mesh.vertices.min(0) > lo - pad) and np.all(mesh.vertices.max(0) < hi + pad)
+
+
+def test_scalable_tsdf_on_an_open3d_that_cannot_fuse_into_it_is_one_line(tiny_capture_run, tmp_path, capsys, monkeypatch):
+    from recon.splat import mesh as mesh_module
+
+    monkeypatch.setattr(mesh_module, "scalable_tsdf_works", lambda: False)  # as on Open3D 0.20.0
+    out = tmp_path / "m.ply"
+    code, err = _cli(["export", str(tiny_capture_run), "--format", "mesh", "--out", str(out), "--tsdf", "scalable"], capsys)
+    _one_line_error(code, err, "--tsdf: scalable")
+    assert "open3d<0.20" in err and not out.exists()
 
 
 def test_capture_points_have_normals_and_colours(tiny_capture_run, tmp_path, capsys):

@@ -251,6 +251,7 @@ def test_numba_adjoint_batch_matches_single_items(cone_geo):
         torch.testing.assert_close(batched[i], P.backproject(y[i]), rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.serial  # make test's parallel phase runs numba with one thread
 def test_numba_adjoint_does_not_depend_on_threads(cone_geo):
     """Threads own disjoint plane ranges, so every voxel sums its rays in the same order
     whatever the thread count: bit-identical results, no races."""

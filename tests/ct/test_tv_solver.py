@@ -39,8 +39,9 @@ def tiny():
     return g, vol, b, a
 
 
-def _reference(a: np.ndarray, b: np.ndarray, w: np.ndarray, lam: float, shape: tuple[int, int, int], iterations: int = 20000) -> np.ndarray:
-    """Plain (unpreconditioned) Chambolle-Pock on the dense problem, in float64."""
+def _reference(a: np.ndarray, b: np.ndarray, w: np.ndarray, lam: float, shape: tuple[int, int, int], iterations: int = 4000) -> np.ndarray:
+    """Plain (unpreconditioned) Chambolle-Pock on the dense problem, in float64 (on this 6^3
+    problem 2000 iterations are within 1e-8 of 20000, 4000 within 1e-13)."""
     n = a.shape[1]
     eye = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
     gm = torch.stack([grad_3d(e) for e in eye]).reshape(n, -1).T.numpy()  # [3 * voxels, voxels]
@@ -88,7 +89,6 @@ def test_prox_minimises_its_objective():
         assert objective(other) >= best - 1e-9
 
 
-@pytest.mark.slow  # ~1 min on a quiet machine, 4.5 min under load: 20k dense Chambolle-Pock steps + 1.5k solver steps
 def test_objective_decreases_monotonically_and_matches_reference(tiny):
     """One subset, no momentum: proximal gradient in a majorising metric never goes uphill; with
     momentum it reaches the dense Chambolle-Pock solution."""
@@ -107,7 +107,7 @@ def test_objective_decreases_monotonically_and_matches_reference(tiny):
     ref = _reference(a, b.double().numpy().ravel(), mono.w.double().numpy().ravel(), lam, g.n_voxel)
     fast = TVSolver(b, g, lam=lam, n_subsets=1, prox_iterations=20)
     fast.start(torch.zeros(g.n_voxel))
-    for _ in range(1500):
+    for _ in range(300):  # at 100 steps the objective is within 2e-6 of the reference, at 200 within float32
         fast.step()
     x = fast.x.double().numpy()
     f_ref = tv_objective(fast.projector, torch.from_numpy(ref).float(), b, fast.w, lam)

@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CSV_COLUMNS", "report_rows", "scores", "write_report"]
 
-CSV_COLUMNS = ("name", "kind", "status", "error", "method", "scored", "psnr", "ssim", "wall_s", "cpu_s", "attempts",
-               "resumed_from_step", "n_gaussians", "iterations", "host", "data", "out", "view")  # fmt: skip
+CSV_COLUMNS = ("name", "kind", "status", "error", "method", "scored", "psnr", "ssim", "wall_s", "cpu_s", "peak_rss_mb",
+               "attempts", "resumed_from_step", "n_gaussians", "iterations", "host", "data", "out", "view")  # fmt: skip
 THUMB_WIDTH = 360
 
 
@@ -62,7 +62,7 @@ def report_rows(results: Sequence[JobResult]) -> list[dict[str, Any]]:
         rows.append({
             "name": r.name, "kind": r.kind, "status": r.status, "error": r.error or "", "method": _method(r), "scored": scored,
             "psnr": None if psnr is None else round(float(psnr), 4), "ssim": None if ssim is None else round(float(ssim), 5),
-            "wall_s": r.wall_s, "cpu_s": r.cpu_s, "attempts": len(r.attempts), "resumed_from_step": r.resumed_from_step,
+            "wall_s": r.wall_s, "cpu_s": r.cpu_s, "peak_rss_mb": r.peak_rss_mb, "attempts": len(r.attempts), "resumed_from_step": r.resumed_from_step,
             "n_gaussians": m.get("n_gaussians"), "iterations": m.get("iterations"), "host": r.host or "",
             "data": r.data, "out": r.out, "view": f"recon view {r.out}" if r.status in DONE else "",
         })  # fmt: skip

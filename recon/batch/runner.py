@@ -90,6 +90,9 @@ class JobResult:
     """Wall time of this attempt (for skipped jobs: the run's own wall/train time)."""
     cpu_s: float | None = None
     """CPU time of the worker process during this attempt (all its threads)."""
+    peak_rss_mb: float | None = None
+    """Peak resident memory (MiB) of the process that ran this attempt, during the attempt (Linux:
+    the kernel's high-water mark, reset when the job starts; None elsewhere)."""
     resumed_from_step: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """The options the job ran with (after an out-of-memory retry: the smaller setting)."""
@@ -161,6 +164,25 @@ def _job_log(path: Path | None) -> Iterator[None]:
         handler.close()
 
 
+def _reset_peak_rss() -> None:
+    """Reset this process's resident-memory high-water mark (``VmHWM``; Linux >= 4.0), so that
+    :func:`_peak_rss_mb` gives the peak of the job alone in a long-lived worker."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_mb() -> float | None:
+    """``VmHWM`` of this process in MiB (Linux), else None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _set_threads(threads: int | None) -> None:
     if not threads:
         return
@@ -200,6 +222,7 @@ def execute_spec(
         log_file: where this job's log goes (local path or URL).
     """
     job = JobSpec.from_dict(spec)
+    _reset_peak_rss()
     t0, c0 = time.perf_counter(), time.process_time()
     res = JobResult(name=job.name, kind=job.kind, data=job.data, out=job.out, status="failed", options=dict(job.options),
                     host=socket.gethostname(), started=_now())  # fmt: skip
@@ -261,6 +284,7 @@ def execute_spec(
     finally:
         res.wall_s = round(time.perf_counter() - t0, 3)
         res.cpu_s = round(time.process_time() - c0, 3)
+        res.peak_rss_mb = _peak_rss_mb()
         res.finished = _now()
         if local_out is not None and is_url(job.out):
             try:
@@ -412,7 +436,7 @@ class BatchRun:
         res = result if isinstance(result, JobResult) else JobResult.from_dict(result)
         self.state.running.pop(res.name, None)
         job = self._specs.get(res.name)
-        attempt = {k: getattr(res, k) for k in ("status", "error", "started", "finished", "wall_s", "cpu_s", "host", "resumed_from_step")}
+        attempt = {k: getattr(res, k) for k in ("status", "error", "started", "finished", "wall_s", "cpu_s", "peak_rss_mb", "host", "resumed_from_step")}
         attempt["options"] = dict(res.options)
         retry = None
         if res.status == "out of memory" and job is not None and res.name not in self._retried and not self.state.stopping:

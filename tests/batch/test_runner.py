@@ -32,6 +32,7 @@ def test_complete_then_skipped_then_redone(batch_inputs, tmp_path):
     first = execute_spec(spec, log_file=str(tmp_path / "logs" / "a.log"))
     assert first["status"] == "complete", first["error"]
     assert first["metrics"]["psnr_3d"] > 20 and first["cpu_s"] > 0 and first["wall_s"] >= first["metrics"]["wall_time_s"]
+    assert 50 < first["peak_rss_mb"] < 4096  # this process's peak during the job (torch is imported)
     again = execute_spec(spec)
     assert again["status"] == "skipped" and again["metrics"] == first["metrics"]
     redo = execute_spec(spec, redo=True)

@@ -56,11 +56,15 @@ class ViewStats:
     @property
     def confidence(self) -> float:
         """0..1: support (points, saturating at 200) x agreement with the trusted pair estimates
-        (halved when no trusted pair can confirm the view) x reprojection (1 up to 2 px)."""
+        (halved when no trusted pair can confirm the view) x reprojection (1 up to 2 px) x the
+        fraction of its points in front of it; 0 for a camera inside the points."""
+        if self.inside_points:
+            return 0.0
         support = min(1.0, self.n_points / 200.0)
         dis = self.pair_disagreement_deg
         agree = 0.5 if math.isnan(dis) else math.exp(-((dis / 5.0) ** 2))
-        return support * agree * (1.0 if self.reproj_px <= 2.0 else 2.0 / self.reproj_px)
+        reproj = 1.0 if self.reproj_px <= 2.0 else 2.0 / self.reproj_px
+        return support * agree * reproj * self.front_fraction
 
 
 def _w2c(image: Any) -> np.ndarray:  # -> [4, 4]

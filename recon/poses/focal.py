@@ -121,6 +121,7 @@ def relative_poses(
         opts = pycolmap.RANSACOptions()
         opts.max_error = max_error_px
         opts.random_seed = seed
+        opts.min_num_trials = 200  # plenty at the >= 30 % inlier ratios of verified candidates
         res = pycolmap.estimate_relative_pose(
             cam, keypoints[a][m[:, 0]].astype(np.float64), cam,
             keypoints[b][m[:, 1]].astype(np.float64), opts,
@@ -178,7 +179,7 @@ def search_focal(
     *,
     centre_px: float | None = None,
     span: tuple[float, float] = (0.4, 2.5),
-    coarse_ratio: float = 1.08,
+    coarse_ratio: float = 1.1,
     fine_ratio: float = 1.015,
     min_inliers: int = 30,
     seed: int = 0,

@@ -37,9 +37,9 @@ import statistics
 import time
 from pathlib import Path
 
+from recon.geometry.view_selection import farthest_point_views
 from recon.io.atomic import atomic_write_json, atomic_write_text
 from recon.io.formats import load_capture
-from recon.geometry.view_selection import farthest_point_views
 from recon.poses.align import align_sim3, pose_errors
 from recon.poses.sparse_registration import register_views
 
@@ -116,11 +116,11 @@ def fit_one(capture, capture_dir: Path, k: int, train_idx: list[int], eval_idx: 
     eval_names = [capture.names[i] for i in eval_idx]
     cams = root / "eval_cameras.json"
     write_eval_cameras(capture_dir, train_names + eval_names, cams)
-    common = dict(preset=args.preset, iterations=args.iterations, downscale=args.downscale, seed=0, overwrite=True)
+    common = {"preset": args.preset, "iterations": args.iterations, "downscale": args.downscale, "seed": 0, "overwrite": True}
     arms = {
-        "calibrated": (dict(data=capture_dir, train_views=tuple(train_idx), eval_indices=tuple(eval_idx)), "none"),
-        "estimated": (dict(data=root / "transforms.json", train_views=tuple(range(k)), eval_views=0,
-                           allow_outside_paths=True), "sim3"),
+        "calibrated": ({"data": capture_dir, "train_views": tuple(train_idx), "eval_indices": tuple(eval_idx)}, "none"),
+        "estimated": ({"data": root / "transforms.json", "train_views": tuple(range(k)), "eval_views": 0,
+                       "allow_outside_paths": True}, "sim3"),
     }  # fmt: skip
     rows = []
     for arm, (data_kw, align) in arms.items():
@@ -286,10 +286,10 @@ def main() -> None:
         md += ["| " + " | ".join(cell(r, key, fmt) for _, key, fmt in FIT_COLUMNS) + " |" for r in fit_rows]
     for r in alt_rows:
         h = r["history"]
-        md += ["", f"- K={r['k']} alternating ({r['rounds']} rounds, {r['pose_steps']} pose steps at lr {r['pose_lr']}): "
+        md += ["", (f"- K={r['k']} alternating ({r['rounds']} rounds, {r['pose_steps']} pose steps at lr {r['pose_lr']}): "
                    f"eval PSNR {r['psnr']:.2f} / SSIM {r['ssim']:.3f}; training-pose rotation median "
                    f"{h[0]['rot_deg_median']:.2f} -> {h[-1]['rot_deg_median']:.2f} deg (max {h[0]['rot_deg_max']:.2f} -> "
-                   f"{h[-1]['rot_deg_max']:.2f}); {r['seconds']:.0f} s"]
+                   f"{h[-1]['rot_deg_max']:.2f}); {r['seconds']:.0f} s")]
     atomic_write_json(args.out / "results.json", {"capture": str(args.capture), "max_image_size":
                       args.max_size, "rows": rows, "fit_settings": fit_settings, "fit_rows": fit_rows,
                       "alternate_rows": alt_rows})

@@ -140,14 +140,33 @@ class Eval:
     """Output folder (default RUN/eval_<cameras stem>)."""
     allow_outside_paths: bool = False
     """Read images that the cameras file lists outside its folder (absolute or '..' paths)."""
+    align: Literal["auto", "sim3", "none"] = "auto"
+    """How the cameras get into the run's world frame: 'sim3' maps them by the similarity between
+    their and the run's centres of the views both name (at least 3); 'none' takes them as given;
+    'auto' is 'sim3' for a run whose poses were estimated (it has registration.json), else 'none'."""
+    refine_steps: int = 0
+    """Test-time pose optimisation: steps of pose-only fitting of each camera to its own photo
+    against the frozen model (0 = off). It fits on the images it scores; metrics.json says so."""
+    refine_lr: float = 1e-3
+    """Initial learning rate of that optimisation (decays 100x over the steps)."""
 
 
 def _eval(cfg: Eval) -> None:
     from recon.pipelines.evaluate import eval_cameras
 
-    scores = eval_cameras(cfg.run_dir, cfg.cameras, cfg.out, allow_outside_paths=cfg.allow_outside_paths)
+    scores = eval_cameras(cfg.run_dir, cfg.cameras, cfg.out, allow_outside_paths=cfg.allow_outside_paths,
+                          align=cfg.align, refine_steps=cfg.refine_steps, refine_lr=cfg.refine_lr)  # fmt: skip
+    a = scores["alignment"]
+    how = (f"Sim(3) from {len(a['shared_views'])} shared views (scale {a['scale']:.4g}, residual rotation median "
+           f"{a['shared_rot_deg_median']:.2f} deg, centre {a['shared_centre_pct_mean']:.2f} %)") if a["method"] == "sim3" else "none"  # fmt: skip
+    if a["refine_steps"]:
+        how += f" + {a['refine_steps']} steps of test-time pose optimisation per camera"
+    console.print(f"alignment: {how}")
     m = scores["mean"]
     console.print(f"{m['n_views']} views: PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.4f}  (LPIPS {scores['lpips']})")
+    if "unseen" in scores and scores["unseen"]["n_views"] != m["n_views"]:
+        u = scores["unseen"]
+        console.print(f"{u['n_views']} views not trained on: PSNR {u['psnr']:.2f}  SSIM {u['ssim']:.4f}")
 
 
 def _step_bar(description: str) -> tuple[Progress, Callable[[int, int], None]]:

@@ -34,6 +34,7 @@ from recon.io.run import RunDir
 from recon.io.views import ViewSet, load_split
 from recon.metrics import score_images
 from recon.pipelines.job import JobBase, ProgressFn
+from recon.pipelines.posefree import is_photo_folder, register_photo_folder, write_registration
 from recon.pipelines.memory import MemoryEstimate, capture_fit_estimate, check_memory
 from recon.splat.anchored import AnchoredGaussians
 from recon.splat.config import SplatTrainConfig
@@ -52,7 +53,9 @@ class CaptureFitConfig(SplatTrainConfig):
     """Fit Gaussian splats to a few posed photos; writes renders, scores and splat.ply to --out."""
 
     data: tyro.conf.Positional[Path] = field(kw_only=True)
-    """Capture: a folder or file nerfstudio/instant-ngp ``transforms.json``, Blender, COLMAP or LLFF."""
+    """Capture: a folder or file nerfstudio/instant-ngp ``transforms.json``, Blender, COLMAP or LLFF;
+    or a folder of photos without poses: they are registered first (recon.poses.sparse_registration),
+    all are trained on, and the estimated transforms.json and registration.json go into the run."""
     out: Path = Path("runs/capture")
     """Run folder to write (layout: docs/run-folder.md)."""
     train_views: tuple[int, ...] = (8,)
@@ -141,9 +144,15 @@ class CaptureFit(JobBase):
         self.run_dir.check_resumable(cfg.resume, cfg.overwrite)
         self.device = cfg.resolved_device()
         seed_everything(cfg.seed)
-        self.capture = load_capture(cfg.data, allow_outside_paths=cfg.allow_outside_paths)
-        train_idx, eval_idx = split_views(self.capture, train_view_spec(cfg.train_views), cfg.eval_views)
-        if cfg.eval_indices:
+        self.registration = None
+        if is_photo_folder(cfg.data):
+            self.capture, self.registration, self._registration_tmp = register_photo_folder(cfg.data, seed=cfg.seed)
+            train_idx, eval_idx = list(range(len(self.capture))), []  # every photo trains; none is held out
+            logger.info("pose-free: %s; training on all %d photos", self.registration.summary(), len(train_idx))
+        else:
+            self.capture = load_capture(cfg.data, allow_outside_paths=cfg.allow_outside_paths)
+            train_idx, eval_idx = split_views(self.capture, train_view_spec(cfg.train_views), cfg.eval_views)
+        if cfg.eval_indices and self.registration is None:
             eval_idx = check_eval_indices(cfg.eval_indices, train_idx, len(self.capture))
         self.memory = capture_memory_estimate(cfg, self.capture, [*train_idx, *eval_idx])
         check_memory(self.memory, str(cfg.data), skip=cfg.skip_memory_check)  # before any image is decoded
@@ -180,6 +189,8 @@ class CaptureFit(JobBase):
         if self.eval is not None:
             splits["eval"] = (self.eval.names, self.eval.cameras)
         run.write_cameras(splits)
+        if self.registration is not None and self._registration_tmp.exists():
+            write_registration(run.path(), self.registration, self._registration_tmp)
         if self.checkpoint is not None:
             run.truncate_log(trainer.step)
 

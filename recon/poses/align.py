@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -10,8 +11,7 @@ from torch import Tensor
 from recon.checks import check_shape
 from recon.geometry.cameras import camera_centres
 
-__all__ = ["align_sim3", "pose_errors"]
-
+__all__ = ["align_sim3", "pose_errors", "sim3_transform_w2c"]
 
 
 def _check_points(name: str, x: Tensor) -> None:
@@ -131,3 +131,45 @@ def pose_errors(
         "centre_err_max": float(centre_err.max()),
         "scene_scale": scale,
     }
+
+
+def sim3_transform_w2c(
+    w2c: Tensor,  # [N, 4, 4]
+    sim3: tuple[float, Tensor, Tensor],
+) -> Tensor:  # [N, 4, 4]
+    """Cameras moved by the similarity that maps world points ``x -> s R x + t``.
+
+    A camera's centre ``c`` goes to ``s R c + t`` and its camera-to-world rotation ``R_c2w``
+    to ``R R_c2w``, so the image it sees of the mapped scene is unchanged (this is how cameras
+    given in one world frame are put into another, e.g. with ``align_sim3(src, dst)`` from the
+    centres of views both frames share).
+
+    Args:
+        w2c: Tensor [N, 4, 4], OpenCV world-to-camera in the source frame.
+        sim3: ``(s, R [3, 3], t [3])`` from source to destination world, ``s > 0``.
+
+    Returns:
+        Tensor [N, 4, 4], world-to-camera in the destination frame, dtype and device of ``w2c``.
+
+    Raises:
+        ValueError: ``w2c`` not [N, 4, 4]; ``R`` / ``t`` of the wrong shape; ``s`` not positive
+            and finite.
+    """
+    _check_w2c_batch("w2c", w2c)
+    s, rot, t = sim3
+    rot = torch.as_tensor(rot, dtype=torch.float64)
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if rot.shape != (3, 3) or t.shape != (3,):
+        raise ValueError(
+            f"sim3 must be (s, R [3, 3], t [3]), got R {tuple(rot.shape)}, t {tuple(t.shape)}"
+        )
+    if not (math.isfinite(float(s)) and float(s) > 0):
+        raise ValueError(f"sim3 scale must be positive and finite, got {s!r}")
+    src = w2c.detach().cpu().double()
+    rot_w2c = src[:, :3, :3] @ rot.T  # [N, 3, 3]: (R R_c2w)^T
+    centres = float(s) * camera_centres(src) @ rot.T + t  # [N, 3]
+    out = torch.zeros_like(src)
+    out[:, :3, :3] = rot_w2c
+    out[:, :3, 3] = -(rot_w2c @ centres[..., None])[..., 0]
+    out[:, 3, 3] = 1.0
+    return out.to(dtype=w2c.dtype, device=w2c.device)

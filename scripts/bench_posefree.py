@@ -1,0 +1,301 @@
+"""Benchmark pose-free few-view registration against calibrated poses (the fox capture).
+
+For each K the views are those of ``scripts/bench_poses.py`` (farthest-point sampling on the
+calibrated centres). ``recon.poses.sparse_registration.register_views`` registers the photos
+alone (affine DSP-SIFT at ``--max-size``, focal length from the triplet search, self-checks);
+the registered cameras are aligned to the calibrated ones by Sim(3) on the centres (Umeyama)
+and rotation / centre / focal errors are scored. Centre errors are % of the scene scale.
+
+    python scripts/bench_posefree.py [--k 3 4 6] [--max-size 1000] [--threads 1]
+                                     [--out runs/bench_posefree]
+
+Writes ``results.json`` and ``results.md`` to ``--out``, and each K's transforms.json,
+sparse_pc.ply and report.json under ``--out/k<K>/``.
+
+``--fit`` adds the image quality that item 4 of issue 19 asks for: for each K two fits with the
+same settings (``--preset``, ``--iterations``, ``--downscale``, seed 0), one on the calibrated
+poses (``fit_calibrated``) and one on the registered ones (``fit_estimated``, every registered
+view trains), both scored by ``recon eval`` on one cameras file (``eval_cameras.json``: the K
+training views and the 8 evaluation views of ``scripts/bench_fox.py``, none trained on, with
+calibrated poses). The calibrated run takes the cameras as they are; the estimated run aligns
+them by the Sim(3) of the K shared training views (``--align sim3``), and with
+``--refine-steps N`` both are scored once more after N steps of test-time pose optimisation per
+evaluation camera. A registration already in ``--out/k<K>`` is reused (``--reuse``).
+
+    python scripts/bench_posefree.py --k 3 4 --reuse --fit --iterations 1000 --downscale 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from recon.geometry.view_selection import farthest_point_views
+from recon.io.atomic import atomic_write_json, atomic_write_text
+from recon.io.formats import load_capture
+from recon.poses.align import align_sim3, pose_errors
+from recon.poses.sparse_registration import register_views
+
+COLUMNS = [
+    ("K", "k", "{}"),
+    ("registered", "registered", "{}"),
+    ("checks", "checks", "{}"),
+    ("rot median (deg)", "rot_deg_median", "{:.2f}"),
+    ("rot max (deg)", "rot_deg_max", "{:.2f}"),
+    ("centre mean (%)", "centre_pct_mean", "{:.2f}"),
+    ("centre max (%)", "centre_pct_max", "{:.2f}"),
+    ("focal err (%)", "focal_err_pct", "{:+.1f}"),
+    ("reproj (px)", "reproj_px", "{:.2f}"),
+    ("points", "n_points", "{}"),
+    ("time (s)", "seconds", "{:.0f}"),
+]
+
+
+def bench_one(capture, k: int, max_size: int, threads: int, out: Path) -> dict:
+    idx = farthest_point_views(capture.cameras.centres(), k)
+    sub = capture.subset(sorted(idx))
+    row: dict = {"k": k, "images": [p.name for p in sub.image_paths]}
+    rep = register_views(sub.image_paths, out / f"k{k}" / "transforms.json", max_image_size=max_size,
+                         allow_partial=True, num_threads=threads, work_dir=out / f"k{k}" / "colmap")
+    atomic_write_json(out / f"k{k}" / "report.json", rep.to_dict())
+    row.update(registered=f"{rep.n_registered}/{k}", checks="pass" if rep.ok else "FAIL",
+               summary=rep.summary(), reproj_px=rep.mean_reproj_error_px, n_points=rep.n_points,
+               seconds=rep.seconds, method=rep.method, focal_source=rep.focal_source,
+               focal_px=rep.focal_px, views=[v.to_dict() for v in rep.views])
+    row["focal_err_pct"] = 100.0 * (rep.focal_px / sub.cameras.intrinsics[0].fx - 1.0)
+    if rep.cameras is None or len(rep.image_paths) < 3:
+        return row
+    by_name = {p.name: i for i, p in enumerate(sub.image_paths)}
+    ref = sub.cameras.subset([by_name[p.name] for p in rep.image_paths])
+    err = pose_errors(rep.cameras.w2c, ref.w2c, align_sim3(rep.cameras.centres(), ref.centres()))
+    row.update(
+        rot_deg_median=statistics.median(err["rot_deg"]), rot_deg_max=err["rot_deg_max"],
+        centre_pct_mean=100.0 * err["centre_err_mean"], centre_pct_max=100.0 * err["centre_err_max"],
+        per_view={p.name: {"rot_deg": r, "centre_pct": 100.0 * c}
+                  for p, r, c in zip(rep.image_paths, err["rot_deg"], err["centre_err"])},
+    )
+    return row
+
+
+FIT_COLUMNS = [
+    ("K", "k", "{}"),
+    ("arm", "arm", "{}"),
+    ("alignment", "alignment", "{}"),
+    ("eval PSNR", "psnr", "{:.2f}"),
+    ("eval SSIM", "ssim", "{:.3f}"),
+    ("Δ PSNR vs calibrated", "delta_psnr", "{:+.2f}"),
+    ("train PSNR", "train_psnr", "{:.2f}"),
+    ("train (s)", "fit_s", "{:.0f}"),
+    ("eval (s)", "eval_s", "{:.0f}"),
+]
+
+
+def write_eval_cameras(capture_dir: Path, names: list[str], path: Path) -> None:
+    """The calibrated frames of ``names`` as a transforms.json with absolute image paths."""
+    meta = json.loads((capture_dir / "transforms.json").read_text(encoding="utf-8"))
+    frames = {Path(f["file_path"]).name: f for f in meta["frames"]}
+    meta["frames"] = [{**frames[n], "file_path": str((capture_dir / frames[n]["file_path"]).resolve())} for n in names]
+    atomic_write_json(path, meta)
+
+
+def fit_one(capture, capture_dir: Path, k: int, train_idx: list[int], eval_idx: list[int], args) -> list[dict]:
+    """Calibrated vs estimated poses at one K: two fits, each scored on the same held-out views."""
+    from recon.io.run import RunDir, read_json
+    from recon.pipelines.capture import CaptureFitConfig
+    from recon.pipelines.evaluate import eval_cameras
+
+    root = args.out / f"k{k}"
+    train_names = [capture.names[i] for i in train_idx]
+    eval_names = [capture.names[i] for i in eval_idx]
+    cams = root / "eval_cameras.json"
+    write_eval_cameras(capture_dir, train_names + eval_names, cams)
+    common = {"preset": args.preset, "iterations": args.iterations, "downscale": args.downscale, "seed": 0, "overwrite": True}
+    arms = {
+        "calibrated": ({"data": capture_dir, "train_views": tuple(train_idx), "eval_indices": tuple(eval_idx)}, "none"),
+        "estimated": ({"data": root / "transforms.json", "train_views": tuple(range(k)), "eval_views": 0,
+                       "allow_outside_paths": True}, "sim3"),
+    }  # fmt: skip
+    rows = []
+    for arm, (data_kw, align) in arms.items():
+        run = root / f"fit_{arm}"
+        load0 = os.getloadavg()[0]
+        if args.reuse and RunDir(run).is_complete() and all(read_json(run / "config.json").get(key) == v for key, v in
+                                                             (("preset", args.preset), ("iterations", args.iterations),
+                                                              ("downscale", args.downscale), ("seed", 0))):  # fmt: skip
+            metrics = read_json(run / "metrics.json")  # a finished fit with these settings
+        else:
+            metrics = CaptureFitConfig(**data_kw, out=run, **common).run()
+        if arm == "estimated":
+            shutil.copyfile(root / "report.json", run / "registration.json")  # as recon fit PHOTOS_DIR leaves it
+        for steps in sorted({0, args.refine_steps}):
+            t1 = time.perf_counter()
+            sc = eval_cameras(run, cams, run / f"eval_heldout_r{steps}", allow_outside_paths=True, align=align,
+                              refine_steps=steps)  # fmt: skip
+            a = sc["alignment"]
+            label = "none" if a["method"] == "none" else f"Sim(3), {len(a['shared_views'])} shared views"
+            if steps:
+                label += f" + {steps} steps test-time pose opt."
+            rows.append({
+                "k": k, "arm": arm, "alignment": label, "refine_steps": steps, "psnr": sc["unseen"]["psnr"],
+                "ssim": sc["unseen"]["ssim"], "n_eval": sc["unseen"]["n_views"], "train_psnr": metrics["train"]["mean"]["psnr"],
+                "fit_s": metrics["train_time_s"], "eval_s": time.perf_counter() - t1, "load_1min": [load0, os.getloadavg()[0]],
+                "align_record": {key: v for key, v in a.items() if key not in ("rotation", "translation")},
+                "in_fit_eval_psnr": metrics.get("eval", {}).get("mean", {}).get("psnr"), "run": str(run),
+                "views_psnr": {n: sc["views"][n]["psnr"] for n in eval_names},
+            })  # fmt: skip
+            print(json.dumps({c: rows[-1].get(c) for _, c, _ in FIT_COLUMNS}), flush=True)
+    base = {r["refine_steps"]: r["psnr"] for r in rows if r["arm"] == "calibrated"}
+    for r in rows:
+        r["delta_psnr"] = r["psnr"] - base[r["refine_steps"]]
+    return rows
+
+
+def alternate_one(capture, k: int, train_idx: list[int], eval_idx: list[int], args) -> dict:
+    """Item 2 of issue 19, poses only (experimental, here and not in the library yet): fit the
+    registered views for ``iterations / rounds`` steps, register every training camera alone
+    against the frozen model (``refine_eval_poses``), repeat; the last round only fits. Scored like
+    ``fit_one``'s estimated arm (Sim(3) of the training views, calibrated held-out cameras)."""
+    from recon.geometry.cameras import CameraSet
+    from recon.io.views import load_split
+    from recon.metrics import score_images
+    from recon.pipelines.capture import CaptureFitConfig
+    from recon.pipelines.evaluate import align_to_run, refine_eval_poses
+    from recon.splat.render import render_all
+
+    root = args.out / f"k{k}"
+    t0 = time.perf_counter()
+    job = CaptureFitConfig(data=root / "transforms.json", train_views=tuple(range(k)), eval_views=0, allow_outside_paths=True,
+                           out=root / "fit_alternate", preset=args.preset, iterations=args.iterations,
+                           downscale=args.downscale, seed=0, overwrite=True).setup()  # fmt: skip
+    trainer = job.trainer
+    ref = capture.cameras.subset([capture.names.index(n) for n in trainer.train.names])
+
+    def rot_errors() -> dict:
+        w2c = trainer.train.cameras.w2c.double()
+        err = pose_errors(w2c, ref.w2c.double(), align_sim3(CameraSet(w2c, ref.intrinsics).centres(), ref.centres()))
+        return {"rot_deg_median": statistics.median(err["rot_deg"]), "rot_deg_max": err["rot_deg_max"],
+                "centre_pct_mean": 100.0 * err["centre_err_mean"]}  # fmt: skip
+
+    history = [{"step": 0, **rot_errors()}]
+    per = args.iterations // args.rounds
+    for r in range(args.rounds):
+        for _ in range(per if r < args.rounds - 1 else args.iterations - per * r):
+            trainer.train_step()
+        if r == args.rounds - 1:
+            break
+        cams = trainer.train.cameras
+        w2c, losses = refine_eval_poses(trainer.export_model(), cams, trainer.train.images, trainer.background,
+                                        args.pose_steps, args.pose_lr)  # fmt: skip
+        trainer.train.cameras = CameraSet(w2c, list(cams.intrinsics))
+        history.append({"step": trainer.step, "l1": losses, **rot_errors()})
+        print(json.dumps(history[-1]), flush=True)
+    names = [capture.names[i] for i in train_idx + eval_idx]
+    views = load_split(capture, train_idx + eval_idx, args.downscale)
+    w2c, record = align_to_run(names, views.cameras.w2c.double(), trainer.train.names, trainer.train.cameras.w2c.double(), "eval")
+    model = trainer.export_model()
+    preds = render_all(model, CameraSet(w2c.float(), views.cameras.intrinsics), views.width, views.height,
+                       model.sh_degree, trainer.background)  # fmt: skip
+    sc = score_images(preds[len(train_idx):], views.images[len(train_idx):], names[len(train_idx):])
+    return {"k": k, "rounds": args.rounds, "pose_steps": args.pose_steps, "pose_lr": args.pose_lr, "psnr": sc["mean"]["psnr"],
+            "ssim": sc["mean"]["ssim"], "history": history, "seconds": time.perf_counter() - t0,
+            "align_record": {key: v for key, v in record.items() if key not in ("rotation", "translation")}}  # fmt: skip
+
+
+def cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return fmt.format(value)
+
+
+def main() -> None:
+    here = Path(__file__).resolve().parents[1]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--capture", type=Path, default=here.parent / "shared/data/object/fox")
+    ap.add_argument("--k", type=int, nargs="+", default=[3, 4, 6])
+    ap.add_argument("--max-size", type=int, default=1000, help="longest image side for SIFT, px")
+    ap.add_argument("--threads", type=int, default=1, help="pycolmap threads")
+    ap.add_argument("--out", type=Path, default=here.parent / "runs" / "bench_posefree")
+    ap.add_argument("--reuse", action="store_true", help="keep the registration rows of --out/results.json and "
+                    "complete fits with the same settings")
+    ap.add_argument("--fit", action="store_true", help="also fit on calibrated vs estimated poses and score held-out views")
+    ap.add_argument("--preset", default="fewview", choices=["fewview", "plain"])
+    ap.add_argument("--iterations", type=int, default=1000)
+    ap.add_argument("--downscale", type=float, default=8.0)
+    ap.add_argument("--refine-steps", type=int, default=0, help="test-time pose optimisation steps (0: off)")
+    ap.add_argument("--alternate", type=int, nargs="*", default=[], metavar="K",
+                    help="experimental item 2: also fit these K alternating with pose-only registration")
+    ap.add_argument("--rounds", type=int, default=3, help="--alternate: fit rounds (poses registered between them)")
+    ap.add_argument("--pose-steps", type=int, default=40, help="--alternate: pose-only steps per camera per round")
+    ap.add_argument("--pose-lr", type=float, default=3e-3, help="--alternate: initial pose learning rate")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    capture = load_capture(args.capture)
+    args.out.mkdir(parents=True, exist_ok=True)
+    old = json.loads((args.out / "results.json").read_text()) if (args.out / "results.json").is_file() else {}
+    stored = {r["k"]: r for r in old.get("rows", [])}
+    rows, fit_rows = [], [r for r in old.get("fit_rows", []) if r["k"] not in args.k] if args.fit else old.get("fit_rows", [])
+    for k in args.k:
+        if args.reuse and k in stored and (args.out / f"k{k}" / "transforms.json").is_file():
+            rows.append(stored[k])
+        else:
+            rows.append(bench_one(capture, k, args.max_size, args.threads, args.out))
+        print(json.dumps({c: rows[-1].get(c) for _, c, _ in COLUMNS}), rows[-1]["summary"], flush=True)
+    rows += [r for kk, r in stored.items() if kk not in args.k]
+    rows.sort(key=lambda r: r["k"])
+    if args.fit:
+        from bench_fox import protocol_views
+
+        train, eval_idx = protocol_views(args.capture, sorted(set(args.k) | {8}), 8)
+        for k in args.k:
+            row = next(r for r in rows if r["k"] == k)
+            if row["registered"] != f"{k}/{k}" or [capture.names[i] for i in train[k]] != row["images"]:
+                raise SystemExit(f"K={k}: registration {row['registered']} of {row['images']} does not match the "
+                                 f"protocol's training views {[capture.names[i] for i in train[k]]}")
+            fit_rows += fit_one(capture, args.capture, k, train[k], eval_idx, args)
+        fit_rows.sort(key=lambda r: (r["k"], r["refine_steps"], r["arm"] != "calibrated"))
+    alt_rows = [r for r in old.get("alternate_rows", []) if r["k"] not in args.alternate]
+    if args.alternate:
+        from bench_fox import protocol_views
+
+        train, eval_idx = protocol_views(args.capture, sorted(set(args.k) | {8}), 8)
+        for k in args.alternate:
+            alt_rows.append(alternate_one(capture, k, train[k], eval_idx, args))
+            print(json.dumps({key: v for key, v in alt_rows[-1].items() if key != "history"}), flush=True)
+    title = (f"Pose-free registration vs calibration: {args.capture.name}, affine DSP-SIFT at "
+             f"{args.max_size} px, CPU, {args.threads} thread(s)")
+    md = [f"### {title}", "", "| " + " | ".join(n for n, _, _ in COLUMNS) + " |",
+          "|" + "---:|" * len(COLUMNS)]
+    md += ["| " + " | ".join(cell(r, key, fmt) for _, key, fmt in COLUMNS) + " |" for r in rows]
+    md += [""] + [f"- K={r['k']} ({', '.join(r['images'])}): {r['summary']}; focal from "
+                  f"{r['focal_source']}, {r['method']} mapping" for r in rows]
+    fit_settings = old.get("fit_settings")
+    if args.fit:
+        fit_settings = {"preset": args.preset, "iterations": args.iterations, "downscale": args.downscale, "seed": 0,
+                        "eval_views": [capture.names[i] for i in eval_idx]}  # fmt: skip
+    if fit_rows:
+        md += ["", f"### Held-out views, calibrated vs estimated poses: {json.dumps(fit_settings)}", "",
+               "| " + " | ".join(n for n, _, _ in FIT_COLUMNS) + " |", "|" + "---:|" * len(FIT_COLUMNS)]
+        md += ["| " + " | ".join(cell(r, key, fmt) for _, key, fmt in FIT_COLUMNS) + " |" for r in fit_rows]
+    for r in alt_rows:
+        h = r["history"]
+        md += ["", (f"- K={r['k']} alternating ({r['rounds']} rounds, {r['pose_steps']} pose steps at lr {r['pose_lr']}): "
+                   f"eval PSNR {r['psnr']:.2f} / SSIM {r['ssim']:.3f}; training-pose rotation median "
+                   f"{h[0]['rot_deg_median']:.2f} -> {h[-1]['rot_deg_median']:.2f} deg (max {h[0]['rot_deg_max']:.2f} -> "
+                   f"{h[-1]['rot_deg_max']:.2f}); {r['seconds']:.0f} s")]
+    atomic_write_json(args.out / "results.json", {"capture": str(args.capture), "max_image_size":
+                      args.max_size, "rows": rows, "fit_settings": fit_settings, "fit_rows": fit_rows,
+                      "alternate_rows": alt_rows})
+    atomic_write_text(args.out / "results.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

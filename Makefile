@@ -52,9 +52,11 @@ demo-ct: install
 
 # Two phases: the bulk on 2 pytest-xdist workers with one thread each (small single-threaded
 # tests pack two to a 2-core machine better than 2 threads each fighting for it), then the tests
-# marked `serial` alone (a Ray head with 2 CPUs; a signal raced against a running job).
+# marked `serial` alone (a Ray head with 2 CPUs; a signal raced against a running job). First the
+# numba kernels are compiled into numba's cache once, not by every test process side by side.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider --timeout 1200
 test: install-test
+	$(PY) scripts/warm_numba_cache.py
 	@status=0; \
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PYTEST) -n 2 -m "not serial" --durations=25 || status=$$?; \
 	$(PYTEST) -m serial --durations=5 || status=$$?; \

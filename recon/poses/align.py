@@ -102,13 +102,7 @@ def pose_errors(
         raise ValueError(
             f"est_w2c {tuple(est_w2c.shape)} and ref_w2c {tuple(ref_w2c.shape)} differ in shape"
         )
-    s, rot, t = sim3
-    rot = torch.as_tensor(rot, dtype=torch.float64)
-    t = torch.as_tensor(t, dtype=torch.float64)
-    if rot.shape != (3, 3) or t.shape != (3,):
-        raise ValueError(
-            f"sim3 must be (s, R [3, 3], t [3]), got R {tuple(rot.shape)}, t {tuple(t.shape)}"
-        )
+    s, rot, t = _sim3_parts(sim3)
     est = est_w2c.detach().cpu().double()
     ref = ref_w2c.detach().cpu().double()
     est_rc2w = est[:, :3, :3].transpose(1, 2)
@@ -156,13 +150,7 @@ def sim3_transform_w2c(
             and finite.
     """
     _check_w2c_batch("w2c", w2c)
-    s, rot, t = sim3
-    rot = torch.as_tensor(rot, dtype=torch.float64)
-    t = torch.as_tensor(t, dtype=torch.float64)
-    if rot.shape != (3, 3) or t.shape != (3,):
-        raise ValueError(
-            f"sim3 must be (s, R [3, 3], t [3]), got R {tuple(rot.shape)}, t {tuple(t.shape)}"
-        )
+    s, rot, t = _sim3_parts(sim3)
     if not (math.isfinite(float(s)) and float(s) > 0):
         raise ValueError(f"sim3 scale must be positive and finite, got {s!r}")
     src = w2c.detach().cpu().double()
@@ -173,3 +161,15 @@ def sim3_transform_w2c(
     out[:, :3, 3] = -(rot_w2c @ centres[..., None])[..., 0]
     out[:, 3, 3] = 1.0
     return out.to(dtype=w2c.dtype, device=w2c.device)
+
+
+def _sim3_parts(sim3) -> tuple[float, Tensor, Tensor]:
+    """``(s, R, t)`` with R [3, 3] and t [3] as float64 tensors; ValueError naming the shapes."""
+    s, rot, t = sim3
+    rot = torch.as_tensor(rot, dtype=torch.float64)
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if rot.shape != (3, 3) or t.shape != (3,):
+        raise ValueError(
+            f"sim3 must be (s, R [3, 3], t [3]), got R {tuple(rot.shape)}, t {tuple(t.shape)}"
+        )
+    return s, rot, t

@@ -40,26 +40,32 @@ def _idle(i: int) -> bool:
     return sys.getrefcount(_pool[i]) == 2
 
 
-def empty(shape: tuple[int, ...] | int, dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array (like ``np.empty``), backed by a reused buffer when
-    it is at least ``MIN_BYTES`` long."""
+def empty(shape: tuple[int, ...] | int, dtype, align: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous array (like ``np.empty``) whose data starts on an
+    ``align``-byte boundary (64: a cache line), backed by a reused buffer when it is at least
+    ``MIN_BYTES`` long."""
     dt = np.dtype(dtype)
     shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"buffers.empty: expected non-negative sizes, given shape {shape}")
+    if align < 1 or align & (align - 1) or align % dt.itemsize:
+        raise ValueError(f"buffers.empty: align must be a power of two and a multiple of {dt.itemsize}, given {align}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    need = nbytes + align
     if nbytes < MIN_BYTES:
-        return np.empty(shape, dt)
+        return _aligned_view(np.empty(need, np.uint8), nbytes, align, dt, shape)
     with _lock:
-        hit = next((i for i in range(len(_pool)) if nbytes <= _pool[i].nbytes <= nbytes + nbytes // _SLACK and _idle(i)), None)
-        if hit is None:
-            base = np.empty(nbytes, np.uint8)
-        else:
-            base = _pool.pop(hit)
+        hit = next((i for i in range(len(_pool)) if need <= _pool[i].nbytes <= need + need // _SLACK and _idle(i)), None)
+        base = np.empty(need, np.uint8) if hit is None else _pool.pop(hit)
         _pool.append(base)  # most recently used last
-        out = base[:nbytes].view(dt).reshape(shape)
+        out = _aligned_view(base, nbytes, align, dt, shape)
         _trim()
     return out
+
+
+def _aligned_view(raw: np.ndarray, nbytes: int, align: int, dt: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    off = (-raw.ctypes.data) % align
+    return raw[off : off + nbytes].view(dt).reshape(shape)
 
 
 def _trim() -> None:

@@ -13,14 +13,17 @@ Design
   hits' int32 ids (parallel); the 64-bit keys are then written in intersection order (one
   sequential pass). Every tile's list comes out sorted by depth, ties in Gaussian index order,
   exactly the torch twin's stable sort.
-* Packing: each Gaussian's compositing data (mean, conic, opacity, colours: one row) and the
-  bounding box of the pixels where a term can pass the threshold are computed once; the
-  compositing loops read that row through ``flatten_ids`` (a copy into intersection order cost
-  more than the gathers it saved: each intersection is read once per pass).
+* Packing: each Gaussian's compositing data (mean, conic, opacity, colours) and the bounding
+  box of the pixels where a term can pass the threshold are computed once into one 64-byte
+  aligned row (D <= 6); the compositing loops gather that row through ``flatten_ids``,
+  prefetched a few intersections ahead (one cache line per intersection and pass, instead of a
+  copy of every row into intersection order).
 * Forward: one task per (camera, tile), scheduled dynamically (chunk size 1). Inside a tile,
   Gaussians are the outer loop (front to back). Pixels are stored chunk-major (the rows of an
   8-pixel column chunk are contiguous), so each Gaussian costs one loop per chunk its box
-  overlaps, over the rows of its box that still have live pixels. The loop body is branch-free
+  overlaps, over the rows that still have live pixels and that the ellipse reaches within
+  the chunk's columns (its exact y-extent over that strip, in float64 with the box's slack:
+  17-20 % fewer lanes than the box's rows on the profile scene, in both passes). The loop body is branch-free
   (selects, multiplications by 0/1 masks: no conditional stores, which LLVM would turn into
   slow masked stores) with a vectorisable ``exp`` (Cody-Waite reduction, Cephes polynomial,
   the power of two from its IEEE bits; 1.2 ulp): LLVM emits 8-lane AVX2 code for it. A tile
@@ -343,11 +346,48 @@ def _cut_for(op, additive):
 _BIG = 1 << 30  # "whole image" for degenerate conics
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _ellipse(a, b, c, cut):
+    """float64 constants of ``_strip_rows`` for conic (a, b, c) and the Gaussian's sigma cut:
+    (usable, det, 2 cut c, u of the ellipse's top point, 1 / c); not usable when degenerate."""
+    a = float(a)
+    b = float(b)
+    c = float(c)
+    cut = float(cut)
+    det = a * c - b * b
+    if not (cut >= 0.0 and det > 0.0 and a > 0.0 and c > 0.0):
+        return False, 0.0, 0.0, 0.0, 0.0
+    return True, det, 2.0 * cut * c, -b * math.sqrt(2.0 * cut * a / det) / a, 1.0 / c
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _strip_rows(cx0, cx1, mx, my, b, det, k2c, u_top, inv_c):
+    """Pixel rows [r0, r1] (absolute) whose centres in columns cx0..cx1 may satisfy
+    sigma <= cut: the ellipse's y-extent over the strip of those columns' centres, with the
+    box's slack. With u = px - mx, the ellipse's upper edge v(u) = (-b u + sqrt(2 cut c -
+    det u^2)) / c is concave with its maximum at the top point: clamped into the strip it gives
+    the strip's highest v; the lower edge likewise (mirror point -u_top)."""
+    b = float(b)
+    mx = float(mx)
+    my = float(my)
+    u0 = cx0 + 0.5 - mx
+    u1 = cx1 + 0.5 - mx
+    uh = min(max(u_top, u0), u1)
+    ul = min(max(-u_top, u0), u1)
+    vh = (-b * uh + math.sqrt(max(k2c - det * uh * uh, 0.0))) * inv_c
+    vl = (-b * ul - math.sqrt(max(k2c - det * ul * ul, 0.0))) * inv_c
+    lo = min(max(my + vl - 0.5 - _BBOX_PAD, -_BIG), _BIG)
+    hi = min(max(my + vh - 0.5 + _BBOX_PAD, -_BIG), _BIG)
+    return math.ceil(lo), math.floor(hi)
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def _gauss_pack(means2d, conics, opacities, colors, additive, ga, bounds):
-    """Per Gaussian (flattened [C * N]): its row of ``ga`` [CN, 6 + D] (x, y, conic a, b, c,
+    """Per Gaussian (flattened [C * N]): its row of ``ga`` [CN, R] (x, y, conic a, b, c,
     opacity, colours) and the inclusive pixel box [xs, xe, ys, ye] whose pixel centres may
-    satisfy sigma <= cut (the ellipse's bounding box, with slack; empty when xs > xe)."""
+    satisfy sigma <= cut (the ellipse's bounding box, with slack; empty when xs > xe) in
+    ``bounds`` [CN, 4]: the wrapper passes int32 views of the last 4 columns of the same rows,
+    so one 64-byte row (R = 16 for D <= 6) holds all a Gaussian's compositing data."""
     D = colors.shape[1]
     for g in prange(means2d.shape[0]):
         mx = float(means2d[g, 0])
@@ -364,6 +404,7 @@ def _gauss_pack(means2d, conics, opacities, colors, additive, ga, bounds):
         for k in range(D):
             ga[g, 6 + k] = colors[g, k]
         cut = _cut_for(float(opacities[g]), additive)
+        ga[g, 6 + D] = cut  # < 0: no term can pass
         det = a * c - b * b
         if cut < 0.0:
             xs, xe, ys, ye = 1, 0, 1, 0
@@ -427,7 +468,7 @@ def _forward_block(
     n_rows = y1 - y0
     n_cols = x1 - x0
     n_ch = -(-n_cols // _LANES)
-    D = ga.shape[1] - 6
+    D = out_colors.shape[3]
     rgb = D == 3 and not additive
     init = _ZERO if additive else _ONE
     _init_pixels(S, x0, y0, x1, y1, n_rows, n_ch)
@@ -448,7 +489,6 @@ def _forward_block(
     for idx in range(start, end):
         if idx + _PREFETCH_ROWS < end:
             _prefetch(ga, fids[idx + _PREFETCH_ROWS])
-            _prefetch(bounds, fids[idx + _PREFETCH_ROWS])
         g = fids[idx]
         xs = max(bounds[g, 0], x0)
         xe = min(bounds[g, 1], x1 - 1)
@@ -466,9 +506,15 @@ def _forward_block(
         c0 = ga[g, 6]
         c1 = ga[g, 7] if D > 1 else _ZERO
         c2 = ga[g, 8] if D > 2 else _ZERO
+        strips, det, k2c, u_top, inv_c = _ellipse(a, b, c, ga[g, 6 + D])
         for ch in range((xs - x0) // _LANES, (xe - x0) // _LANES + 1):
             r0 = max(ys, band[ch, 0])
             r1 = min(ye, band[ch, 1])
+            if strips:
+                cx = x0 + ch * _LANES
+                s0, s1 = _strip_rows(max(cx, xs), min(cx + _LANES - 1, xe), mx, my, b, det, k2c, u_top, inv_c)
+                r0 = max(r0, s0 - y0)
+                r1 = min(r1, s1 - y0)
             if r0 > r1:
                 continue
             lo = _U((ch * n_rows + r0) * _LANES)
@@ -578,7 +624,7 @@ def _forward_tile(
     ty0 = ty * tile_size
     tx1 = min(tx0 + tile_size, width)
     ty1 = min(ty0 + tile_size, height)
-    D = ga.shape[1] - 6
+    D = out_colors.shape[3]
     S = np.empty((_N_FFIELDS + D) * _BLOCK * _BLOCK, np.float32)
     band = np.empty((_BLOCK // _LANES, 3), np.int64)
     for y0 in range(ty0, ty1, _BLOCK):
@@ -610,7 +656,7 @@ def _backward_block(
     n_rows = y1 - y0
     n_cols = x1 - x0
     n_ch = -(-n_cols // _LANES)
-    D = ga.shape[1] - 6
+    D = v_colors.shape[3]
     rgb = D == 3 and not additive
     n_slot = slots.shape[1]
     with_abs = n_slot == _S_COL + D  # else the slot rows skip the two |v_xy| fields
@@ -656,7 +702,6 @@ def _backward_block(
     for idx in range(end - 1, start - 1, -1):
         if idx - _PREFETCH_ROWS >= start:
             _prefetch(ga, fids[idx - _PREFETCH_ROWS])
-            _prefetch(bounds, fids[idx - _PREFETCH_ROWS])
         g = fids[idx]
         xs = max(bounds[g, 0], x0)
         xe = min(bounds[g, 1], x1 - 1)
@@ -674,9 +719,15 @@ def _backward_block(
             c1 = ga[g, 7] if D > 1 else _ZERO
             c2 = ga[g, 8] if D > 2 else _ZERO
             idx32 = np.int32(idx)
+            strips, det, k2c, u_top, inv_c = _ellipse(a, b, c, ga[g, 6 + D])
             for ch in range((xs - x0) // _LANES, (xe - x0) // _LANES + 1):
                 r0 = ys
                 r1 = ye
+                if strips:
+                    cx = x0 + ch * _LANES
+                    s0, s1 = _strip_rows(max(cx, xs), min(cx + _LANES - 1, xe), mx, my, b, det, k2c, u_top, inv_c)
+                    r0 = max(r0, s0 - y0)
+                    r1 = min(r1, s1 - y0)
                 while r0 <= r1 and row_last[ch, r0] < idx:
                     r0 += 1
                 while r1 >= r0 and row_last[ch, r1] < idx:
@@ -854,7 +905,7 @@ def _backward_tile(
     ty0 = ty * tile_size
     tx1 = min(tx0 + tile_size, width)
     ty1 = min(ty0 + tile_size, height)
-    D = ga.shape[1] - 6
+    D = v_colors.shape[3]
     S = np.empty((_N_BFIELDS + 2 * D + _N_TMP) * _BLOCK * _BLOCK, np.float32)
     last = np.empty(_BLOCK * _BLOCK, np.int32)
     L = np.empty((_S_COL + D) * _BLOCK * _BLOCK, np.float32)  # every field, |v_xy| included
@@ -964,8 +1015,9 @@ class _RasterizeToPixelsCPU(torch.autograd.Function):
             _np(colors).reshape(C * N, D),
             _np(opacities).reshape(C * N),
         )
-        ga = buffers.empty((C * N, 6 + D), np.float32)
-        bounds = buffers.empty((C * N, 4), np.int32)
+        R = -(-(11 + D) // 16) * 16  # 6 + D floats, the cut, the int32 box; 64-byte rows
+        ga = buffers.empty((C * N, R), np.float32)
+        bounds = ga.view(np.int32)[:, R - 4 :]
         _gauss_pack(m2d, con, opa, col, additive, ga, bounds)
         out_colors = np.empty((C, height, width, D), np.float32)
         out_alphas = np.empty((C, height, width), np.float32)

@@ -20,7 +20,7 @@ def _clean_pool():
 
 def test_small_requests_are_plain_arrays():
     a = buffers.empty((3, 5), np.int64)
-    assert a.shape == (3, 5) and a.dtype == np.int64 and a.flags.c_contiguous and a.flags.owndata
+    assert a.shape == (3, 5) and a.dtype == np.int64 and a.flags.c_contiguous and a.ctypes.data % 64 == 0
     del a
     assert buffers.idle_bytes() == 0
 
@@ -80,8 +80,11 @@ def test_idle_memory_is_capped(monkeypatch):
 def test_dtypes_shapes_and_bad_input():
     for dt in (np.float32, np.float64, np.int32, np.int64, np.uint8):
         a = buffers.empty((BIG // 2, 2), dt)
-        assert a.dtype == dt and a.shape == (BIG // 2, 2) and a.ctypes.data % 8 == 0
+        assert a.dtype == dt and a.shape == (BIG // 2, 2) and a.ctypes.data % 64 == 0
         del a
+    assert buffers.empty((7, 3), np.float32, align=4096).ctypes.data % 4096 == 0
+    with pytest.raises(ValueError, match="align must be a power of two and a multiple of 8, given 12"):
+        buffers.empty((2,), np.float64, align=12)
     assert buffers.empty(0, np.float32).shape == (0,)
     assert buffers.empty(BIG, np.float32).shape == (BIG,)
     with pytest.raises(ValueError, match=r"buffers.empty: expected non-negative sizes, given shape \(-1, 2\)"):

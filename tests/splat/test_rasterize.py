@@ -530,3 +530,39 @@ def test_cpu_gradients_do_not_depend_on_reused_buffers(scene, monkeypatch):
     assert torch.equal(img_again, img_fresh)
     for k in fresh:
         assert torch.equal(again[k], fresh[k]), k
+
+
+def test_strip_rows_bound_every_pixel_inside_the_ellipse():
+    # raster_cpu bounds the rows of each 8-column chunk by the ellipse's extent over the chunk's
+    # columns: every pixel centre with sigma <= cut (cut = log(opacity / threshold)) must lie
+    # in those rows. Random conics: round, elongated, rotated; strips anywhere across them.
+    import numpy as np
+
+    from recon.splat.raster_cpu import _cut_for, _ellipse, _strip_rows
+
+    rng = np.random.default_rng(0)
+    n_checked = 0
+    for _ in range(300):
+        sx, sy = np.exp(rng.uniform(np.log(0.3), np.log(12.0), 2))
+        th = rng.uniform(0, np.pi)
+        Rm = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        conic = np.linalg.inv(Rm @ np.diag([sx**2, sy**2]) @ Rm.T).astype(np.float32)
+        a, b, c = conic[0, 0], conic[0, 1], conic[1, 1]
+        mx, my = np.float32(rng.uniform(0, 64)), np.float32(rng.uniform(0, 64))
+        op = float(rng.uniform(0.01, 1.0))
+        cut = _cut_for(op, False)
+        usable, det, k2c, u_top, inv_c = _ellipse(a, b, c, np.float32(cut))
+        assert usable
+        ys = np.arange(-64, 128)
+        for cx in range(-64, 128, 8):
+            xs = np.arange(cx, cx + 8)
+            X, Y = np.meshgrid(xs + 0.5, ys + 0.5)
+            dx, dy = float(mx) - X, float(my) - Y
+            sigma = 0.5 * (float(a) * dx * dx + float(c) * dy * dy) + float(b) * dx * dy
+            inside = sigma <= np.log(op * 255.0)
+            r0, r1 = _strip_rows(cx, cx + 7, mx, my, b, det, k2c, u_top, inv_c)
+            rows = ys[inside.any(axis=1)]
+            if rows.size:
+                assert r0 <= rows.min() and rows.max() <= r1, (a, b, c, mx, my, op, cx)
+                n_checked += rows.size
+    assert n_checked > 10_000

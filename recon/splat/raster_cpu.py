@@ -533,10 +533,12 @@ def _forward_block(
                     nt = tc * keep
                     stop = ok & (nt <= _TEPS)
                     contrib = ok & (nt > _TEPS)
-                    w = alpha * tc if contrib else _ZERO
-                    S[_FT + p] = nt if contrib else tc
-                    S[_FA + p] = _ZERO if stop else al
-                    S[_FL + p] = rel if contrib else S[_FL + p]
+                    cf = _ONE if contrib else _ZERO
+                    w = alpha * tc * cf
+                    S[_FT + p] = tc * (keep if contrib else _ONE)
+                    S[_FA + p] = al * (_ZERO if stop else _ONE)
+                    lf = S[_FL + p]
+                    S[_FL + p] = lf + (rel - lf) * cf
                     S[_FC + p] += w * c0
                     S[_FC + _FS + p] += w * c1
                     S[_FC + _U(2) * _FS + p] += w * c2
@@ -563,10 +565,12 @@ def _forward_block(
                     nt = tc * keep
                     stop = ok & (nt <= _TEPS)
                     contrib = ok & (nt > _TEPS)
-                    S[_FW + p] = alpha * tc if contrib else _ZERO
-                    S[_FT + p] = nt if contrib else tc
-                    S[_FA + p] = _ZERO if stop else al
-                    S[_FL + p] = rel if contrib else S[_FL + p]
+                    cf = _ONE if contrib else _ZERO
+                    S[_FW + p] = alpha * tc * cf
+                    S[_FT + p] = tc * (keep if contrib else _ONE)
+                    S[_FA + p] = al * (_ZERO if stop else _ONE)
+                    lf = S[_FL + p]
+                    S[_FL + p] = lf + (rel - lf) * cf
                     any_stop = any_stop | stop
             if not rgb:
                 for k in range(D):

@@ -29,6 +29,8 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from . import buffers
+
 __all__ = ["accumulate_grad2d", "project_and_shade", "project_and_shade_raw", "warmup"]
 
 # real SH constants (same as sh.py)
@@ -379,13 +381,17 @@ def _backward_block(
     K1 = c1.shape[1]
     c0f = c0.reshape(-1)
     c1f = c1.reshape(-1)
-    g_c0f = g_c0.reshape(-1)  # zero on entry (np.zeros): rows are accumulated over cameras
-    g_c1f = g_c1.reshape(-1)
+    g_c0f = g_c0.reshape(-1)  # uninitialised on entry: each row is zeroed here, then
+    g_c1f = g_c1.reshape(-1)  # accumulated over cameras (bands above sh_degree stay 0)
     if True:
         Y = np.zeros(16)
         w = np.zeros(16)
         gd = np.empty(3)
         for g in range(blk * _BLOCK, min(N, (blk + 1) * _BLOCK)):
+            for i in range(_U(g * K0 * 3), _U((g + 1) * K0 * 3)):
+                g_c0f[i] = 0.0
+            for i in range(_U(g * K1 * 3), _U((g + 1) * K1 * 3)):
+                g_c1f[i] = 0.0
             q, qn, R, s, M, o = _gaussian(g, quats, scales, opacities, raw)
             Sig = _mmt(M, M)
             mu0 = float(means[g, 0])
@@ -612,9 +618,9 @@ class _ProjectShade(torch.autograd.Function):
         def arr(v, shape):
             return np.zeros(shape, npd) if v is None else _np(v.to(torch.float32 if npd == np.float32 else torch.float64))
 
-        g = [np.empty(a.shape, npd) for a in (means, quats, scales, opacities)]
-        g_c0 = np.zeros(c0.shape, npd)
-        g_c1 = np.zeros(c1.shape, npd)
+        g = [buffers.empty(a.shape, npd) for a in (means, quats, scales, opacities)]
+        g_c0 = buffers.empty(c0.shape, npd)  # rows zeroed in the kernel
+        g_c1 = buffers.empty(c1.shape, npd)
         _backward_kernel(
             means, quats, scales, opacities, c0, c1, cams, float(width), float(height),
             eps2d, calc_comp, -1 if not shade else int(sh_degree), raw, ctx.radii,

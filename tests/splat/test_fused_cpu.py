@@ -169,3 +169,35 @@ def test_bad_input():
     with pytest.raises(ValueError, match="means must be a float32/float64 CPU tensor"):
         project_and_shade(x, torch.zeros(3, 4), torch.zeros(3, 3), torch.zeros(3), None,
                           torch.eye(4)[None], torch.eye(3)[None], 8, 8)  # fmt: skip
+
+
+def test_gradients_do_not_depend_on_reused_buffers(scene, monkeypatch):
+    # The backward pass writes its gradients into recon.splat.buffers: with every request
+    # pooled, a second pass gets the first one's buffers back, dirty (every SH band set), and
+    # must give exactly what fresh arrays give, zero bands above the degree in use included.
+    from recon.splat import buffers
+
+    s = _scene(scene, torch.float32, 2)
+    raw0 = {"means": s["means"], "quats": s["quats"], "scales": torch.log(s["scales"]),
+            "opacities": torch.logit(s["opacities"]), "sh0": s["colors"][:, :1], "shN": s["colors"][:, 1:]}  # fmt: skip
+
+    def grads(sh_degree, seed):
+        raw = {k: v.detach().clone().requires_grad_() for k, v in raw0.items()}
+        out = project_and_shade_raw(*raw.values(), s["viewmats"], s["Ks"], W, H, sh_degree)
+        g = torch.Generator().manual_seed(seed)
+        sum((o * torch.randn(o.shape, generator=g)).sum() for o in out[1:]).backward()
+        return {k: v.grad.clone() for k, v in raw.items()}
+
+    fresh = grads(1, 2)
+    monkeypatch.setattr(buffers, "MIN_BYTES", 0)
+    buffers.release_idle()
+    try:
+        dirty = grads(3, 1)
+        assert dirty["shN"][:, 3:].abs().sum() > 0  # the buffers now hold degree-3 bands
+        assert buffers.idle_bytes() > 0
+        again = grads(1, 2)
+    finally:
+        buffers.release_idle()
+    for k in fresh:
+        assert torch.equal(again[k], fresh[k]), k
+    assert not again["shN"][:, 3:].any()

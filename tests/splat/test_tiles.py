@@ -50,3 +50,26 @@ def test_empty():
     assert ids.numel() == 0 and fids.numel() == 0 and torch.all(offsets == 0) and torch.all(tpg == 0)
     _, ids_t, fids_t = isect_tiles(means2d, radii, depths, 16, 2, 2)
     assert ids_t.numel() == 0 and fids_t.numel() == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_numba_binning_many_blocks_odd_sizes_empty_tiles(seed):
+    # > 4096 visible Gaussians per camera (several binning blocks), an image that is not a
+    # multiple of the tile size (partial last tiles), Gaussians clustered in the left half
+    # (empty tiles on the right), radii that straddle many tiles, culled ones (radius 0) and
+    # depth ties: the numba binning equals the torch twin exactly.
+    g = torch.Generator().manual_seed(seed)
+    C, N, W, H, ts = 2, 9001, 101, 67, 8
+    tw, th = tile_grid(W, H, ts)
+    means2d = torch.rand(C, N, 2, generator=g) * torch.tensor([W * 0.45, H * 1.1]) - torch.tensor([3.0, 3.0])
+    radii = torch.randint(0, 14, (C, N), generator=g, dtype=torch.int32)
+    depths = torch.rand(C, N, generator=g) * 5 + 0.5
+    depths[:, 100:200] = depths[:, 50:150].clone()  # ties
+    tpg, ids, fids = isect_tiles(means2d, radii, depths, ts, tw, th)
+    offsets = isect_offset_encode(ids, C, tw, th)
+    n_tpg, n_ids, n_fids, n_offsets = bin_gaussians(means2d, radii, depths, ts, tw, th)
+    assert int((radii > 0).sum(1).min()) > 2 * 4096
+    counts = torch.diff(torch.cat([offsets.reshape(-1), torch.tensor([ids.shape[0]])]))
+    assert (counts == 0).any() and (counts > 0).any()  # empty and busy tiles
+    assert torch.equal(n_tpg, tpg) and torch.equal(n_offsets, offsets)
+    assert torch.equal(n_fids, fids) and torch.equal(n_ids, ids)

@@ -246,57 +246,6 @@ def fit_one(capture, capture_dir: Path, k: int, train_idx: list[int], eval_idx: 
     return rows
 
 
-def alternate_one(capture, k: int, train_idx: list[int], eval_idx: list[int], args) -> dict:
-    """Item 2 of issue 19, poses only (experimental, here and not in the library yet): fit the
-    registered views for ``iterations / rounds`` steps, register every training camera alone
-    against the frozen model (``refine_eval_poses``), repeat; the last round only fits. Scored like
-    ``fit_one``'s estimated arm (Sim(3) of the training views, calibrated held-out cameras)."""
-    from recon.geometry.cameras import CameraSet
-    from recon.io.views import load_split
-    from recon.metrics import score_images
-    from recon.pipelines.capture import CaptureFitConfig
-    from recon.pipelines.evaluate import align_to_run, refine_eval_poses
-    from recon.splat.render import render_all
-
-    root = args.out / f"k{k}"
-    t0 = time.perf_counter()
-    job = CaptureFitConfig(data=root / "transforms.json", train_views=tuple(range(k)), eval_views=0, allow_outside_paths=True,
-                           out=root / "fit_alternate", preset=args.preset, iterations=args.iterations,
-                           downscale=args.downscale, seed=0, overwrite=True).setup()  # fmt: skip
-    trainer = job.trainer
-    ref = capture.cameras.subset([capture.names.index(n) for n in trainer.train.names])
-
-    def rot_errors() -> dict:
-        w2c = trainer.train.cameras.w2c.double()
-        err = pose_errors(w2c, ref.w2c.double(), align_sim3(CameraSet(w2c, ref.intrinsics).centres(), ref.centres()))
-        return {"rot_deg_median": statistics.median(err["rot_deg"]), "rot_deg_max": err["rot_deg_max"],
-                "centre_pct_mean": 100.0 * err["centre_err_mean"]}  # fmt: skip
-
-    history = [{"step": 0, **rot_errors()}]
-    per = args.iterations // args.rounds
-    for r in range(args.rounds):
-        for _ in range(per if r < args.rounds - 1 else args.iterations - per * r):
-            trainer.train_step()
-        if r == args.rounds - 1:
-            break
-        cams = trainer.train.cameras
-        w2c, losses = refine_eval_poses(trainer.export_model(), cams, trainer.train.images, trainer.background,
-                                        args.pose_steps, args.pose_lr)  # fmt: skip
-        trainer.train.cameras = CameraSet(w2c, list(cams.intrinsics))
-        history.append({"step": trainer.step, "l1": losses, **rot_errors()})
-        print(json.dumps(history[-1]), flush=True)
-    names = [capture.names[i] for i in train_idx + eval_idx]
-    views = load_split(capture, train_idx + eval_idx, args.downscale)
-    w2c, record = align_to_run(names, views.cameras.w2c.double(), trainer.train.names, trainer.train.cameras.w2c.double(), "eval")
-    model = trainer.export_model()
-    preds = render_all(model, CameraSet(w2c.float(), views.cameras.intrinsics), views.width, views.height,
-                       model.sh_degree, trainer.background)  # fmt: skip
-    sc = score_images(preds[len(train_idx):], views.images[len(train_idx):], names[len(train_idx):])
-    return {"k": k, "rounds": args.rounds, "pose_steps": args.pose_steps, "pose_lr": args.pose_lr, "psnr": sc["mean"]["psnr"],
-            "ssim": sc["mean"]["ssim"], "history": history, "seconds": time.perf_counter() - t0,
-            "align_record": {key: v for key, v in record.items() if key not in ("rotation", "translation")}}  # fmt: skip
-
-
 def cell(row: dict, key: str, fmt: str) -> str:
     value = row.get(key)
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -324,11 +273,6 @@ def main() -> None:
     ap.add_argument("--pose-round-lr", type=float, default=3e-3)
     ap.add_argument("--pose-round-levels", type=int, default=1)
     ap.add_argument("--probe", action="store_true", help="--fit: register each fit's cameras from the other's poses")
-    ap.add_argument("--alternate", type=int, nargs="*", default=[], metavar="K",
-                    help="experimental item 2: also fit these K alternating with pose-only registration")
-    ap.add_argument("--rounds", type=int, default=3, help="--alternate: fit rounds (poses registered between them)")
-    ap.add_argument("--pose-steps", type=int, default=40, help="--alternate: pose-only steps per camera per round")
-    ap.add_argument("--pose-lr", type=float, default=3e-3, help="--alternate: initial pose learning rate")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     capture = load_capture(args.capture)
@@ -362,14 +306,6 @@ def main() -> None:
                     logging.getLogger("bench_posefree").exception("probe K=%d failed", k)
                     probes[str(k)] = {"error": f"{type(err).__name__}: {err}"}
         fit_rows.sort(key=lambda r: (r["k"], r["refine_steps"], ["calibrated", "estimated", "estimated+rounds"].index(r["arm"])))
-    alt_rows = [r for r in old.get("alternate_rows", []) if r["k"] not in args.alternate]
-    if args.alternate:
-        from bench_fox import protocol_views
-
-        train, eval_idx = protocol_views(args.capture, sorted(set(args.k) | {8}), 8)
-        for k in args.alternate:
-            alt_rows.append(alternate_one(capture, k, train[k], eval_idx, args))
-            print(json.dumps({key: v for key, v in alt_rows[-1].items() if key != "history"}), flush=True)
     title = (f"Pose-free registration vs calibration: {args.capture.name}, affine DSP-SIFT at "
              f"{args.max_size} px, CPU, {args.threads} thread(s)")
     md = [f"### {title}", "", "| " + " | ".join(n for n, _, _ in COLUMNS) + " |",
@@ -385,12 +321,6 @@ def main() -> None:
         md += ["", f"### Held-out views, calibrated vs estimated poses: {json.dumps(fit_settings)}", "",
                "| " + " | ".join(n for n, _, _ in FIT_COLUMNS) + " |", "|" + "---:|" * len(FIT_COLUMNS)]
         md += ["| " + " | ".join(cell(r, key, fmt) for _, key, fmt in FIT_COLUMNS) + " |" for r in fit_rows]
-    for r in alt_rows:
-        h = r["history"]
-        md += ["", (f"- K={r['k']} alternating ({r['rounds']} rounds, {r['pose_steps']} pose steps at lr {r['pose_lr']}): "
-                   f"eval PSNR {r['psnr']:.2f} / SSIM {r['ssim']:.3f}; training-pose rotation median "
-                   f"{h[0]['rot_deg_median']:.2f} -> {h[-1]['rot_deg_median']:.2f} deg (max {h[0]['rot_deg_max']:.2f} -> "
-                   f"{h[-1]['rot_deg_max']:.2f}); {r['seconds']:.0f} s")]
     for k, pr in sorted(probes.items()):
         for what, v in pr.items():
             if what == "error":
@@ -403,7 +333,7 @@ def main() -> None:
                         f"focal x{v['focal_scale']:.4f}; L1 {v['l1_before']:.4f} -> {v['l1_after']:.4f}")]
     atomic_write_json(args.out / "results.json", {"capture": str(args.capture), "max_image_size":
                       args.max_size, "rows": rows, "fit_settings": fit_settings, "fit_rows": fit_rows,
-                      "alternate_rows": alt_rows, "probes": probes})
+                      "probes": probes})
     atomic_write_text(args.out / "results.md", "\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -139,14 +139,14 @@ def test_four_sample_fox_photos_register_within_5_degrees(tmp_path):
     assert sorted(back.names) == K4
 
 
-@pytest.mark.slow  # ~40 s on one core
+@pytest.mark.slow  # 21 s of CPU (one pycolmap thread); 640 and 800 px register only 0 and 2 of the 4
 @pytest.mark.skipif(not (FULL / "transforms.json").exists(), reason=f"full-resolution fox capture not found at {FULL}")
 def test_four_full_resolution_fox_photos_register_within_2_degrees():
-    """The same 4 views at 1080x1920 (features at 800 px): median rotation error <= 2 deg (the
+    """The same 4 views at 1080x1920 (features at 1000 px, as the benchmark): median rotation error <= 2 deg (the
     issue's target) and focal within 5 %."""
     import statistics
 
-    rep = register_views([FULL / "images" / n for n in K4], None, max_image_size=800, num_threads=1)
+    rep = register_views([FULL / "images" / n for n in K4], None, max_image_size=1000, num_threads=1)
     assert rep.ok and rep.n_registered == 4, rep.summary()
     err, focal_err = _registered_errors(FULL, K4, rep)
     assert statistics.median(err["rot_deg"]) <= 2.0, err["rot_deg"]

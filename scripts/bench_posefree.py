@@ -185,6 +185,52 @@ def probe_absorption(capture, capture_dir: Path, k: int, train_idx: list[int], a
     return out
 
 
+def probe_leave_one_out(capture, k: int, args) -> dict:
+    """``--loo-steps N``: for each registered view, a fit of the other K-1 views (N steps, same
+    preset and resolution), then that view alone registered against it (pose only). Its
+    rotation relative to each other view (no frame alignment needed) is compared with the
+    calibration before and after: a signal the model fitted to all K views cannot give."""
+    from recon.io.ply import read_splat_ply
+    from recon.io.run import read_json
+    from recon.io.views import load_split
+    from recon.pipelines.capture import CaptureFitConfig
+    from recon.splat.model import GaussianModel
+    from recon.splat.photometric_poses import register_to_model
+
+    root = args.out / f"k{k}"
+    est = load_capture(root / "transforms.json", allow_outside_paths=True)
+    views = load_split(est, list(range(len(est))), args.downscale)
+    ref = capture.cameras.subset([capture.names.index(n) for n in views.names]).w2c.double()
+
+    def pair_errors(w2c, i: int) -> list[float]:
+        free = rotation_errors_without_centres(w2c.double(), ref)
+        pairs = [(a, b) for a in range(len(est)) for b in range(a + 1, len(est))]
+        return [e for (a, b), e in zip(pairs, free["pair_deg"]) if i in (a, b)]
+
+    rows = []
+    for i, name in enumerate(views.names):
+        keep = tuple(j for j in range(len(est)) if j != i)
+        run = root / f"loo_{Path(name).stem}"
+        t0 = time.perf_counter()
+        metrics = CaptureFitConfig(data=root / "transforms.json", train_views=keep, eval_views=0, eval_indices=(i,),
+                                   allow_outside_paths=True, out=run, preset=args.preset, iterations=args.loo_steps,
+                                   downscale=args.downscale, seed=0, overwrite=True).run()  # fmt: skip
+        model = GaussianModel.from_params(read_splat_ply(run / "splat.ply"))
+        bg = torch.tensor(read_json(run / "config.json")["background"], dtype=torch.float32)
+        cams = views.cameras
+        new, _, rec = register_to_model(model, cams.w2c[i : i + 1], cams.Ks()[i : i + 1], views.images[i : i + 1], bg,
+                                        steps=args.pose_round_steps, lr=args.pose_round_lr, focal=False,
+                                        levels=args.pose_round_levels)  # fmt: skip
+        w2c = cams.w2c.clone()
+        w2c[i] = new[0]
+        before, after = pair_errors(cams.w2c, i), pair_errors(w2c, i)
+        rows.append({"view": name, "heldout_psnr": metrics["eval"]["mean"]["psnr"], "pair_deg_before": before,
+                     "pair_deg_after": after, "rot_change_deg": rec.rot_deg[0], "accepted": rec.extra["accepted"],
+                     "l1_before": rec.l1_before, "l1_after": rec.l1_after, "seconds": time.perf_counter() - t0})  # fmt: skip
+        print(json.dumps({"k": k, **rows[-1]}), flush=True)
+    return {"steps": args.loo_steps, "views": rows}
+
+
 def fit_one(capture, capture_dir: Path, k: int, train_idx: list[int], eval_idx: list[int], args) -> list[dict]:
     """Calibrated vs estimated poses at one K: two fits, each scored on the same held-out views."""
     from recon.io.run import RunDir, read_json
@@ -273,6 +319,8 @@ def main() -> None:
     ap.add_argument("--pose-round-lr", type=float, default=3e-3)
     ap.add_argument("--pose-round-levels", type=int, default=1)
     ap.add_argument("--probe", action="store_true", help="--fit: register each fit's cameras from the other's poses")
+    ap.add_argument("--loo-steps", type=int, default=0, help="leave-one-out probe: fit K-1 views for this many steps, "
+                    "register the held-out view against it (0: off)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     capture = load_capture(args.capture)
@@ -289,6 +337,10 @@ def main() -> None:
     rows += [r for kk, r in stored.items() if kk not in args.k]
     rows.sort(key=lambda r: r["k"])
     probes = old.get("probes", {})
+    loo = old.get("leave_one_out", {})
+    if args.loo_steps:
+        for k in args.k:
+            loo[str(k)] = probe_leave_one_out(capture, k, args)
     if args.fit:
         from bench_fox import protocol_views
 
@@ -331,9 +383,15 @@ def main() -> None:
             md += ["", (f"- probe K={k}, {what}: rotation to the {model_arm} poses median {v[f'rot_to_{model_arm}_before']:.2f} -> "
                         f"{v[f'rot_to_{model_arm}_after']:.2f} deg, moved {moved:.2f} deg; "
                         f"focal x{v['focal_scale']:.4f}; L1 {v['l1_before']:.4f} -> {v['l1_after']:.4f}")]
+    for k, pr in sorted(loo.items()):
+        for r in pr["views"]:
+            md += ["", (f"- leave-one-out K={k} ({pr['steps']} steps), {r['view']}: held-out PSNR {r['heldout_psnr']:.2f}; "
+                        f"its pair rotation errors {', '.join(f'{x:.2f}' for x in r['pair_deg_before'])} -> "
+                        f"{', '.join(f'{x:.2f}' for x in r['pair_deg_after'])} deg (moved {r['rot_change_deg']:.2f}, "
+                        f"{'accepted' if r['accepted'] else 'rejected'}; L1 {r['l1_before']:.4f} -> {r['l1_after']:.4f})")]
     atomic_write_json(args.out / "results.json", {"capture": str(args.capture), "max_image_size":
                       args.max_size, "rows": rows, "fit_settings": fit_settings, "fit_rows": fit_rows,
-                      "probes": probes})
+                      "probes": probes, "leave_one_out": loo})
     atomic_write_text(args.out / "results.md", "\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -211,7 +211,9 @@ def register_to_model(
         shift = (c1 - c0).norm(dim=-1) / (spread if spread > 0 else 1.0)
     if not l1_after < l1_before:  # no better at full resolution: keep the cameras as they were
         logger.info("pose round at step %d: L1 %.5f -> %.5f, cameras kept", step, l1_before, l1_after)
-        record = PoseRound(step, [0.0] * c, [0.0] * c, 1.0, l1_before, l1_before, {"accepted": False, "l1_rejected": l1_after})
+        rejected = {"accepted": False, "l1_rejected": l1_after, "rot_deg_rejected": [round(v, 5) for v in rot.tolist()],
+                    "focal_scale_rejected": round(scale, 7)}  # fmt: skip
+        record = PoseRound(step, [0.0] * c, [0.0] * c, 1.0, l1_before, l1_before, rejected)
         return w2c.detach().clone(), 1.0, record
     record = PoseRound(step, rot.tolist(), shift.tolist(), scale, l1_before, l1_after, {"accepted": True})
     logger.info("pose round at step %d: rotation change median %.3f deg, focal x%.4f, L1 %.4f -> %.4f",

@@ -75,7 +75,7 @@ def test_fit_photo_folder_with_pose_rounds_records_them(tmp_path):
     assert metrics["pose_rounds"][0]["focal_scale"] == rnd["focal_scale"]
     meta = json.loads((out / "transforms.json").read_text())
     assert meta["fl_x"] == pytest.approx(reg["focal_px"], rel=1e-9)
-    names, cams = RunDir(out).read_cameras()["train"]
+    _, cams = RunDir(out).read_cameras()["train"]
     if rnd["accepted"]:  # the cameras.json poses are the registered ones, not the SfM ones
         from recon.io.formats import load_capture
 
@@ -94,3 +94,20 @@ def test_pose_rounds_options_are_checked():
     with pytest.raises(InputError, match="--pose-round-steps"):
         SplatTrainConfig(pose_rounds=1, pose_round_steps=0).validate()
     SplatTrainConfig(pose_rounds=2).validate()
+
+
+def test_fit_two_overlapping_photos_exits_2(tmp_path, capsys):
+    """Catalogue: fewer than 3 photos share content -> one line naming the pair, exit 2, no run folder."""
+    import shutil
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[2] / "data" / "fox" / "images"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n in ("0019.jpg", "0029.jpg"):
+        shutil.copy(sample / n, photos / n)
+    out = tmp_path / "run"
+    assert main(["fit", str(photos), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fewer than 3 photos share content" in err and "0019.jpg-0029.jpg" in err, err
+    assert not out.exists()

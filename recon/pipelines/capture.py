@@ -43,6 +43,7 @@ from recon.pipelines.posefree import (
 )
 from recon.splat.anchored import AnchoredGaussians
 from recon.splat.config import SplatTrainConfig
+from recon.splat.fit_schedule import auto_iterations
 from recon.splat.init import initial_points
 from recon.splat.render import render_all
 from recon.splat.trainer import SplatTrainer
@@ -169,10 +170,15 @@ class CaptureFit(JobBase):
         self.background = torch.tensor(cfg.background, dtype=torch.float32)
         self.checkpoint = read_checkpoint(self.run_dir) if cfg.resume else None
         if self.checkpoint is not None:
+            if cfg.auto_iterations:  # what the first session chose from its initial points
+                cfg.iterations = int(self.checkpoint["trainer"].get("iterations", cfg.iterations))
             self.trainer = SplatTrainer(cfg, self.train, self.background, device=self.device, state=self.checkpoint["trainer"])
         else:
             n_fields = 2 if (cfg.reg.coreg > 0 and cfg.model == "gaussians") else 1
             initial = [initial_points(cfg, self.capture, self.train, cfg.downscale, cfg.seed + i) for i in range(n_fields)]
+            if cfg.auto_iterations:
+                cfg.iterations = auto_iterations(len(train_idx), len(initial[0].points))
+                logger.info("--auto-iterations: %d steps (%d views, %d initial Gaussians)", cfg.iterations, len(train_idx), len(initial[0].points))
             self.trainer = SplatTrainer(cfg, self.train, self.background, initial, device=self.device)
 
     # ------------------------------------------------------------------ the job contract
@@ -219,6 +225,8 @@ class CaptureFit(JobBase):
         model = trainer.export_model()
         write_splat_ply(run.path("splat.ply"), model)
         results: dict[str, Any] = {"train_time_s": round(train_time_s, 2), "iterations": trainer.step}
+        if trainer.stop_state is not None:
+            results["early_stop"] = {"stopped_at": trainer.stop_state["stopped_at"], "planned": cfg.iterations}
         t0 = time.perf_counter()
         scored = [("train", self.train, trainer.train_cameras())]
         if self.eval is not None:

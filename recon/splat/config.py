@@ -152,6 +152,16 @@ class SplatTrainConfig:
     selective_adam: bool = False
     """With --cpu-kernels fused: update only the Gaussians seen in the step's view (gsplat's
     SelectiveAdam). Not the same optimiser as Adam: the others' moments do not decay."""
+    coarse_to_fine: float = 0.0
+    """Fraction of the steps trained at half resolution before full resolution (0: off;
+    ``fit_schedule.ResolutionSchedule``): a half-resolution step composites ~4x fewer pixels.
+    Free Gaussians only."""
+    early_stop: bool = False
+    """Stop when the epoch-mean training loss has not improved by 0.5 % for 20 epochs, never
+    before 85 % of --iterations (``fit_schedule.EarlyStop``). Free Gaussians only."""
+    auto_iterations: bool = False
+    """Replace --iterations by 250 steps per training view + 500 per 100k initial Gaussians,
+    within 1000..30000 (``fit_schedule.auto_iterations``)."""
     model: Literal["gaussians", "anchored"] = "gaussians"
     """'gaussians': free Gaussians with densification (3DGS); 'anchored': voxel-anchored
     Gaussians decoded from sparse U-Net features (Scaffold-GS-like, ``--anchored.*``; no
@@ -196,6 +206,8 @@ class SplatTrainConfig:
             raise InputError("--cpu-kernels", f"expected 'fused' or 'reference', got {self.cpu_kernels!r}")
         if self.selective_adam and self.cpu_kernels != "fused":
             raise InputError("--selective-adam", "needs --cpu-kernels fused")
+        if not 0.0 <= self.coarse_to_fine < 1.0:
+            raise InputError("--coarse-to-fine", f"must be in [0, 1), got {self.coarse_to_fine}")
         if not self.pose_lr > 0:
             raise InputError("--pose-lr", f"must be > 0, got {self.pose_lr}")
         self._validate_pose_rounds()
@@ -238,6 +250,8 @@ class SplatTrainConfig:
             raise InputError("--model anchored", "pose refinement is not supported (drop --refine-poses)")
         if self.selective_adam:
             raise InputError("--model anchored", "selective Adam is for free Gaussians (drop --selective-adam)")
+        if self.coarse_to_fine or self.early_stop:
+            raise InputError("--model anchored", "--coarse-to-fine and --early-stop are for free Gaussians")
         if self.prune_outliers and self.outlier_every:
             raise InputError("--model anchored", "only the initial points can be outlier-pruned (add --outlier-every 0)")
         if self.densify != default_densify():

@@ -31,6 +31,7 @@ from recon.io.views import ViewSet
 from recon.poses.refine import PoseRefineConfig, PoseRefiner
 from recon.splat.anchored import AnchoredGaussians, set_learning_rates
 from recon.splat.config import SplatTrainConfig
+from recon.splat.fit_schedule import EarlyStop, ResolutionSchedule, downsample_view
 from recon.splat.init import InitialPoints, statistical_outliers
 from recon.splat.loss import photometric_loss
 from recon.splat.model import GaussianModel
@@ -129,6 +130,10 @@ class SplatTrainer:
             self.pose_optimizer, _ = self.pose_refiner.make_optimizer(cfg.iterations)
         self.pose_rounds: list[dict[str, Any]] = []
         """What each photometric registration round did (:meth:`register_poses`)."""
+        self.resolution = ResolutionSchedule((0.5, 1.0), (cfg.coarse_to_fine, 1.0)) if cfg.coarse_to_fine > 0 else None
+        self._small: tuple[float, Tensor, Tensor, int, int] | None = None  # the training views at the current scale
+        self.stopper = EarlyStop() if cfg.early_stop else None
+        self.stop_state = self.stopper.initialize_state(len(train.indices), cfg.iterations) if self.stopper else None
         self.step = 0
         self.history: list[dict[str, Any]] = []
         # view order: a fresh permutation of the training views per epoch, from a generator the
@@ -193,6 +198,7 @@ class SplatTrainer:
 
         state: dict[str, Any] = {
             "step": self.step,
+            "iterations": self.config.iterations,
             "model_kind": self.config.model,
             "fields": [field_state(f) for f in self.fields],
             "order": list(self.order),
@@ -207,6 +213,8 @@ class SplatTrainer:
             cams = self.train.cameras
             state["pose_rounds"] = {"records": list(self.pose_rounds), "w2c": cams.w2c.detach().cpu().clone(),
                                     "focal": [[k.fx, k.fy] for k in cams.intrinsics]}  # fmt: skip
+        if self.stop_state is not None:
+            state["early_stop"] = dict(self.stop_state)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -243,6 +251,8 @@ class SplatTrainer:
         self.order = [int(v) for v in state["order"]]
         self.order_rng.bit_generator.state = state["order_rng"]
         self.init_description = str(state.get("init_description", "checkpoint"))
+        if self.stop_state is not None and "early_stop" in state:
+            self.stop_state = dict(state["early_stop"])
         self.history = list(state.get("history", []))
 
     # ------------------------------------------------------------------ training
@@ -256,11 +266,19 @@ class SplatTrainer:
             self.order = [int(v) for v in self.order_rng.permutation(len(self.train.indices))]
         return self.order.pop()
 
+    @property
+    def converged(self) -> bool:
+        """True once --early-stop has stopped the run (the training loop then ends it)."""
+        return self.stop_state is not None and self.stop_state["stopped_at"] is not None
+
     def train_step(self) -> dict[str, Any]:
         """One optimisation step on the next training view; returns the loss terms and counts
         (after a step that :meth:`pose_round_steps` names, also registers the cameras)."""
         view = self.next_view()
         stats = self._step_anchored(view) if self.anchored else self._step_gaussians(view)
+        if self.stopper is not None and self.stop_state is not None and "scale" not in stats:
+            # full-resolution steps only: a coarse step's loss is not comparable
+            self.stopper.update(self.stop_state, self.step, stats["l1"])
         self.step += 1
         if self.step in self.pose_round_steps():
             stats["pose_round"] = len(self.pose_rounds) + 1
@@ -287,18 +305,30 @@ class SplatTrainer:
         )  # fmt: skip
         intr = [dataclasses.replace(k, fx=k.fx * scale, fy=k.fy * scale) for k in cams.intrinsics]
         self.train.cameras = CameraSet(w2c.detach().cpu().to(cams.w2c.dtype), intr)
+        self._small = None  # --coarse-to-fine's downsampled views hold the old intrinsics
         self.pose_rounds.append(record.to_dict())
         return self.pose_rounds[-1]
+    def _view_at_scale(self, view: int) -> tuple[Tensor, Tensor, int, int]:
+        """Photo ``[1, h, w, 3]``, intrinsics ``[1, 3, 3]``, w, h of ``view`` at this step's
+        resolution (--coarse-to-fine; the full-resolution view otherwise)."""
+        Ks = self.train.cameras.Ks()
+        scale = self.resolution.scale_at(self.step, self.config.iterations) if self.resolution is not None else 1.0
+        if scale == 1.0:
+            return self.train.images[view : view + 1], Ks[[view]], self.train.width, self.train.height
+        if self._small is None or self._small[0] != scale:  # all views at once, when the scale changes
+            images, small_Ks, w, h = downsample_view(self.train.images, Ks, scale)
+            self._small = (scale, images, small_Ks, w, h)
+        _, images, small_Ks, w, h = self._small
+        return images[view : view + 1], small_Ks[[view]], w, h
 
     def _step_gaussians(self, view: int) -> dict[str, Any]:
         cfg, reg, step = self.config, self.config.reg, self.step
         sh_deg = min(step // cfg.sh_degree_interval, cfg.sh_degree)
-        w, h = self.train.width, self.train.height
         viewmats = self.train.cameras.w2c[[view]].to(self.device)
         if self.pose_refiner is not None:
             viewmats = self.pose_refiner.apply(viewmats, [view])
-        Ks = self.train.cameras.Ks()[[view]]
-        gt = self.train.images[view : view + 1].to(self.device)
+        gt, Ks, w, h = self._view_at_scale(view)
+        gt = gt.to(self.device)
         mode = "RGB+ED" if reg.depth_smooth > 0 else "RGB"
         pseudo = self.pseudo_sampler.sample(self.pseudo_state, 1) if self._is_pseudo_step(step) else None
         total: Tensor | float = 0.0
@@ -360,6 +390,8 @@ class SplatTrainer:
             self.pose_optimizer.zero_grad(set_to_none=True)
         if cfg.prune_outliers and cfg.outlier_every and (step + 1) % cfg.outlier_every == 0:
             stats["outliers_pruned"] = self.prune_outliers()
+        if w != self.train.width:
+            stats["scale"] = w / self.train.width
         return {"loss": float(total.detach()), **stats, "n_gaussians": self.model.num_gaussians, "sh_degree": sh_deg}
 
     def _optimiser_step(self, f: _Field, info: dict, sh_deg: int) -> None:

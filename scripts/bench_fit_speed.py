@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Fewer capture steps for the same quality (issue 17, item 3): the default `recon fit` against
+the schedule switches, on the fox protocol's unseen views.
+
+Variants (each a full `fewview` fit, the default preset, at --downscale 4 = 270x480):
+
+    default    3000 steps, as `recon fit` runs today
+    c2f        --coarse-to-fine 0.5 (half resolution for the first half of the steps)
+    early      --early-stop
+    auto       --auto-iterations (250 steps per view + 500 per 100k initial Gaussians)
+    fast1500   --coarse-to-fine 0.5 --iterations 1500
+    fast1000   --coarse-to-fine 0.5 --iterations 1000
+
+Rows are stored in OUT/results.json as they finish (resumable: a finished row is skipped).
+Wall and process CPU time are recorded with the load average, because the machine is shared:
+
+    python scripts/bench_fit_speed.py --ks 8 --variants default c2f fast1500 --out runs/fit_speed
+    python scripts/bench_fit_speed.py --ks 4 --variants default fast1500 --out runs/fit_speed
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from recon.pipelines.capture import CaptureFitConfig
+
+try:
+    from bench_fox import FoxGrid, protocol_parser
+except ImportError:  # run as a module
+    from scripts.bench_fox import FoxGrid, protocol_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "c2f": {"coarse_to_fine": 0.5},
+    "early": {"early_stop": True},
+    "auto": {"auto_iterations": True},
+    "fast1500": {"coarse_to_fine": 0.5, "iterations": 1500},
+    "fast1000": {"coarse_to_fine": 0.5, "iterations": 1000},
+}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def main() -> None:
+    ap = protocol_parser(__doc__, [8], ROOT / "runs/fit_speed")
+    ap.add_argument("--variants", nargs="+", default=["default", "c2f", "fast1500"], choices=sorted(VARIANTS))
+    args = ap.parse_args()
+    grid = FoxGrid(args)
+    console = Console()
+    for k in args.ks:
+        for name in args.variants:
+            key = f"K{k}-{name}"
+            if grid.done(key, variant=name):
+                console.print(f"{key}: done, skipped")
+                continue
+            overrides = dict(VARIANTS[name])
+            iterations = overrides.pop("iterations", args.iterations)
+            out = args.out / key
+            cfg = CaptureFitConfig(
+                data=args.data, out=out, train_views=tuple(grid.train[k]), eval_indices=tuple(grid.eval_idx),
+                downscale=args.downscale, iterations=iterations, seed=args.seed, overwrite=True, **overrides,
+            )  # fmt: skip
+            load0 = os.getloadavg()[0]
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            metrics = cfg.setup().run()
+            wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+            row = grid.record(key, k, out, metrics, wall, variant=name, steps=metrics["iterations"],
+                              cpu_s=round(cpu, 1), load=[round(load0, 1), round(os.getloadavg()[0], 1)])  # fmt: skip
+            console.print(f"{key}: eval {row['eval_psnr']:.2f} dB / {row['eval_ssim']:.4f}, {row['steps']} steps, "
+                          f"train {row['train_time_s']:.0f} s, wall {wall:.0f} s, CPU {cpu:.0f} s, load {row['load']}")  # fmt: skip
+    table = Table(title=f"fox fewview fits, downscale {args.downscale:g}, eval on {len(grid.eval_idx)} unseen views")
+    for col in ("row", "steps", "eval PSNR", "eval SSIM", "train (s)", "wall (s)", "CPU (s)", "load"):
+        table.add_column(col, justify="right")
+    for key, r in sorted(grid.rows.items()):
+        if "variant" in r:
+            table.add_row(key, str(r["steps"]), f"{r['eval_psnr']:.2f}", f"{r['eval_ssim']:.4f}", f"{r['train_time_s']:.0f}",
+                          f"{r['wall_s']:.0f}", f"{r['cpu_s']:.0f}", f"{r['load'][0]}-{r['load'][1]}")  # fmt: skip
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -208,36 +208,51 @@ def _render(cfg: Any) -> None:
 
 @dataclass
 class Poses:
-    """Estimate camera poses of a folder of photos with COLMAP (pycolmap, CPU SIFT) -> transforms.json."""
+    """Estimate camera poses of a folder of photos -> transforms.json: up to 10 photos with the few-view
+    registration and its self-checks (recon.poses.sparse_registration), more with COLMAP (pycolmap, CPU SIFT)."""
 
     images: tyro.conf.Positional[Path]
     """Folder of photos (or the capture folder holding them)."""
     out: Path = Path("transforms.json")
-    """transforms.json to write (nerfstudio layout; sparse_pc.ply beside it)."""
-    max_image_size: int = 1600
-    """Longest image side used for feature extraction."""
+    """transforms.json to write (nerfstudio layout; sparse_pc.ply beside it, and registration.json with the sparse method)."""
+    method: Literal["auto", "sparse", "colmap"] = "auto"
+    """'sparse': few-view registration (affine DSP-SIFT, focal length from view triplets, self-checks; every photo
+    registered or exit 2 naming the ones that did not); 'colmap': COLMAP's incremental mapping (leaves out photos it
+    cannot place, with a warning); 'auto': sparse for up to 10 photos with the default matcher and camera model."""
+    max_image_size: int | None = None
+    """Longest image side used for feature extraction (default 1000 for sparse, 1600 for colmap)."""
     matcher: Literal["exhaustive", "sequential"] = "exhaustive"
-    """Exhaustive for small sets (3-30 photos), sequential for video frames."""
+    """Exhaustive for small sets (3-30 photos), sequential for video frames (colmap only)."""
     camera_model: Literal["SIMPLE_RADIAL", "OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "RADIAL"] = "SIMPLE_RADIAL"
-    """COLMAP camera model shared by all photos."""
+    """COLMAP camera model shared by all photos (sparse fits SIMPLE_RADIAL only)."""
     seed: int = 0
     """Seed of COLMAP's random choices (same input, same poses)."""
 
 
 def _poses(cfg: Poses) -> None:
-    from recon.poses.colmap import estimate_poses
+    from recon.poses.estimate import estimate_camera_poses
 
-    console.print(f"estimating poses of {cfg.images} (SIFT, {cfg.matcher} matching)...")
-    report = estimate_poses(cfg.images, cfg.out, max_image_size=cfg.max_image_size, matcher=cfg.matcher,
-                            camera_model=cfg.camera_model, seed=cfg.seed)  # fmt: skip
+    console.print(f"estimating poses of {cfg.images} ({cfg.method})...")
+    report = estimate_camera_poses(cfg.images, cfg.out, method=cfg.method, max_image_size=cfg.max_image_size,
+                                   matcher=cfg.matcher, camera_model=cfg.camera_model, seed=cfg.seed)  # fmt: skip
     table = Table(title="poses")
     table.add_column("")
     table.add_column("value", justify="right")
+    table.add_row("method", report.method)
     table.add_row("registered", f"{report.n_registered}/{report.n_images}")
     table.add_row("reprojection error (px)", f"{report.mean_reproj_error_px:.3f}")
     table.add_row("3D points", f"{report.n_points:,}")
+    if report.registration is not None:
+        table.add_row("focal length (px)", f"{report.registration['focal_px']:.1f} ({report.registration['focal_source']})")
     table.add_row("time (s)", f"{report.seconds:.1f}")
     console.print(table)
+    if report.registration is not None:
+        views = Table(title="views")
+        for col in ("photo", "points", "reproj (px)", "confidence"):
+            views.add_column(col, justify="left" if col == "photo" else "right")
+        for v in report.registration["views"]:
+            views.add_row(v["name"], str(v["n_points"]), f"{v['reproj_px']:.2f}", f"{v['confidence']:.2f}")
+        console.print(views)
     if report.unregistered:
         console.print(f"[yellow]not registered:[/yellow] {', '.join(report.unregistered)}")
     console.print(f"wrote {report.transforms_path}" + (f" and {report.ply_path}" if report.ply_path else ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,17 @@ def test_poses_empty_folder(tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     _expect_error(["poses", str(tmp_path / "photos"), "--out", str(tmp_path / "t.json")], capsys, "photos")
     assert not (tmp_path / "t.json").exists()
+
+
+def test_poses_two_photos_sharing_content_exit_2(tmp_path, capsys):
+    """Catalogue: fewer than 3 photos share content -> one line naming the pair, exit 2, nothing written."""
+    import shutil
+
+    sample = Path(__file__).resolve().parents[1] / "data" / "fox" / "images"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n in ("0019.jpg", "0029.jpg"):
+        shutil.copy(sample / n, photos / n)
+    _expect_error(["poses", str(photos), "--out", str(tmp_path / "out" / "t.json"), "--max-image-size", "480"], capsys,
+                  "fewer than 3 photos share content")  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -37,6 +37,7 @@ from recon.pipelines.job import JobBase, ProgressFn
 from recon.pipelines.memory import MemoryEstimate, capture_fit_estimate, check_memory
 from recon.pipelines.posefree import (
     is_photo_folder,
+    record_pose_rounds,
     register_photo_folder,
     write_registration,
 )
@@ -239,6 +240,14 @@ class CaptureFit(JobBase):
         results["n_gaussians"] = model.num_gaussians
         if isinstance(trainer.model, AnchoredGaussians):
             results["n_anchors"] = trainer.model.num_anchors
+        if trainer.pose_rounds:
+            results["pose_rounds"] = list(trainer.pose_rounds)
+            splits = {"train": (self.train.names, trainer.train.cameras)}
+            if self.eval is not None:
+                splits["eval"] = (self.eval.names, self.eval.cameras)
+            run.write_cameras(splits)  # the registered training cameras, as recon eval must see them
+            if self.registration is not None:
+                record_pose_rounds(run.path(), trainer.pose_rounds, self.train.names, trainer.train.cameras)
         if trainer.pose_refiner is not None:
             corr = trainer.pose_refiner.corrections()
             results["pose_corrections"] = {

@@ -11,7 +11,7 @@ from torch import Tensor
 from recon.checks import check_shape
 from recon.geometry.cameras import camera_centres
 
-__all__ = ["align_sim3", "pose_errors", "sim3_transform_w2c"]
+__all__ = ["align_sim3", "pose_errors", "rotation_errors_without_centres", "sim3_transform_w2c"]
 
 
 def _check_points(name: str, x: Tensor) -> None:
@@ -125,6 +125,51 @@ def pose_errors(
         "centre_err_max": float(centre_err.max()),
         "scene_scale": scale,
     }
+
+
+def rotation_errors_without_centres(
+    est_w2c: Tensor,  # [N, 4, 4]
+    ref_w2c: Tensor,  # [N, 4, 4]
+) -> dict[str, list[float]]:
+    """Rotation errors that do not depend on the camera centres.
+
+    :func:`pose_errors` after :func:`align_sim3` takes the frame's rotation from the centres, so
+    with 3-4 cameras an error of the centres shows up as a common rotation error of every
+    view. These two measures leave the centres out:
+
+    * ``rot_deg``: per view, the angle left after the single rotation ``Q`` that best maps the
+      estimated camera-to-world rotations onto the reference ones (chordal least squares:
+      ``Q = polar(sum R_ref R_est^T)``);
+    * ``pair_deg``: per pair ``(i < j)``, the angle between the estimated and the reference
+      relative rotation ``R_j R_i^T`` (no alignment at all).
+
+    Args:
+        est_w2c: Tensor [N, 4, 4], estimated world-to-camera.
+        ref_w2c: Tensor [N, 4, 4], reference world-to-camera of the same views, N >= 2.
+
+    Returns:
+        ``{"rot_deg": [N floats], "pair_deg": [N (N - 1) / 2 floats]}``.
+    """
+    _check_w2c_batch("est_w2c", est_w2c)
+    _check_w2c_batch("ref_w2c", ref_w2c)
+    if est_w2c.shape != ref_w2c.shape or est_w2c.shape[0] < 2:
+        raise ValueError(f"est_w2c {tuple(est_w2c.shape)} and ref_w2c {tuple(ref_w2c.shape)} must match, N >= 2")
+    est = est_w2c.detach().cpu().double()[:, :3, :3]
+    ref = ref_w2c.detach().cpu().double()[:, :3, :3]
+    m = (ref.transpose(1, 2) @ est).sum(0)  # sum R_ref_c2w R_est_c2w^T
+    u, _, vt = torch.linalg.svd(m)
+    d = torch.ones(3, dtype=torch.float64)
+    d[2] = torch.sign(torch.linalg.det(u @ vt))
+    q = u @ torch.diag(d) @ vt
+    rel = ref @ q @ est.transpose(1, 2)  # R_ref_w2c Q R_est_c2w
+    n = est.shape[0]
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    pr = torch.stack([(ref[j] @ ref[i].T).T @ (est[j] @ est[i].T) for i, j in pairs])
+
+    def angle(r: Tensor) -> Tensor:
+        return torch.rad2deg(torch.arccos(((r.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)))
+
+    return {"rot_deg": angle(rel).tolist(), "pair_deg": angle(pr).tolist()}
 
 
 def sim3_transform_w2c(

@@ -44,7 +44,7 @@ from recon.io.ply import write_points_ply
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PoseReport", "estimate_poses"]
+__all__ = ["PoseReport", "collect_images", "estimate_poses"]
 
 MATCHERS = ("exhaustive", "sequential")
 """Matchers :func:`estimate_poses` accepts (exhaustive for the small sets this project targets;
@@ -90,6 +90,11 @@ class PoseReport:
     """COLMAP camera model that was fitted."""
     n_models: int = 1
     """Number of separate models the first mapping pass produced (only the largest is kept)."""
+    method: str = "colmap"
+    """Estimator that produced it (:mod:`recon.poses.estimate`): ``"colmap"`` or ``"sparse"``."""
+    registration: dict[str, Any] | None = None
+    """The sparse method's per-view report (:meth:`RegistrationReport.to_dict
+    <recon.poses.sparse_registration.RegistrationReport.to_dict>`), else ``None``."""
 
     @property
     def all_registered(self) -> bool:
@@ -109,6 +114,7 @@ class PoseReport:
             "ply_path": None if self.ply_path is None else str(self.ply_path),
             "camera_model": self.camera_model,
             "n_models": self.n_models,
+            "method": self.method,
         }
 
 
@@ -117,7 +123,7 @@ class PoseReport:
 # --------------------------------------------------------------------------------------------
 
 
-def _collect_images(
+def collect_images(
     image_dir_or_paths: str | Path | Sequence[str | Path],
 ) -> tuple[Path, Path, list[str]]:
     """-> (where to blame, common image root, names relative to it, sorted).
@@ -435,7 +441,7 @@ def estimate_poses(
     ):
         raise InputError("max_image_size", f"is {max_image_size!r} (expected an integer >= 64)")
     out_transforms = Path(out_transforms)
-    where, image_root, names = _collect_images(image_dir_or_paths)
+    where, image_root, names = collect_images(image_dir_or_paths)
     if len(names) < 2:
         raise InputError(
             where, f"has {len(names)} image ({names[0]}); pose estimation needs at least 2"

@@ -14,7 +14,8 @@
    model kept;
 5. :mod:`recon.poses.checks`: a view that sees too few points, reprojects badly, has its points
    behind it, sits inside the points or disagrees with every two-view estimate fails, as does an
-   implausible focal length.
+   implausible focal length, and so does a set in which no three photos match each other
+   pairwise (fewer than 3 share content: nothing could check the focal length or the poses).
 
 Unless ``allow_partial``, anything short of every view registered and every check passing is
 a :class:`RegistrationError` (an :class:`~recon.errors.InputError`: one line, exit 2 from the
@@ -43,7 +44,7 @@ from recon.io.ply import write_points_ply
 from recon.poses.checks import CheckLimits, reconstruction_problems, view_stats
 from recon.poses.colmap import (
     PLY_NAME,
-    _collect_images,
+    collect_images,
     _exif_focal_px,
     _largest,
     _quiet_colmap,
@@ -51,7 +52,7 @@ from recon.poses.colmap import (
     _work_folder,
     _write_json_with_ply,
 )
-from recon.poses.focal import PairGeometry, consistent_pairs, relative_poses, search_focal
+from recon.poses.focal import PairGeometry, consistent_pairs, cycle_errors_deg, relative_poses, search_focal
 
 logger = logging.getLogger(__name__)
 
@@ -372,6 +373,24 @@ def _why_unregistered(
     return f"matched {other} ({best} verified matches) but could not be placed in the model"
 
 
+def _triplet_problem(
+    names: list[str], pairs: dict[tuple[int, int], PairGeometry], verified: dict[tuple[int, int], int], min_pair: int
+) -> str | None:
+    """The whole-model problem when no three photos match each other pairwise, else ``None``.
+
+    Without a triplet neither the focal length (:func:`recon.poses.focal.search_focal`) nor any
+    view's rotation (:mod:`recon.poses.checks`) can be checked: two photos always fit some
+    relative pose, right or wrong, so the registration would be unverified.
+    """
+    if cycle_errors_deg(pairs):
+        return None
+    linked = sorted(((a, b) for (a, b), n in verified.items() if n >= min_pair), key=lambda ab: -verified[ab])
+    shared = "; ".join(f"{names[a]}-{names[b]} ({verified[(a, b)]} verified matches)" for a, b in linked[:4])
+    return (f"fewer than 3 photos share content (no three photos match each other pairwise; pairs with >= {min_pair} "
+            f"verified matches: {shared or 'none'}); registration needs at least 3 overlapping photos to fix the "
+            "focal length and check the poses")  # fmt: skip
+
+
 def register_views(
     image_dir_or_paths: str | Path | Sequence[str | Path],
     out_transforms: str | Path | None,
@@ -419,7 +438,7 @@ def register_views(
         raise InputError("max_image_size", f"is {max_image_size!r} (expected an integer >= 64)")
     if focal_px is not None and not (isinstance(focal_px, (int, float)) and focal_px > 0):
         raise InputError("focal_px", f"is {focal_px!r} (expected a positive number of pixels)")
-    where, root, names = _collect_images(image_dir_or_paths)
+    where, root, names = collect_images(image_dir_or_paths)
     if len(names) < 2:
         raise InputError(where, f"has {len(names)} photo ({names[0]}); registration needs at least 2")
     width, height = _check_one_camera(root, names)
@@ -452,6 +471,7 @@ def register_views(
             else:
                 focal, source = 1.2 * max(width, height), "bundle adjustment"
         pairs = relative_poses(kps, matches, width, height, focal, min_inliers=min_pair_inliers, seed=seed)
+        triplet_problem = _triplet_problem(names, pairs, verified, min_pair_inliers)
         _set_focal(db_path, focal)
         fix = source != "bundle adjustment"
         rec = _incremental(db_path, root, wd / "sparse", seed, num_threads, fix_focal=fix)
@@ -467,8 +487,8 @@ def register_views(
     if rec is None:
         views = [ViewReport(n, False, reason=_why_unregistered(i, names, verified, min_pair_inliers))
                  for i, n in enumerate(names)]  # fmt: skip
-        report = RegistrationReport(views, focal, source, method, math.nan, 0,
-                                    time.perf_counter() - t0, focal_scores=scores)  # fmt: skip
+        report = RegistrationReport(views, focal, source, method, math.nan, 0, time.perf_counter() - t0,
+                                    {"*": triplet_problem} if triplet_problem else {}, focal_scores=scores)  # fmt: skip
         if not allow_partial:
             raise RegistrationError(where, report)
         return report
@@ -477,6 +497,8 @@ def register_views(
     focal = float(cam0.mean_focal_length())
     stats = view_stats(rec, names, consistent_pairs(pairs))
     problems = reconstruction_problems(stats, focal, width, height, limits)
+    if triplet_problem and "*" not in problems:
+        problems["*"] = triplet_problem
     views = []
     for i, n in enumerate(names):
         s = stats.get(n)

@@ -9,7 +9,8 @@ views (``--init mvs``) with the mean training colour as background, which measur
 fox ablation; ``plain`` trains 3DGS as published. Further few-view switches, off in both:
 visual-hull initialisation from masks (``--init hull --masks ...``), k-NN floater pruning
 (``--prune-outliers``), the regularisers of :class:`recon.splat.regularizers.RegularizerConfig`
-(``--reg.*``) and per-view pose refinement (``--refine-poses``). ``--model anchored`` trains
+(``--reg.*``), per-view pose refinement (``--refine-poses``) and photometric registration
+rounds of the training cameras and their focal length (``--pose-rounds``). ``--model anchored`` trains
 voxel-anchored Gaussians (:mod:`recon.splat.anchored`, ``--anchored.*``) instead.
 """
 
@@ -115,6 +116,20 @@ class SplatTrainConfig:
     training view is held fixed to pin the frame; evaluation views are never refined)."""
     pose_lr: float = 1e-4
     """Initial learning rate of the pose corrections (decays 100x over the run)."""
+    pose_rounds: int = 0
+    """Photometric registration rounds (0 = off): the fit is cut into N + 1 equal segments and
+    after each of the first N every training camera's pose, and with --pose-round-focal their
+    shared focal length, is registered alone against the frozen model
+    (:func:`recon.splat.photometric_poses.register_to_model`). Meant for estimated poses
+    (``recon fit PHOTOS_DIR``); the changes go to metrics.json and registration.json."""
+    pose_round_steps: int = 40
+    """Adam steps of each registration round (all training views rendered per step)."""
+    pose_round_lr: float = 3e-3
+    """Initial learning rate of the pose twists in a round (decays 10x over its steps)."""
+    pose_round_focal: bool = True
+    """Also refine the shared focal length in the rounds (one log-focal factor for all views)."""
+    pose_round_levels: int = 1
+    """Coarse-to-fine pyramid levels of a round (1: full resolution only)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Background colour (RGB in [0, 1]) behind the Gaussians."""
     background_mean: bool = False
@@ -195,12 +210,26 @@ class SplatTrainConfig:
             raise InputError("--coarse-to-fine", f"must be in [0, 1), got {self.coarse_to_fine}")
         if not self.pose_lr > 0:
             raise InputError("--pose-lr", f"must be > 0, got {self.pose_lr}")
+        self._validate_pose_rounds()
         problems = self.reg.validate()
         if problems:
             where, _, what = problems[0].partition(": ")
             raise InputError(where, what)
         if self.model == "anchored":
             self._validate_anchored()
+
+    def _validate_pose_rounds(self) -> None:
+        if isinstance(self.pose_rounds, bool) or not 0 <= self.pose_rounds < self.iterations:
+            raise InputError("--pose-rounds", f"must be an integer in 0..{self.iterations - 1} (below --iterations), got {self.pose_rounds}")
+        if self.pose_rounds == 0:
+            return
+        if self.pose_round_steps < 1 or not self.pose_round_lr > 0 or not 1 <= self.pose_round_levels <= 5:
+            raise InputError("--pose-round-steps/--pose-round-lr/--pose-round-levels",
+                             f"must be >= 1, > 0 and 1..5, got {self.pose_round_steps}, {self.pose_round_lr}, {self.pose_round_levels}")  # fmt: skip
+        if self.refine_poses:
+            raise InputError("--pose-rounds", "and --refine-poses are two ways of correcting the training poses; choose one")
+        if self.model == "anchored":
+            raise InputError("--pose-rounds", "is not supported with --model anchored (expected --model gaussians)")
 
     def _validate_anchored(self) -> None:
         """Refuse options that --model anchored does not use (rather than ignore them)."""

@@ -1,5 +1,8 @@
 """The capture trainer: Gaussians (free with densification, or voxel-anchored) fitted to the
-training views of a capture with L1 + D-SSIM, optional few-view regularisers and pose refinement.
+training views of a capture with L1 + D-SSIM, optional few-view regularisers, pose refinement
+and photometric registration rounds of the training cameras (``pose_rounds``: after the steps
+:meth:`SplatTrainer.pose_round_steps` names, :meth:`SplatTrainer.register_poses` replaces the
+training cameras by their registration against the frozen model; checkpoints hold the cameras).
 
 It implements :class:`recon.train.Trainer` (``step``, ``train_step``, ``state_dict``,
 ``load_state_dict``, ``history``); :func:`recon.train.train` runs it, and
@@ -13,6 +16,7 @@ bit-identical to an uninterrupted one on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +35,7 @@ from recon.splat.fit_schedule import EarlyStop, ResolutionSchedule, downsample_v
 from recon.splat.init import InitialPoints, statistical_outliers
 from recon.splat.loss import photometric_loss
 from recon.splat.model import GaussianModel
+from recon.splat.photometric_poses import register_to_model
 from recon.splat.regularizers import (
     PseudoViewSampler,
     coreg_loss,
@@ -123,6 +128,8 @@ class SplatTrainer:
             self.pose_refiner = PoseRefineConfig(lr=cfg.pose_lr, lr_final=cfg.pose_lr / 100).setup(len(train.indices))
             self.pose_refiner.to(self.device)
             self.pose_optimizer, _ = self.pose_refiner.make_optimizer(cfg.iterations)
+        self.pose_rounds: list[dict[str, Any]] = []
+        """What each photometric registration round did (:meth:`register_poses`)."""
         self.resolution = ResolutionSchedule((0.5, 1.0), (cfg.coarse_to_fine, 1.0)) if cfg.coarse_to_fine > 0 else None
         self._small: tuple[float, Tensor, Tensor, int, int] | None = None  # the training views at the current scale
         self.stopper = EarlyStop() if cfg.early_stop else None
@@ -202,6 +209,10 @@ class SplatTrainer:
         }
         if self.pose_refiner is not None:
             state["pose_refiner"] = {"params": self.pose_refiner.state_dict(), "optimizer": self.pose_optimizer.state_dict()}
+        if self.pose_rounds:
+            cams = self.train.cameras
+            state["pose_rounds"] = {"records": list(self.pose_rounds), "w2c": cams.w2c.detach().cpu().clone(),
+                                    "focal": [[k.fx, k.fy] for k in cams.intrinsics]}  # fmt: skip
         if self.stop_state is not None:
             state["early_stop"] = dict(self.stop_state)
         return state
@@ -231,6 +242,11 @@ class SplatTrainer:
         if self.pose_refiner is not None:
             self.pose_refiner.load_state_dict(state["pose_refiner"]["params"])
             self.pose_optimizer.load_state_dict(state["pose_refiner"]["optimizer"])
+        if "pose_rounds" in state:
+            saved = state["pose_rounds"]
+            intr = [dataclasses.replace(k, fx=float(f[0]), fy=float(f[1])) for k, f in zip(self.train.cameras.intrinsics, saved["focal"])]
+            self.train.cameras = CameraSet(saved["w2c"].to(self.train.cameras.w2c.dtype), intr)
+            self.pose_rounds = list(saved["records"])
         self.step = int(state["step"])
         self.order = [int(v) for v in state["order"]]
         self.order_rng.bit_generator.state = state["order_rng"]
@@ -256,15 +272,42 @@ class SplatTrainer:
         return self.stop_state is not None and self.stop_state["stopped_at"] is not None
 
     def train_step(self) -> dict[str, Any]:
-        """One optimisation step on the next training view; returns the loss terms and counts."""
+        """One optimisation step on the next training view; returns the loss terms and counts
+        (after a step that :meth:`pose_round_steps` names, also registers the cameras)."""
         view = self.next_view()
         stats = self._step_anchored(view) if self.anchored else self._step_gaussians(view)
         if self.stopper is not None and self.stop_state is not None and "scale" not in stats:
             # full-resolution steps only: a coarse step's loss is not comparable
             self.stopper.update(self.stop_state, self.step, stats["l1"])
         self.step += 1
+        if self.step in self.pose_round_steps():
+            stats["pose_round"] = len(self.pose_rounds) + 1
+            self.register_poses()
         return stats
 
+    def pose_round_steps(self) -> list[int]:
+        """Steps after which the training cameras are registered: ``iterations * r / (N + 1)``
+        for ``r = 1..N``, ``N = pose_rounds``."""
+        n, total = self.config.pose_rounds, self.config.iterations
+        return sorted({max(1, round(total * r / (n + 1))) for r in range(1, n + 1)})
+
+    def register_poses(self) -> dict[str, Any]:
+        """Register every training camera (and their shared focal length with
+        ``pose_round_focal``) against the current model, frozen, and train on with the result;
+        returns the round's record (also appended to :attr:`pose_rounds`)."""
+        cfg = self.config
+        cams = self.train.cameras
+        sh_deg = min(self.step // cfg.sh_degree_interval, cfg.sh_degree)
+        w2c, scale, record = register_to_model(
+            self.export_model(), cams.w2c, cams.Ks(), self.train.images, self.background,
+            steps=cfg.pose_round_steps, lr=cfg.pose_round_lr, focal=cfg.pose_round_focal,
+            levels=cfg.pose_round_levels, sh_degree=sh_deg, step=self.step,
+        )  # fmt: skip
+        intr = [dataclasses.replace(k, fx=k.fx * scale, fy=k.fy * scale) for k in cams.intrinsics]
+        self.train.cameras = CameraSet(w2c.detach().cpu().to(cams.w2c.dtype), intr)
+        self._small = None  # --coarse-to-fine's downsampled views hold the old intrinsics
+        self.pose_rounds.append(record.to_dict())
+        return self.pose_rounds[-1]
     def _view_at_scale(self, view: int) -> tuple[Tensor, Tensor, int, int]:
         """Photo ``[1, h, w, 3]``, intrinsics ``[1, 3, 3]``, w, h of ``view`` at this step's
         resolution (--coarse-to-fine; the full-resolution view otherwise)."""

@@ -67,13 +67,16 @@ CAPTURE = ["--train-views", "3", "--eval-views", "1", "--downscale", "16", "--in
                       "--densify.grow-grad2d", "1e-5", "--selective-adam"], id="gaussians-fused-selective"),
         pytest.param(["--preset", "plain", "--densify.start-iter", "5", "--densify.every", "7",
                       "--cpu-kernels", "reference"], id="gaussians-reference"),
+        pytest.param(["--preset", "plain", "--pose-rounds", "2", "--pose-round-steps", "3", "--pose-round-levels", "2"],
+                     id="gaussians-pose-rounds"),  # rounds after steps 17 and 33
         pytest.param(["--preset", "plain", "--model", "anchored", "--anchored.max-anchors", "200", "--anchored.prune-every", "15"], id="anchored"),
     ],
 )
 def test_capture_resume_is_exact(small_fox, tmp_path, extra):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     _run(["fit", str(small_fox), "--out", str(whole), *CAPTURE, *extra])
-    _interrupt_after_checkpoint(["fit", str(small_fox), "--out", str(cut), *CAPTURE, *extra], cut, 10)
+    first = 20 if "--pose-rounds" in extra else 10  # after the first round (step 17): the cameras come from the checkpoint
+    _interrupt_after_checkpoint(["fit", str(small_fox), "--out", str(cut), *CAPTURE, *extra], cut, first)
     _run(["fit", str(small_fox), "--out", str(cut), *CAPTURE, *extra, "--resume"])
     a, b = read_splat_ply(whole / "splat.ply"), read_splat_ply(cut / "splat.ply")
     assert a.keys() == b.keys()
@@ -81,6 +84,8 @@ def test_capture_resume_is_exact(small_fox, tmp_path, extra):
         assert torch.equal(a[key], b[key]), f"{key} differs after resume: max |diff| {float((a[key] - b[key]).abs().max())}"
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (whole, cut))
     assert ma["eval"]["mean"] == mb["eval"]["mean"]
+    assert ma.get("pose_rounds") == mb.get("pose_rounds")
+    assert (whole / "cameras.json").read_text() == (cut / "cameras.json").read_text()
 
 
 @pytest.mark.parametrize("method", ["tv", "tv-fista", "gaussian", "sart"])

@@ -62,3 +62,30 @@ def test_sim3_alignment_recovers_the_cameras(dtype):
 def test_sim3_transform_w2c_bad_input(w2c, sim3, match):
     with pytest.raises(ValueError, match=match):
         sim3_transform_w2c(w2c, sim3)
+
+
+def test_rotation_errors_without_centres_known_answer():
+    from recon.poses.align import rotation_errors_without_centres
+    from recon.poses.refine import exp_so3, perturb_poses
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.eye(4, dtype=torch.float64).repeat(4, 1, 1)
+    ref[:, :3, :3] = exp_so3(torch.randn(4, 3, generator=g, dtype=torch.float64))
+    ref[:, :3, 3] = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    # another world frame (rotation + translation + scale) and wrong centres: no error at all
+    frame = torch.eye(4, dtype=torch.float64)
+    frame[:3, :3] = exp_so3(torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64))
+    frame[:3, 3] = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    est = ref @ frame
+    est[:, :3, 3] = 5.0 * est[:, :3, 3] + torch.randn(4, 3, generator=g, dtype=torch.float64)
+    out = rotation_errors_without_centres(est, ref)
+    assert max(out["rot_deg"]) < 1e-5 and max(out["pair_deg"]) < 1e-5 and len(out["pair_deg"]) == 6
+    # one view rotated by 2 deg about its centre: its pairs are 2 deg off, the others exact
+    bad = est.clone()
+    bad[:1] = perturb_poses(est[:1], rot_deg=2.0, trans_frac=0.0, seed=1)
+    out = rotation_errors_without_centres(bad, ref)
+    assert sorted(out["pair_deg"])[-3:] == pytest.approx([2.0, 2.0, 2.0], abs=1e-6)
+    assert max(sorted(out["pair_deg"])[:3]) < 1e-5  # arccos near 1: ~1e-6 deg of rounding
+    assert 0.5 < out["rot_deg"][0] < 2.0
+    with pytest.raises(ValueError, match="N >= 2"):
+        rotation_errors_without_centres(ref[:1], ref[:1])

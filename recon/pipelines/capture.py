@@ -10,6 +10,10 @@ Assembly only: :class:`CaptureFitConfig` (the training hyperparameters of
 2. ``execute()`` writes ``cameras.json`` and the photos, trains with :func:`recon.train.train`
    (checkpoints, log, a preview ``splat.ply`` at each checkpoint), then writes the PLY, renders,
    comparisons, the loss curve and the scores (layout: :mod:`recon.io.run`).
+
+With ``--prior pretrained`` (off by default) ``setup()`` also makes the pseudo views and loads
+the repairer, and the loop trains a :class:`recon.prior.guidance.GuidedTrainer`: repaired
+renders of the pseudo views become weighted targets (:mod:`recon.prior.guidance`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import tyro
@@ -36,6 +40,8 @@ from recon.metrics import score_images
 from recon.pipelines.job import JobBase, ProgressFn
 from recon.pipelines.posefree import is_photo_folder, register_photo_folder, write_registration
 from recon.pipelines.memory import MemoryEstimate, capture_fit_estimate, check_memory
+from recon.prior.guidance import GuidedTrainer, PriorConfig, PriorGuidance, build_repairer
+from recon.prior.pseudo_views import make_pseudo_views
 from recon.splat.anchored import AnchoredGaussians
 from recon.splat.config import SplatTrainConfig
 from recon.splat.init import initial_points
@@ -78,9 +84,18 @@ class CaptureFitConfig(SplatTrainConfig):
     """Run even when the estimated peak memory exceeds what is available (see recon.pipelines.memory)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' uses CUDA (gsplat) when available, else the CPU rasteriser."""
+    prior: Literal["none", "pretrained"] = "none"
+    """Diffusion prior on pseudo views around the training cameras (docs/priors.md): 'pretrained'
+    repairs their renders with a local diffusers image-to-image pipeline (--prior.pretrained DIR)
+    and trains on them as weighted targets."""
+    prior_options: Annotated[PriorConfig, tyro.conf.arg(name="prior")] = field(default_factory=PriorConfig)
+    """Options of --prior (recon.prior.guidance.PriorConfig)."""
 
     def validate(self) -> None:
         super().validate()
+        self.prior_options.validate(self.prior)
+        if self.prior != "none" and self.model == "anchored":
+            raise InputError("--prior", "is not supported with --model anchored")
         if self.downscale <= 0:
             raise InputError("--downscale", f"must be > 0, got {self.downscale}")
         if self.checkpoint_every < 0:
@@ -169,6 +184,16 @@ class CaptureFit(JobBase):
             n_fields = 2 if (cfg.reg.coreg > 0 and cfg.model == "gaussians") else 1
             initial = [initial_points(cfg, self.capture, self.train, cfg.downscale, cfg.seed + i) for i in range(n_fields)]
             self.trainer = SplatTrainer(cfg, self.train, self.background, initial, device=self.device)
+        self.guidance: PriorGuidance | None = None
+        if cfg.prior != "none":
+            views = make_pseudo_views(self.train.cameras, cfg.prior_options.pseudo_view_config(cfg.seed))
+            repairer = build_repairer(cfg.prior, cfg.prior_options, self.device)
+            self.guidance = PriorGuidance(cfg.prior_options, views, repairer, self.train.width, self.train.height,
+                                          self.background, seed=cfg.seed, run=self.run_dir)  # fmt: skip
+            if self.checkpoint is not None:
+                self.guidance.restore(self.trainer)
+            logger.info("prior: %d pseudo views (weights %.2f-%.2f); %s", len(views), float(views.weights.min()),
+                        float(views.weights.max()), getattr(repairer, "description", type(repairer).__name__))  # fmt: skip
 
     # ------------------------------------------------------------------ the job contract
     def run_info(self) -> dict[str, Any]:
@@ -200,8 +225,12 @@ class CaptureFit(JobBase):
             if progress is not None:
                 progress(step, total, record)
 
+        runner: Any = trainer
+        if self.guidance is not None:
+            self.guidance.write_views()
+            runner = GuidedTrainer(trainer, self.guidance)
         seconds = train(
-            trainer, cfg.iterations, run=run, resumed=self.checkpoint, checkpoint_every=cfg.checkpoint_every,
+            runner, cfg.iterations, run=run, resumed=self.checkpoint, checkpoint_every=cfg.checkpoint_every,
             progress=on_step, on_checkpoint=lambda t: write_splat_ply(run.path("splat.ply"), t.export_model()),
         )  # fmt: skip
         run.progress(trainer.step, cfg.iterations)
@@ -237,6 +266,8 @@ class CaptureFit(JobBase):
         results["background"] = list(cfg.background)
         results["init"] = trainer.init_description
         results["device"] = str(self.device)
+        if self.guidance is not None:
+            results["prior"] = {"kind": cfg.prior, **self.guidance.summary()}
         log = run.read_log()
         if log:
             plot_curve(run.path("loss.png"), [r["step"] for r in log], [r["loss"] for r in log], "loss",

@@ -78,9 +78,9 @@ class PriorConfig:
     """Pseudo views per training camera, rotated --prior.near-deg about the scene centre."""
     near_deg: float = 8.0
     """Angle (degrees) of the 'near' pseudo views from their training camera."""
-    rot_scale_deg: float = 20.0
+    rot_scale_deg: float = 30.0
     """A pseudo view's weight is exp(-1/2) at this rotation (degrees) from the nearest training view."""
-    trans_scale: float = 0.5
+    trans_scale: float = 1.0
     """... and at this distance from it, in units of the training cameras' spacing."""
     prompt: str = ""
     """Text prompt of the pipeline ("" for none)."""

@@ -55,10 +55,10 @@ class PseudoViewConfig:
     """Angle in degrees by which a ``near`` view is rotated about the scene centre."""
     near_radius: float = 0.05
     """Std of the relative change of a ``near`` view's distance to the centre."""
-    rot_scale_deg: float = 20.0
+    rot_scale_deg: float = 30.0
     """Rotation (degrees) from the nearest training view at which the weight has fallen by
     ``exp(-1/2)`` (with no translation)."""
-    trans_scale: float = 0.5
+    trans_scale: float = 1.0
     """Distance from the nearest training view, in units of the training cameras' spacing, at
     which the weight has fallen by ``exp(-1/2)`` (with no rotation)."""
     seed: int = 0

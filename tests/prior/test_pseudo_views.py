@@ -76,7 +76,7 @@ def test_weights_fall_with_distance_from_the_nearest_training_view():
     d = 2 * math.sin(math.radians(22.5)) / (2 * math.sin(math.radians(45)))
     assert float(w[-1]) == pytest.approx(math.exp(-0.5 * (45 / 20) ** 2 - 0.5 * (d / 0.5) ** 2), rel=1e-3)
     # pseudo views made by make_pseudo_views obey the same rule
-    views = make_pseudo_views(train, PseudoViewConfig(between=1, near=0))
+    views = make_pseudo_views(train, PseudoViewConfig(between=1, near=0, rot_scale_deg=20.0, trans_scale=0.5))
     again = view_weights(views.cameras.w2c, train.w2c, 20.0, 0.5)[0]
     assert torch.allclose(views.weights, again)
 

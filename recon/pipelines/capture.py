@@ -11,13 +11,14 @@ Assembly only: :class:`CaptureFitConfig` (the training hyperparameters of
    (checkpoints, log, a preview ``splat.ply`` at each checkpoint), then writes the PLY, renders,
    comparisons, the loss curve and the scores (layout: :mod:`recon.io.run`).
 
-With ``--prior pretrained`` (off by default) ``setup()`` also makes the pseudo views and loads
-the repairer, and the loop trains a :class:`recon.prior.guidance.GuidedTrainer`: repaired
+With ``--prior repair`` or ``--prior pretrained`` (off by default) ``setup()`` also makes the
+pseudo views and builds the repairer, and the loop trains a :class:`recon.prior.guidance.GuidedTrainer`: repaired
 renders of the pseudo views become weighted targets (:mod:`recon.prior.guidance`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -84,10 +85,11 @@ class CaptureFitConfig(SplatTrainConfig):
     """Run even when the estimated peak memory exceeds what is available (see recon.pipelines.memory)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' uses CUDA (gsplat) when available, else the CPU rasteriser."""
-    prior: Literal["none", "pretrained"] = "none"
-    """Diffusion prior on pseudo views around the training cameras (docs/priors.md): 'pretrained'
-    repairs their renders with a local diffusers image-to-image pipeline (--prior.pretrained DIR)
-    and trains on them as weighted targets."""
+    prior: Literal["none", "repair", "pretrained"] = "none"
+    """Diffusion prior on pseudo views around the training cameras (docs/priors.md): their renders
+    are repaired and trained on as weighted targets. 'repair': by a one-step diffusers UNet trained
+    on the scene itself (leave-one-out fits; minutes on a CPU); 'pretrained': by a local diffusers
+    image-to-image pipeline (--prior.pretrained DIR)."""
     prior_options: Annotated[PriorConfig, tyro.conf.arg(name="prior")] = field(default_factory=PriorConfig)
     """Options of --prior (recon.prior.guidance.PriorConfig)."""
 
@@ -187,13 +189,22 @@ class CaptureFit(JobBase):
         self.guidance: PriorGuidance | None = None
         if cfg.prior != "none":
             views = make_pseudo_views(self.train.cameras, cfg.prior_options.pseudo_view_config(cfg.seed))
-            repairer = build_repairer(cfg.prior, cfg.prior_options, self.device)
+            repairer = build_repairer(cfg.prior, cfg.prior_options, self.device, train=self.train, make_trainer=self.subset_trainer,
+                                      background=self.background, run=self.run_dir, seed=cfg.seed)  # fmt: skip
             self.guidance = PriorGuidance(cfg.prior_options, views, repairer, self.train.width, self.train.height,
                                           self.background, seed=cfg.seed, run=self.run_dir)  # fmt: skip
             if self.checkpoint is not None:
                 self.guidance.restore(self.trainer)
             logger.info("prior: %d pseudo views (weights %.2f-%.2f); %s", len(views), float(views.weights.min()),
                         float(views.weights.max()), getattr(repairer, "description", type(repairer).__name__))  # fmt: skip
+
+    def subset_trainer(self, views: ViewSet, iterations: int) -> SplatTrainer:
+        """A fresh trainer with this fit's options (no prior, no pose refinement) for ``views`` and
+        ``iterations`` steps: the leave-one-out fits of ``--prior repair``."""
+        cfg = dataclasses.replace(self.config, iterations=iterations, prior="none", prior_options=PriorConfig(), refine_poses=False)
+        n_fields = 2 if (cfg.reg.coreg > 0 and cfg.model == "gaussians") else 1
+        initial = [initial_points(cfg, self.capture, views, cfg.downscale, cfg.seed + i) for i in range(n_fields)]
+        return SplatTrainer(cfg, views, self.background, initial, device=self.device)
 
     # ------------------------------------------------------------------ the job contract
     def run_info(self) -> dict[str, Any]:

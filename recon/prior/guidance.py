@@ -52,8 +52,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["PRIORS", "GuidedTrainer", "PriorConfig", "PriorGuidance", "build_repairer", "quantise"]
 
-PRIORS = ("none", "pretrained")
-"""What ``--prior`` accepts: no prior, or a local pretrained image-to-image pipeline."""
+PRIORS = ("none", "repair", "pretrained")
+"""What ``--prior`` accepts: no prior, a repair model trained on the scene itself
+(:mod:`recon.prior.scene_repair`), or a local pretrained image-to-image pipeline."""
+
+PRETRAINED_OPTIONS = ("pretrained", "prompt", "negative_prompt", "strength", "steps", "guidance_scale", "resolution",
+                      "batch_size", "lora")  # fmt: skip
+"""PriorConfig fields only ``--prior pretrained`` uses."""
+REPAIR_OPTIONS = ("loo_steps", "model_steps", "perturbed", "crop")
+"""PriorConfig fields only ``--prior repair`` uses."""
 
 
 @dataclass
@@ -98,21 +105,32 @@ class PriorConfig:
     """Pseudo views per pipeline call."""
     lora: Path | None = None
     """LoRA weights (folder or .safetensors) for the pipeline (default: PRETRAINED/lora if present)."""
+    loo_steps: int = 300
+    """--prior repair: steps of each leave-one-out fit that makes training pairs."""
+    model_steps: int = 800
+    """--prior repair: training steps of the per-scene repair model."""
+    perturbed: int = 2
+    """--prior repair: noise-perturbed copies of the fit rendered at every training view as pairs."""
+    crop: int = 48
+    """--prior repair: crop side (pixels) the repair model trains on."""
 
     def validate(self, prior: str) -> None:
         """Raise :class:`InputError` on values that are wrong, or given without a prior that uses them."""
         if prior not in PRIORS:
             raise InputError("--prior", f"unknown prior {prior!r} (expected one of {', '.join(PRIORS)})")
+        default = PriorConfig()
+        for f in fields(self):
+            if getattr(self, f.name) == getattr(default, f.name):
+                continue
+            owner = "pretrained" if f.name in PRETRAINED_OPTIONS else "repair" if f.name in REPAIR_OPTIONS else "repair or pretrained"
+            if prior == "none" or (owner != "repair or pretrained" and owner != prior):
+                raise InputError(f"--prior.{f.name.replace('_', '-')}", f"is an option of --prior {owner}, but --prior is {prior}")
         if prior == "none":
-            default = PriorConfig()
-            given = [f"--prior.{f.name.replace('_', '-')}" for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)]
-            if given:
-                raise InputError(given[0], "is an option of --prior pretrained, but --prior is none")
             return
         if prior == "pretrained" and self.pretrained is None:
             raise InputError("--prior pretrained", "needs --prior.pretrained DIR (a diffusers pipeline saved with save_pretrained)")
-        for name in ("start", "every", "view_every"):
-            low = 0 if name == "start" else 1
+        for name in ("start", "every", "view_every", "loo_steps", "model_steps", "perturbed", "crop"):
+            low = 0 if name in ("start", "perturbed") else 8 if name == "crop" else 1
             if getattr(self, name) < low:
                 raise InputError(f"--prior.{name.replace('_', '-')}", f"must be >= {low}, got {getattr(self, name)}")
         if not (math.isfinite(self.weight) and self.weight > 0):
@@ -127,8 +145,21 @@ class PriorConfig:
                                 rot_scale_deg=self.rot_scale_deg, trans_scale=self.trans_scale, seed=seed)  # fmt: skip
 
 
-def build_repairer(prior: str, config: PriorConfig, device: torch.device) -> Repairer:
-    """The repairer ``--prior`` names (loads the pipeline: slow, and every folder problem is an InputError)."""
+def build_repairer(prior: str, config: PriorConfig, device: torch.device, *, train: Any = None, make_trainer: Any = None,
+                   background: Tensor | None = None, run: RunDir | None = None, seed: int = 0) -> Repairer:  # fmt: skip
+    """The repairer ``--prior`` names. 'pretrained' loads the pipeline (slow; every folder problem
+    is an InputError); 'repair' needs the training views ``train``, ``make_trainer(views, steps)``
+    (a fresh fit of a subset, :class:`recon.prior.scene_repair.SceneRepairer`), the background and
+    the run folder (a model saved there is loaded)."""
+    if prior == "repair":
+        from recon.prior.scene_repair import SceneRepairConfig, SceneRepairer
+
+        if train is None or make_trainer is None or background is None:
+            raise ValueError("build_repairer: --prior repair needs train, make_trainer and background")
+        if len(train.indices) < 3:
+            raise InputError("--prior repair", f"leave-one-out fits need >= 3 training views, got {len(train.indices)}")
+        rc = SceneRepairConfig(loo_steps=config.loo_steps, train_steps=config.model_steps, perturbed=config.perturbed, crop=config.crop)
+        return SceneRepairer(rc, train, make_trainer, background, run=run, seed=seed)
     if prior == "pretrained":
         from recon.prior.repair import PretrainedImg2Img
 
@@ -177,14 +208,17 @@ class PriorGuidance:
         return step >= c.start and (step - c.start) % c.every == 0 and self.last_refresh != step
 
     # ------------------------------------------------------------------ refresh
-    @torch.no_grad()
     def refresh(self, trainer: SplatTrainer) -> None:
         """Render the pseudo views with ``trainer``'s Gaussians, repair, save, set as targets."""
         t0 = time.perf_counter()
         step = trainer.step
+        prepare = getattr(self.repairer, "prepare", None)
+        if prepare is not None:  # a repairer that learns from the scene first (--prior repair)
+            prepare(trainer)
         sh_deg = min(step // trainer.config.sh_degree_interval, trainer.config.sh_degree)
         renders = render_all(trainer.export_model(), self.views.cameras, self.width, self.height, sh_deg, self.background)
-        repaired = self.repairer(renders, self.seed + step)
+        with torch.no_grad():
+            repaired = self.repairer(renders, self.seed + step)
         check_images(repaired, "repaired")
         if repaired.shape != renders.shape:
             raise ValueError(f"repairer: returned {list(repaired.shape)} for renders {list(renders.shape)}")
@@ -263,6 +297,7 @@ class PriorGuidance:
             "weights": {"min": round(float(w.min()), 4), "mean": round(float(w.mean()), 4), "max": round(float(w.max()), 4)},
             "refreshes": list(self.refreshes),
             "repair_time_s": round(sum(float(r.get("seconds", 0.0)) for r in self.refreshes), 2),
+            **({"repair_model": self.repairer.report} if getattr(self.repairer, "report", None) else {}),
         }
 
 

@@ -65,11 +65,18 @@ def test_fit_with_a_pretrained_pipeline(small_fox, tmp_path, tiny_pipeline, caps
     assert metrics["train"]["mean"]["psnr"] > untrained["train"]["psnr"] + 2.0, (metrics["train"]["mean"], untrained)
 
 
+REPAIR = ["--prior", "repair", "--prior.start", "5", "--prior.every", "10", "--prior.view-every", "1", "--prior.between", "1",
+          "--prior.loo-steps", "6", "--prior.model-steps", "20", "--prior.crop", "16"]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_resume_with_a_prior_is_exact(small_fox, tmp_path, tiny_pipeline):
+@pytest.mark.parametrize("prior", ["pretrained", "repair"])
+def test_resume_with_a_prior_is_exact(small_fox, tmp_path, tiny_pipeline, prior):
     """Interrupted after its checkpoint at step 10 (refreshes at 5, 15, 25, ...), resumed: the
-    refresh of step 5 is reloaded from prior/, the later ones repaired again, bit-identical."""
-    common = [*TINY[:-4], "--iterations", "40", "--checkpoint-every", "10", "--seed", "3", *_prior(tiny_pipeline)]
+    refresh of step 5 (and the repair model trained then) is reloaded from prior/, the later
+    ones repaired again, bit-identical."""
+    chosen = _prior(tiny_pipeline) if prior == "pretrained" else REPAIR
+    common = [*TINY[:-4], "--iterations", "40", "--checkpoint-every", "10", "--seed", "3", *chosen]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main(["fit", str(small_fox), "--out", str(whole), *common]) == 0
     _interrupt_after_checkpoint(["fit", str(small_fox), "--out", str(cut), *common], cut, 10)

@@ -17,9 +17,9 @@ import os
 import time
 from pathlib import Path
 
+from bench_fox import ROOT, FoxGrid, protocol_parser
 from rich.console import Console
 
-from bench_fox import ROOT, FoxGrid, protocol_parser
 from recon.pipelines.capture import CaptureFitConfig
 from recon.prior.guidance import PriorConfig
 

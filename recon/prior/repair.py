@@ -187,7 +187,7 @@ def _load_lora(pipe: Any, path: Path) -> None:
 
 
 def _snap(size: int, multiple: int) -> int:
-    return max(multiple, int(round(size / multiple)) * multiple)
+    return max(multiple, round(size / multiple) * multiple)
 
 
 class PretrainedImg2Img:

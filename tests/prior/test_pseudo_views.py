@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from recon.geometry.cameras import CameraSet, Intrinsics, camera_centres
-from recon.prior.pseudo_views import PseudoViewConfig, make_pseudo_views, rotation_angle_deg, view_weights
+from recon.prior.pseudo_views import (
+    PseudoViewConfig,
+    make_pseudo_views,
+    rotation_angle_deg,
+    view_weights,
+)
 from recon.splat.camera_paths import look_at
 
 INTR = Intrinsics(fx=50.0, fy=50.0, cx=32.0, cy=24.0, width=64, height=48)

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from recon.errors import InputError
-from recon.prior.repair import PretrainedImg2Img, Repairer, check_images, load_img2img_pipeline
+from recon.prior.repair import (
+    PretrainedImg2Img,
+    Repairer,
+    check_images,
+    load_img2img_pipeline,
+)
 from tests.prior.tiny_diffusion import save_tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")

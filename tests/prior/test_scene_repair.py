@@ -13,7 +13,12 @@ from recon.cli import main
 from recon.io.run import RunDir
 from recon.pipelines.capture import CaptureFitConfig
 from recon.prior.guidance import PriorConfig, build_repairer
-from recon.prior.scene_repair import RepairUNet, SceneRepairConfig, SceneRepairer, train_repair_model
+from recon.prior.scene_repair import (
+    RepairUNet,
+    SceneRepairConfig,
+    SceneRepairer,
+    train_repair_model,
+)
 
 TINY = SceneRepairConfig(loo_steps=6, perturbed=1, channels=(8, 16), train_steps=20, crop=16, batch=4)
 

@@ -54,7 +54,11 @@ def save_tiny_pipeline(folder: Path, kind: str = "img2img", *, controlnet: bool 
     'text2img' (StableDiffusionPipeline); with ``controlnet`` a ControlNetModel in
     ``folder/controlnet`` (not listed in model_index.json); with ``lora`` random (non-zero) LoRA
     weights of the UNet's attention in ``folder/lora``."""
-    from diffusers import ControlNetModel, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from diffusers import (
+        ControlNetModel,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionPipeline,
+    )
 
     parts = tiny_components(folder.parent / f".{folder.name}_scratch", seed)
     cls = {"img2img": StableDiffusionImg2ImgPipeline, "text2img": StableDiffusionPipeline}[kind]

@@ -13,6 +13,7 @@ training the repair model and every repair. CPU time of the process is recorded 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--table", action="store_true", help="print the table of stored rows and exit")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     console = Console()
     grid = FoxGrid(args, {"variants": VARIANTS})
     if args.table:

@@ -22,13 +22,34 @@ from bench_fox import ROOT, FoxGrid, protocol_parser
 from rich.console import Console
 
 from recon.pipelines.capture import CaptureFitConfig
-from recon.prior.guidance import PriorConfig
+from recon.prior.guidance import PriorConfig, PriorGuidance
+from recon.prior.pseudo_views import make_pseudo_views
 
 VARIANTS: dict[str, dict] = {
     "fewview": {},
     # chosen before any evaluation view was scored: repair from 40 % of the run, every 25 %
     "repair": {"prior": "repair", "prior_options": {"start": 400, "every": 250, "loo_steps": 400}},
+    # control, added after "repair" was scored: the same pseudo views, schedule and weights, but
+    # the "repaired" targets are the renders themselves (no model): what the targets alone do
+    "identity": {"prior": "identity", "prior_options": {"start": 400, "every": 250}},
 }
+
+
+def identity_repairer(images, seed):  # noqa: ARG001 - the Repairer signature
+    return images.clone()
+
+
+def make_job(name: str, data: Path, out: Path, train: list[int], eval_idx: list[int], args):
+    """The CaptureFit job of a variant; 'identity' attaches a PriorGuidance whose repairer
+    returns the renders unchanged (recon fit has no such --prior)."""
+    if VARIANTS[name].get("prior") != "identity":
+        return make_config(name, data, out, train, eval_idx, args).setup()
+    job = make_config("fewview", data, out, train, eval_idx, args).setup()
+    options = PriorConfig(**VARIANTS[name]["prior_options"])
+    views = make_pseudo_views(job.train.cameras, options.pseudo_view_config(args.seed))
+    job.guidance = PriorGuidance(options, views, identity_repairer, job.train.width, job.train.height, job.background,
+                                 seed=args.seed, run=job.run_dir)  # fmt: skip
+    return job
 
 
 def make_config(name: str, data: Path, out: Path, train: list[int], eval_idx: list[int], args) -> CaptureFitConfig:
@@ -72,9 +93,8 @@ def main() -> None:
                 continue
             out = args.out / f"K{k}" / name
             load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-            cfg = make_config(name, args.data, out, grid.train[k], grid.eval_idx, args)
             t0, c0 = time.perf_counter(), time.process_time()
-            metrics = cfg.setup().run()
+            metrics = make_job(name, args.data, out, grid.train[k], grid.eval_idx, args).run()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             row = grid.record(key, k, out, metrics, wall, variant=name, options=VARIANTS[name], cpu_s=round(cpu, 1), load=load,
                               prior=metrics.get("prior"))  # fmt: skip

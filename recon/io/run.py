@@ -13,6 +13,8 @@ Layout (every file written atomically: temp file in the same folder, then ``os.r
       metrics.json        scores (written last)
       capture runs:       cameras.json, splat.ply, renders/<split>/, photos/<split>/, compare/<split>/
       CT runs:            geometry.json, volume.npy, volume.nii.gz, reference.nii.gz, slices/, gaussians.pt
+      capture runs with --prior: prior/pseudo_views.json, prior/step_<step>/{renders,repaired}/*.png
+                          and prior/step_<step>/refresh.json (written last; recon.prior.guidance)
 
 Statuses: ``running`` -> ``complete`` (every output written), or ``failed`` (``error`` holds the
 one-line message) or ``interrupted`` (``--resume`` continues from the newest checkpoint). A
@@ -44,6 +46,7 @@ __all__ = [
     "FORMAT",
     "KINDS",
     "OUTPUTS",
+    "PRIOR_REFRESH_FILE",
     "STATUSES",
     "RunDir",
     "atomic_torch_save",
@@ -65,6 +68,8 @@ LOG_FILE = "log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 CAMERAS_FILE = "cameras.json"
 GEOMETRY_FILE = "geometry.json"
+PRIOR_DIR = "prior"
+PRIOR_REFRESH_FILE = "refresh.json"
 
 OUTPUTS: dict[str, tuple[str, ...]] = {
     "capture": (RUN_FILE, CONFIG_FILE, METRICS_FILE, CAMERAS_FILE, "splat.ply", "renders", "photos", "compare"),
@@ -96,6 +101,26 @@ class RunDir:
         if kind not in ("renders", "compare", "photos"):
             raise ValueError(f"kind: expected renders, compare or photos, given {kind!r}")
         return self.root / kind / split / (Path(name).stem + (".jpg" if kind == "photos" else ".png"))
+
+    def prior_path(self, *parts: str) -> Path:
+        """``prior/<parts>``: what a fit with a diffusion prior keeps (:mod:`recon.prior.guidance`)."""
+        return self.root.joinpath(PRIOR_DIR, *parts)
+
+    def prior_refresh_dir(self, step: int) -> Path:
+        """``prior/step_<step>/``: the pseudo views rendered and repaired before training step ``step``."""
+        return self.prior_path(f"step_{step:07d}")
+
+    def prior_refreshes(self) -> list[int]:
+        """Steps of the complete refreshes in ``prior/`` (those with their ``refresh.json``), ascending."""
+        folder = self.root / PRIOR_DIR
+        if not folder.is_dir():
+            return []
+        steps = []
+        for d in folder.glob("step_*"):
+            tail = d.name.removeprefix("step_")
+            if tail.isdigit() and (d / PRIOR_REFRESH_FILE).is_file():
+                steps.append(int(tail))
+        return sorted(steps)
 
     # ------------------------------------------------------------------ policy
     def prepare(self, *, resume: bool, overwrite: bool, where: str = "--out") -> None:

@@ -10,15 +10,20 @@ Assembly only: :class:`CaptureFitConfig` (the training hyperparameters of
 2. ``execute()`` writes ``cameras.json`` and the photos, trains with :func:`recon.train.train`
    (checkpoints, log, a preview ``splat.ply`` at each checkpoint), then writes the PLY, renders,
    comparisons, the loss curve and the scores (layout: :mod:`recon.io.run`).
+
+With ``--prior repair`` or ``--prior pretrained`` (off by default) ``setup()`` also makes the
+pseudo views and builds the repairer, and the loop trains a :class:`recon.prior.guidance.GuidedTrainer`: repaired
+renders of the pseudo views become weighted targets (:mod:`recon.prior.guidance`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import tyro
@@ -41,6 +46,8 @@ from recon.pipelines.posefree import (
     register_photo_folder,
     write_registration,
 )
+from recon.prior.guidance import GuidedTrainer, PriorConfig, PriorGuidance, build_repairer
+from recon.prior.pseudo_views import make_pseudo_views
 from recon.splat.anchored import AnchoredGaussians
 from recon.splat.config import SplatTrainConfig
 from recon.splat.fit_schedule import auto_iterations
@@ -84,9 +91,19 @@ class CaptureFitConfig(SplatTrainConfig):
     """Run even when the estimated peak memory exceeds what is available (see recon.pipelines.memory)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' uses CUDA (gsplat) when available, else the CPU rasteriser."""
+    prior: Literal["none", "repair", "pretrained"] = "none"
+    """Diffusion prior on pseudo views around the training cameras (docs/priors.md): their renders
+    are repaired and trained on as weighted targets. 'repair': by a one-step diffusers UNet trained
+    on the scene itself (leave-one-out fits; minutes on a CPU); 'pretrained': by a local diffusers
+    image-to-image pipeline (--prior.pretrained DIR)."""
+    prior_options: Annotated[PriorConfig, tyro.conf.arg(name="prior")] = field(default_factory=PriorConfig)
+    """Options of --prior (recon.prior.guidance.PriorConfig)."""
 
     def validate(self) -> None:
         super().validate()
+        self.prior_options.validate(self.prior)
+        if self.prior != "none" and self.model == "anchored":
+            raise InputError("--prior", "is not supported with --model anchored")
         if self.downscale <= 0:
             raise InputError("--downscale", f"must be > 0, got {self.downscale}")
         if self.checkpoint_every < 0:
@@ -180,6 +197,25 @@ class CaptureFit(JobBase):
                 cfg.iterations = auto_iterations(len(train_idx), len(initial[0].points))
                 logger.info("--auto-iterations: %d steps (%d views, %d initial Gaussians)", cfg.iterations, len(train_idx), len(initial[0].points))
             self.trainer = SplatTrainer(cfg, self.train, self.background, initial, device=self.device)
+        self.guidance: PriorGuidance | None = None
+        if cfg.prior != "none":
+            views = make_pseudo_views(self.train.cameras, cfg.prior_options.pseudo_view_config(cfg.seed))
+            repairer = build_repairer(cfg.prior, cfg.prior_options, self.device, train=self.train, make_trainer=self.subset_trainer,
+                                      background=self.background, run=self.run_dir, seed=cfg.seed)  # fmt: skip
+            self.guidance = PriorGuidance(cfg.prior_options, views, repairer, self.train.width, self.train.height,
+                                          self.background, seed=cfg.seed, run=self.run_dir)  # fmt: skip
+            if self.checkpoint is not None:
+                self.guidance.restore(self.trainer)
+            logger.info("prior: %d pseudo views (weights %.2f-%.2f); %s", len(views), float(views.weights.min()),
+                        float(views.weights.max()), getattr(repairer, "description", type(repairer).__name__))  # fmt: skip
+
+    def subset_trainer(self, views: ViewSet, iterations: int) -> SplatTrainer:
+        """A fresh trainer with this fit's options (no prior, no pose refinement) for ``views`` and
+        ``iterations`` steps: the leave-one-out fits of ``--prior repair``."""
+        cfg = dataclasses.replace(self.config, iterations=iterations, prior="none", prior_options=PriorConfig(), refine_poses=False)
+        n_fields = 2 if (cfg.reg.coreg > 0 and cfg.model == "gaussians") else 1
+        initial = [initial_points(cfg, self.capture, views, cfg.downscale, cfg.seed + i) for i in range(n_fields)]
+        return SplatTrainer(cfg, views, self.background, initial, device=self.device)
 
     # ------------------------------------------------------------------ the job contract
     def run_info(self) -> dict[str, Any]:
@@ -211,8 +247,12 @@ class CaptureFit(JobBase):
             if progress is not None:
                 progress(step, total, record)
 
+        runner: Any = trainer
+        if self.guidance is not None:
+            self.guidance.write_views()
+            runner = GuidedTrainer(trainer, self.guidance)
         seconds = train(
-            trainer, cfg.iterations, run=run, resumed=self.checkpoint, checkpoint_every=cfg.checkpoint_every,
+            runner, cfg.iterations, run=run, resumed=self.checkpoint, checkpoint_every=cfg.checkpoint_every,
             progress=on_step, on_checkpoint=lambda t: write_splat_ply(run.path("splat.ply"), t.export_model()),
         )  # fmt: skip
         run.progress(trainer.step, cfg.iterations)
@@ -258,6 +298,8 @@ class CaptureFit(JobBase):
         results["background"] = list(cfg.background)
         results["init"] = trainer.init_description
         results["device"] = str(self.device)
+        if self.guidance is not None:
+            results["prior"] = {"kind": cfg.prior, **self.guidance.summary()}
         log = run.read_log()
         if log:
             plot_curve(run.path("loss.png"), [r["step"] for r in log], [r["loss"] for r in log], "loss",

@@ -52,13 +52,40 @@ from recon.train.schedule import exponential_decay, set_learning_rate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SplatTrainer", "scene_scale_of"]
+__all__ = ["ExtraTargets", "SplatTrainer", "scene_scale_of"]
 
 
 def scene_scale_of(cameras: CameraSet) -> float:
     """1.1 x the largest distance of a camera centre from their mean (3DGS's scene extent)."""
     centres = cameras.centres()
     return float((centres - centres.mean(0)).norm(dim=-1).max() * 1.1)
+
+
+@dataclass
+class ExtraTargets:
+    """Images for cameras that have no photo (e.g. repaired renders of pseudo views,
+    :mod:`recon.prior.guidance`), each with its loss weight.
+
+    While set (:meth:`SplatTrainer.set_extra_targets`), every ``every``-th step also renders the
+    next of them in turn and adds ``weights[p] * ((1 - l) * L1 + l * D-SSIM)`` against
+    ``images[p]`` to the loss (``l``: the fit's ``ssim_lambda``).
+    """
+
+    w2c: Tensor  # [P, 4, 4] OpenCV world-to-camera
+    Ks: Tensor  # [P, 3, 3] at the training resolution
+    images: Tensor  # [P, H, W, 3] in [0, 1], H x W the training views'
+    weights: Tensor  # [P] >= 0
+    every: int = 1
+
+    def check(self, width: int, height: int) -> None:
+        p = self.w2c.shape[0] if self.w2c.ndim == 3 else -1
+        if (self.w2c.shape != (p, 4, 4) or self.Ks.shape != (p, 3, 3) or self.images.shape != (p, height, width, 3)
+                or self.weights.shape != (p,) or p < 1):  # fmt: skip
+            raise ValueError(f"extra targets: expected w2c [P, 4, 4], Ks [P, 3, 3], images [P, {height}, {width}, 3], weights [P] "
+                             f"with P >= 1, given {list(self.w2c.shape)}, {list(self.Ks.shape)}, {list(self.images.shape)}, "
+                             f"{list(self.weights.shape)}")  # fmt: skip
+        if self.every < 1 or not bool((self.weights >= 0).all()):
+            raise ValueError(f"extra targets: expected every >= 1 and weights >= 0, given {self.every}, min {float(self.weights.min())}")
 
 
 @dataclass
@@ -140,6 +167,8 @@ class SplatTrainer:
         # checkpoints hold together with the views left in the current epoch
         self.order_rng = np.random.default_rng(cfg.seed)
         self.order: list[int] = []
+        self.extra: ExtraTargets | None = None
+        self.extra_cursor = 0  # extra targets used so far (the next is extra_cursor % P)
         if state is not None:
             self.load_state_dict(state)
 
@@ -206,6 +235,7 @@ class SplatTrainer:
             "train_indices": list(self.train.indices),
             "init_description": self.init_description,
             "history": list(self.history),
+            "extra_cursor": self.extra_cursor,
         }
         if self.pose_refiner is not None:
             state["pose_refiner"] = {"params": self.pose_refiner.state_dict(), "optimizer": self.pose_optimizer.state_dict()}
@@ -254,6 +284,18 @@ class SplatTrainer:
         if self.stop_state is not None and "early_stop" in state:
             self.stop_state = dict(state["early_stop"])
         self.history = list(state.get("history", []))
+        self.extra_cursor = int(state.get("extra_cursor", 0))
+
+    def set_extra_targets(self, targets: ExtraTargets | None) -> None:
+        """Train on ``targets`` from now on (None: no more); see :class:`ExtraTargets`.
+        Not with ``--model anchored``."""
+        if targets is not None:
+            if self.anchored:
+                raise ValueError("extra targets: not supported with --model anchored")
+            targets.check(self.train.width, self.train.height)
+            targets = ExtraTargets(targets.w2c.detach().float().cpu(), targets.Ks.detach().float().cpu(),
+                                   targets.images.detach().float().cpu(), targets.weights.detach().float().cpu(), int(targets.every))  # fmt: skip
+        self.extra = targets
 
     # ------------------------------------------------------------------ training
     def _is_pseudo_step(self, step: int) -> bool:
@@ -331,6 +373,12 @@ class SplatTrainer:
         gt = gt.to(self.device)
         mode = "RGB+ED" if reg.depth_smooth > 0 else "RGB"
         pseudo = self.pseudo_sampler.sample(self.pseudo_state, 1) if self._is_pseudo_step(step) else None
+        extra = None
+        if self.extra is not None and step % self.extra.every == 0:
+            p = self.extra_cursor % len(self.extra.weights)
+            self.extra_cursor += 1
+            extra = (self.extra.w2c[[p]].to(self.device), self.extra.Ks[[p]], self.extra.images[p : p + 1].to(self.device),
+                     float(self.extra.weights[p]))  # fmt: skip
         total: Tensor | float = 0.0
         infos, pseudo_rgb = [], []
         stats: dict[str, Any] = {}
@@ -347,10 +395,19 @@ class SplatTrainer:
                 if reg.dropout > 0:
                     inputs["opacities"] = gaussian_dropout(act["opacities"], reg.dropout)
                 out, alphas, info = rasterize_views(inputs, viewmats, Ks, w, h, sh_deg, self.background, mode)
+            if extra is not None:  # a second render; densification sees only the real view's
+                e_w2c, e_K, e_img, e_weight = extra
+                if raw:
+                    e_out, _, _ = rasterize_params_views(f.model.params, e_w2c, e_K, w, h, sh_deg, self.background)
+                else:
+                    e_out, _, _ = rasterize_views(inputs, e_w2c, e_K, w, h, sh_deg, self.background)
+                e_loss = e_weight * photometric_loss(e_out[..., :3], e_img, cfg.ssim_lambda, fused=self.fused)[0]
             self.strategy.step_pre_backward(f.model.params, f.optimizers, f.state, step, info)
             infos.append(info)
             loss, l1 = photometric_loss(out[..., :3], gt, cfg.ssim_lambda, fused=self.fused)
             terms: dict[str, Tensor] = {}
+            if extra is not None:
+                terms["prior"] = e_loss
             if reg.opacity_reg > 0:
                 terms["opacity_reg"] = reg.opacity_reg * opacity_loss(act["opacities"])
             if reg.scale_reg > 0:

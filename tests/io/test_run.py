@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recon.errors import InputError
-from recon.io.run import RunDir, atomic_torch_save, read_json
+from recon.io.run import PRIOR_REFRESH_FILE, RunDir, atomic_torch_save, read_json
 from recon.train import read_checkpoint
 
 
@@ -45,6 +45,18 @@ def test_failed_checkpoint_save_keeps_the_previous_one(tmp_path):
 
 
 # ------------------------------------------------------------------------------- run.json
+def test_prior_refreshes_are_the_complete_step_folders(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.prior_refreshes() == []
+    assert run.prior_refresh_dir(500) == tmp_path / "prior" / "step_0000500"
+    for step, complete in ((1500, True), (500, True), (1000, False)):
+        run.prior_refresh_dir(step).mkdir(parents=True)
+        if complete:
+            (run.prior_refresh_dir(step) / PRIOR_REFRESH_FILE).write_text("{}")
+    (tmp_path / "prior" / "step_x").mkdir()
+    assert run.prior_refreshes() == [500, 1500]  # 1000 has no refresh.json: incomplete
+
+
 def test_mark_keeps_earlier_fields_and_updates_status(tmp_path):
     run = RunDir(tmp_path / "run")
     assert run.status() == {} and not run.is_complete()  # a fresh folder has no status

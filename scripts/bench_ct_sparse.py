@@ -83,7 +83,7 @@ def run_method(name: str, data: Path, out: Path, args) -> dict:
     elif name in ("tv", "tv-fista"):
         from recon.ct.tv_trainer import TVConfig
 
-        t = TVConfig(solver="fista" if name == "tv-fista" else "adam", iterations=args.tv_iterations)
+        t = TVConfig(solver="fista" if name == "tv-fista" else "adam", iterations=args.tv_iterations, fista_full_batch_after=args.tv_full_batch_after)
         cmd = CTFitConfig(data, method="tv", tv=t, **kw)
     elif name == "diffusion":
         from recon.ct.tv_trainer import TVConfig
@@ -92,7 +92,7 @@ def run_method(name: str, data: Path, out: Path, args) -> dict:
         given = {"weights": args.diffusion_weights, "steps": args.diffusion_steps, "t_start": args.diffusion_t_start,
                  "cg_iterations": args.diffusion_cg_iterations, "tv_z": args.diffusion_tv_z, "eta": args.diffusion_eta}  # fmt: skip
         d = DiffusionConfig(**{k: v for k, v in given.items() if v is not None})
-        cmd = CTFitConfig(data, method="diffusion", diffusion=d, tv=TVConfig(solver="fista", iterations=args.tv_iterations), **kw)
+        cmd = CTFitConfig(data, method="diffusion", diffusion=d, tv=TVConfig(solver="fista", iterations=args.tv_iterations, fista_full_batch_after=args.tv_full_batch_after), **kw)
     elif name == "gaussian":
         g = GaussianFitConfig() if args.gaussian_iterations is None else GaussianFitConfig(iterations=args.gaussian_iterations)
         cmd = CTFitConfig(data, method="gaussian", gaussian=g, **kw)
@@ -140,6 +140,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=128, help="volume edge after resampling (voxels)")
     p.add_argument("--sart-iterations", type=int, default=20)
     p.add_argument("--tv-iterations", type=int, default=None, help="default: the TV solver's (TVConfig.resolved())")
+    p.add_argument("--tv-full-batch-after", type=int, default=0, help="tv-fista and the diffusion start: --tv.fista-full-batch-after (0: subsets throughout)")
     p.add_argument("--gaussian-iterations", type=int, default=None, help="default: GaussianFitConfig.iterations")
     p.add_argument("--diffusion-weights", type=Path, default=None, help="slice diffusion weights folder (default: the shipped ones)")
     p.add_argument("--diffusion-steps", type=int, default=None, help="default: DiffusionConfig.steps")

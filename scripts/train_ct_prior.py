@@ -128,10 +128,13 @@ class CropSampler:
 
 
 # =============================================================================== training
-def lr_at(step: int, total: int, lr: float, warmup: int = 50) -> float:
+def lr_at(step: int, total: int, lr: float, time_fraction: float = 0.0, warmup: int = 50) -> float:
+    """Warm-up, then cosine decay to 10 % over the run's progress: the larger of the step
+    fraction and ``time_fraction`` (elapsed / wall-clock cap), so a run the cap stops early on a
+    loaded machine still ends at the low learning rate."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    p = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
     return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p)))
 
 
@@ -205,7 +208,7 @@ def train(args, console) -> dict:
     with make_progress() as bar:
         task = bar.add_task("train slice diffusion", total=args.steps, completed=step, info="")
         while step < args.steps:
-            lr = lr_at(step, args.steps, args.lr)
+            lr = lr_at(step, args.steps, args.lr, (time.perf_counter() - t_start) / cap_s)
             for g in opt.param_groups:
                 g["lr"] = lr
             x0 = sampler.sample(rng, args.batch)
@@ -318,7 +321,7 @@ def model_card(path: Path, model: SliceDiffusion, info: dict | None, results: di
             f"  each area-resampled to {args.size}^3 over its own extent, {info['n_slices']} axial slices with >= 5 % non-air. Held out: `{HELD_OUT}` (never read in training).",
             f"- {args.crop}^2 random crops after a random zoom 0.75-1.33x, rot90 + flip, attenuation gain 0.9-1.1; batch {args.batch};",
             f"  MSE on the {c.prediction_type} target; timesteps uniform below {args.low_t} with probability {args.low_t_fraction}, else uniform below {c.num_train_timesteps};",
-            f"  AdamW lr {args.lr}, warm-up 50 steps, cosine to 10 %; grad clip 1; EMA {args.ema}.",
+            f"  AdamW lr {args.lr}, warm-up 50 steps, cosine to 10 % over max(step / steps, time / cap); grad clip 1; EMA {args.ema}.",
             f"- {info['steps']} steps" + (f" (stopped: {info['stopped_by']})" if info.get("stopped_by", "steps") != "steps" else "")
             + f", {info['train_wall_s'] / 60:.1f} min training wall time on the shared 2-core CPU ({platform.machine()}, one thread,"
             f" load average {info.get('load_at_end', '?')} at the end), torch {torch.__version__}.",

@@ -24,7 +24,7 @@ the network's one-step Tweedie estimate of the clean slice against the noisy inp
 back, ``x_t / sqrt(alpha_bar)``), over the slices' range. ``--bench RESULTS.json`` adds the
 sparse-view reconstruction table of ``scripts/bench_ct_sparse.py`` to the card.
 
-    python scripts/train_ct_prior.py                       # train, save, evaluate (--max-minutes 40)
+    python scripts/train_ct_prior.py                       # train, save, evaluate (--max-minutes 32)
     python scripts/train_ct_prior.py --resume              # continue an interrupted run
     python scripts/train_ct_prior.py --eval-only --bench runs/bench_ct_diffusion/results.json
 """
@@ -386,7 +386,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "ct_prior", help="checkpoints, logs, evaluation")
     p.add_argument("--weights-out", type=Path, default=DEFAULT_WEIGHTS, help="where save_pretrained writes the weights + MODEL_CARD.md")
     p.add_argument("--steps", type=int, default=1200)
-    p.add_argument("--max-minutes", type=float, default=40.0, help="stop training (and save) after this much training wall time")
+    p.add_argument("--max-minutes", type=float, default=32.0, help="stop training (and save) after this much training wall time")
     p.add_argument("--size", type=int, default=128, help="grid every volume is resampled to (voxels a side)")
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
@@ -394,7 +394,7 @@ def main() -> int:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--low-t", type=int, default=400, help="timesteps below this are drawn more often (the sampler starts from FDK/TV at t < 400)")
     p.add_argument("--low-t-fraction", type=float, default=0.75, help="fraction of timesteps drawn uniformly below --low-t (the rest: below T)")
-    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64, 128])
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 32, 64])
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--prediction", choices=("epsilon", "v_prediction", "sample"), default="v_prediction")
     p.add_argument("--checkpoint-every", type=int, default=50)

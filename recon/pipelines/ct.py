@@ -197,6 +197,8 @@ class CTFit(JobBase):
         self.memory = ct_memory_estimate(cfg, data)
         check_memory(self.memory, str(cfg.data), skip=cfg.skip_memory_check)
         self.data, self.reference = data, reference
+        if cfg.method == "diffusion" and cfg.diffusion.init_volume is not None:
+            self._given_init(cfg.diffusion.init_volume)  # checked before any output
 
     # ------------------------------------------------------------------ validation
     def _check_options(self) -> None:
@@ -351,7 +353,10 @@ class CTFit(JobBase):
         dc = dataclasses.replace(cfg.diffusion, seed=cfg.seed)
         t = time.perf_counter()
         projector = None
-        if dc.init == "tv":
+        if dc.init_volume is not None:
+            init = torch.from_numpy(self._given_init(dc.init_volume))
+            init_desc = f"given volume ({dc.init_volume})"
+        elif dc.init == "tv":
             tv = dataclasses.replace(cfg.tv, solver="fista", seed=cfg.seed)
             trainer = TVTrainer(data.projections, data.geometry, tv, num_threads=None)
             n = int(trainer.config.iterations)  # type: ignore[arg-type]
@@ -388,6 +393,16 @@ class CTFit(JobBase):
         if self.reference is not None:
             extra.update({f"{k}_init": v for k, v in volume_metrics(init_np, self.reference).items() if k in ("psnr_3d", "ssim_3d")})
         return np.asarray(volume.numpy(), dtype=np.float32)
+
+    def _given_init(self, path: Path) -> np.ndarray:
+        """``--diffusion.init-volume``: a [Z, Y, X] .npy on the scan's grid, finite, in 1/mm."""
+        try:
+            vol = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise InputError(path, f"could not read the starting volume ({type(err).__name__}: {err}); expected a .npy [z, y, x] array") from None
+        if vol.shape != tuple(self.data.geometry.n_voxel) or not np.issubdtype(vol.dtype, np.floating) or not np.isfinite(vol).all():
+            raise InputError(path, f"expected a finite float [z, y, x] volume of shape {list(self.data.geometry.n_voxel)}, got {vol.dtype} {list(vol.shape)}")
+        return np.ascontiguousarray(vol, dtype=np.float32)
 
     # ------------------------------------------------------------------ outputs
     def _apply_prior(self, volume: np.ndarray, extra: dict) -> np.ndarray:

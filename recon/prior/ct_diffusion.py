@@ -99,7 +99,7 @@ class SliceDiffusion(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(
         self,
-        block_out_channels: Sequence[int] = (32, 64, 64, 128),
+        block_out_channels: Sequence[int] = (16, 32, 32, 64),
         layers_per_block: int = 1,
         norm_num_groups: int = 8,
         attention: bool = False,

@@ -58,6 +58,9 @@ class DiffusionConfig:
     """Timestep the starting volume is noised to (0..999; higher: more of the prior, less of the start)."""
     init: Literal["tv", "fdk"] = "tv"
     """Starting volume: OS-FISTA TV (--tv.* settings, solver fista) or FDK (Hann)."""
+    init_volume: Path | None = None
+    """Start from this volume instead (.npy, [z, y, x] attenuation in 1/mm on the scan's grid,
+    e.g. a TV run's volume.npy); --diffusion.init is then not used."""
     cg_iterations: int = 3
     """Conjugate-gradient steps of the data-consistency update per reverse step."""
     cg_damping: float = 0.0

@@ -131,6 +131,15 @@ def test_fit_diffusion_end_to_end_through_the_cli(dataset, tmp_path):
     constant = psnr(np.full_like(ref, ref.mean()), ref)
     assert m["psnr_3d"] > max(blank, constant) + 8.0, (m["psnr_3d"], blank, constant)
     assert m["psnr_3d"] > m["psnr_3d_init"] - 3.0  # the random network does not wreck the TV start
+    # --diffusion.init-volume: the same start read from a file gives the same run
+    again = CTFitConfig(dataset, method="diffusion", out=tmp_path / "again",
+                        diffusion=DiffusionConfig(weights=weights, steps=3, t_start=60, init_volume=out / "volume_init.npy")).run()  # fmt: skip
+    assert again["init"].startswith("given volume") and again["psnr_3d_init"] == m["psnr_3d_init"]
+    np.testing.assert_allclose(np.load(tmp_path / "again" / "volume.npy"), vol, atol=1e-5)
+    np.save(tmp_path / "small.npy", np.zeros((8, 16, 16), np.float32))
+    with pytest.raises(InputError, match=r"shape \[16, 16, 16\]"):
+        CTFitConfig(dataset, method="diffusion", out=tmp_path / "bad", diffusion=DiffusionConfig(weights=weights, init_volume=tmp_path / "small.npy")).run()
+    assert not (tmp_path / "bad").exists()
 
 
 def test_fit_diffusion_bad_weights_one_line_and_nothing_written(dataset, tmp_path, capsys):

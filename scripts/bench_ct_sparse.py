@@ -189,6 +189,8 @@ def main() -> int:
             print(f"[{views} views] {method} (load {os.getloadavg()[0]:.1f})", flush=True)
             m = run_method(method, data, out, args)
             m["load_average_after"] = os.getloadavg()[0]
+            if results_path.is_file():  # other invocations may have written to this --out meanwhile
+                results["runs"] = {**json.loads(results_path.read_text()).get("runs", {}), **results["runs"]}
             results["runs"][f"{views}/{method}"] = m
             print(f"    -> PSNR {m['psnr_3d']:.2f} dB  SSIM {m['ssim_3d']:.4f}  wall {m['bench_wall_s']:.0f} s  cpu {m['bench_cpu_s']:.0f} s", flush=True)
             results_path.write_text(json.dumps(results, indent=2) + "\n")

@@ -326,6 +326,8 @@ def model_card(path: Path, model: SliceDiffusion, info: dict | None, results: di
             + f", {info['train_wall_s'] / 60:.1f} min training wall time on the shared 2-core CPU ({platform.machine()}, one thread,"
             f" load average {info.get('load_at_end', '?')} at the end), torch {torch.__version__}.",
         ]
+        if info.get("notes"):
+            lines.append(f"- Note: {info['notes']}")
         hist = info.get("history") or []
         if len(hist) >= 100:
             first = sum(h["loss"] for h in hist[:50]) / 50
@@ -357,7 +359,8 @@ def model_card(path: Path, model: SliceDiffusion, info: dict | None, results: di
     lines += [
         "",
         "## Limitations",
-        "- Small data: 12 volumes, one of them a phantom, several crops of limbs; a CPU budget of ~40 min of training.",
+        "- Small data: 12 volumes, one of them a phantom, several crops of limbs; a CPU budget of ~30 min of training",
+        "  on a machine shared with other jobs (a few hundred steps): far from converged.",
         "  The prior is weak; judge it by the reconstruction table, not by samples from noise (which look like CT texture, not anatomy).",
         "- Axial slices only; consistency across slices comes from the data term and the z-TV step of the sampler.",
         "- Trained on the 128^3 benchmark grid (pixels 1.6-5 mm); other pixel sizes are out of distribution.",

@@ -14,7 +14,9 @@ reconstructs (as in the R2-Gaussian benchmark), for every method.
 Methods, all through ``recon.pipelines.ct.CTFit``: FDK (Ram-Lak and Hann), SART (20 iterations,
 one view per update), TV-regularised voxels (``tv``: ``TVConfig`` defaults, the Gaussian
 method's loss with the voxels as parameters, Adam; ``tv-fista``: OS-FISTA on least squares + TV
-from FDK) and the Gaussian method with its defaults (``GaussianFitConfig``). tv and Gaussians
+from FDK), the Gaussian method with its defaults (``GaussianFitConfig``) and ``diffusion``: the
+learned slice diffusion prior sampled DDS-style from the OS-FISTA TV result
+(``recon.prior.dds``, ``--diffusion-*`` options; its time includes the TV start). tv and Gaussians
 start from FDK + a few OS-SART iterations; every start is counted in the time. The table
 gives each method's PSNR difference to SART and to FDK (Ram-Lak) at the same view count. Metrics: 3D PSNR over
 the reference's range and SSIM averaged over axial / coronal / sagittal slices (R2-Gaussian's
@@ -26,6 +28,10 @@ coronal / sagittal: reference, FDK, SART, TV, Gaussians), and every run folder u
     python scripts/bench_ct_sparse.py --out runs/bench_ct_sparse              # 25 views
     python scripts/bench_ct_sparse.py --views 25 50 75 --out runs/bench_ct_sparse
     python scripts/bench_ct_sparse.py --volume ../shared/data/ct/more/itkelastix_4dct_phase00_chest.npz --out runs/bench_ct_heldout
+    python scripts/bench_ct_sparse.py --views 10 25 50 --methods fdk-ramlak sart tv-fista diffusion \
+        --volume ../shared/data/ct/more/itkelastix_4dct_phase00_chest.npz --out runs/bench_ct_diffusion
+
+Runs add to ``--out/results.json``; the slice figure of a view count shows every method run there so far.
 """
 
 from __future__ import annotations
@@ -77,8 +83,21 @@ def run_method(name: str, data: Path, out: Path, args) -> dict:
     elif name in ("tv", "tv-fista"):
         from recon.ct.tv_trainer import TVConfig
 
-        t = TVConfig(solver="fista" if name == "tv-fista" else "adam", iterations=args.tv_iterations)
+        t = TVConfig(solver="fista" if name == "tv-fista" else "adam", iterations=args.tv_iterations, fista_full_batch_after=args.tv_full_batch_after)
         cmd = CTFitConfig(data, method="tv", tv=t, **kw)
+    elif name == "diffusion":
+        from recon.ct.tv_trainer import TVConfig
+        from recon.prior.dds import DiffusionConfig
+
+        given = {"weights": args.diffusion_weights, "steps": args.diffusion_steps, "t_start": args.diffusion_t_start,
+                 "cg_iterations": args.diffusion_cg_iterations, "tv_z": args.diffusion_tv_z, "eta": args.diffusion_eta}  # fmt: skip
+        tv_run = out.parent / "tv-fista"
+        if args.diffusion_start_from_tv_run:
+            if not (tv_run / "metrics.json").is_file():
+                raise SystemExit(f"--diffusion-start-from-tv-run: no finished tv-fista run in {tv_run} (run --methods tv-fista first)")
+            given["init_volume"] = tv_run / "volume.npy"
+        d = DiffusionConfig(**{k: v for k, v in given.items() if v is not None})
+        cmd = CTFitConfig(data, method="diffusion", diffusion=d, tv=TVConfig(solver="fista", iterations=args.tv_iterations, fista_full_batch_after=args.tv_full_batch_after), **kw)
     elif name == "gaussian":
         g = GaussianFitConfig() if args.gaussian_iterations is None else GaussianFitConfig(iterations=args.gaussian_iterations)
         cmd = CTFitConfig(data, method="gaussian", gaussian=g, **kw)
@@ -97,6 +116,13 @@ def run_method(name: str, data: Path, out: Path, args) -> dict:
     m = cmd.run(progress=progress)
     m["bench_wall_s"] = round(time.perf_counter() - t0, 2)
     m["bench_cpu_s"] = round(time.process_time() - c0, 2)
+    if name == "diffusion" and args.diffusion_start_from_tv_run:  # the start's cost is the diffusion method's too
+        tv = json.loads((out.parent / "tv-fista" / "metrics.json").read_text())
+        bench_tv = json.loads((out.parents[2] / "results.json").read_text())["runs"][f"{out.parent.name[:-1]}/tv-fista"]
+        m["start_run"] = {"psnr_3d": tv["psnr_3d"], "bench_wall_s": bench_tv["bench_wall_s"], "bench_cpu_s": bench_tv["bench_cpu_s"]}
+        m["sampling_bench_wall_s"], m["sampling_bench_cpu_s"] = m["bench_wall_s"], m["bench_cpu_s"]
+        m["bench_wall_s"] = round(m["bench_wall_s"] + bench_tv["bench_wall_s"], 2)
+        m["bench_cpu_s"] = round(m["bench_cpu_s"] + bench_tv["bench_cpu_s"], 2)
     return m
 
 
@@ -122,11 +148,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench_ct_sparse"))
     p.add_argument("--views", type=int, nargs="+", default=[25])
-    p.add_argument("--methods", nargs="+", default=["fdk-ramlak", "fdk-hann", "sart", "tv", "gaussian"], help="also: tv-fista (the OS-FISTA TV solver)")
+    p.add_argument("--methods", nargs="+", default=["fdk-ramlak", "fdk-hann", "sart", "tv", "gaussian"], help="also: tv-fista (the OS-FISTA TV solver), diffusion (the learned slice prior from the tv-fista start)")
     p.add_argument("--size", type=int, default=128, help="volume edge after resampling (voxels)")
     p.add_argument("--sart-iterations", type=int, default=20)
     p.add_argument("--tv-iterations", type=int, default=None, help="default: the TV solver's (TVConfig.resolved())")
+    p.add_argument("--tv-full-batch-after", type=int, default=0, help="tv-fista and the diffusion start: --tv.fista-full-batch-after (0: subsets throughout)")
     p.add_argument("--gaussian-iterations", type=int, default=None, help="default: GaussianFitConfig.iterations")
+    p.add_argument("--diffusion-weights", type=Path, default=None, help="slice diffusion weights folder (default: the shipped ones)")
+    p.add_argument("--diffusion-steps", type=int, default=None, help="default: DiffusionConfig.steps")
+    p.add_argument("--diffusion-t-start", type=int, default=None, help="default: DiffusionConfig.t_start")
+    p.add_argument("--diffusion-cg-iterations", type=int, default=None, help="default: DiffusionConfig.cg_iterations")
+    p.add_argument("--diffusion-tv-z", type=float, default=None, help="default: DiffusionConfig.tv_z")
+    p.add_argument("--diffusion-eta", type=float, default=None, help="default: DiffusionConfig.eta")
+    p.add_argument("--diffusion-start-from-tv-run", action="store_true",
+                   help="diffusion starts from this --out's tv-fista volume (same TV settings as its own start) and its wall/CPU time adds that run's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--volume", type=Path, default=DATA, help="the real CT volume to simulate scans of (.npz with volume + spacing_mm_zyx, HU)")
     args = p.parse_args()
@@ -149,16 +184,18 @@ def main() -> int:
         from recon.io.r2gaussian import read_r2gaussian
 
         reference = read_r2gaussian(data).volume
-        run_dirs = {}
         for method in args.methods:
             out = args.out / "runs" / f"{views}v" / method
             print(f"[{views} views] {method} (load {os.getloadavg()[0]:.1f})", flush=True)
             m = run_method(method, data, out, args)
             m["load_average_after"] = os.getloadavg()[0]
+            if results_path.is_file():  # other invocations may have written to this --out meanwhile
+                results["runs"] = {**json.loads(results_path.read_text()).get("runs", {}), **results["runs"]}
             results["runs"][f"{views}/{method}"] = m
-            run_dirs[method] = out
             print(f"    -> PSNR {m['psnr_3d']:.2f} dB  SSIM {m['ssim_3d']:.4f}  wall {m['bench_wall_s']:.0f} s  cpu {m['bench_cpu_s']:.0f} s", flush=True)
             results_path.write_text(json.dumps(results, indent=2) + "\n")
+        done = [k.split("/")[1] for k in results["runs"] if k.split("/")[0] == str(views)]
+        run_dirs = {mth: args.out / "runs" / f"{views}v" / mth for mth in sorted(done, key=method_rank) if (args.out / "runs" / f"{views}v" / mth / "volume.npy").is_file()}
         comparison_png(args.out / f"slices_{views}v.png", run_dirs, reference)
     write_table(args.out / "results.md", results)
     print((args.out / "results.md").read_text())
@@ -169,6 +206,13 @@ def logging_setup() -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+METHOD_ORDER = ["fdk-ramlak", "fdk-hann", "sart", "tv", "tv-fista", "gaussian", "diffusion"]
+
+
+def method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def write_table(path: Path, results: dict) -> None:
@@ -182,11 +226,9 @@ def write_table(path: Path, results: dict) -> None:
         ref = runs.get(f"{views}/{anchor}")
         return f"{m['psnr_3d'] - ref['psnr_3d']:+.2f}" if ref else "—"
 
-    order = ["fdk-ramlak", "fdk-hann", "sart", "tv", "tv-fista", "gaussian"]
-
     def rank(key: str) -> tuple[int, int, str]:
         views, method = key.split("/")
-        return int(views), order.index(method) if method in order else len(order), method
+        return int(views), method_rank(method), method
 
     for key, m in sorted(results["runs"].items(), key=lambda kv: rank(kv[0])):
         views, method = key.split("/")
@@ -195,6 +237,12 @@ def write_table(path: Path, results: dict) -> None:
             notes = f"{m.get('n_gaussians', '?')} Gaussians, {m.get('iterations')} steps, init {m.get('init')}"
         elif method == "sart":
             notes = f"{m.get('iterations')} iterations"
+        elif method == "diffusion":
+            notes = (f"{m.get('diffusion_steps')} DDIM steps from t = {m.get('diffusion_t_start')}, CG {m.get('diffusion_cg_iterations')}, "
+                     f"z-TV {m.get('diffusion_tv_z')}, eta {m.get('diffusion_eta')}; start {m.get('init')}: {m.get('psnr_3d_init', float('nan')):.2f} dB "
+                     f"(start {m.get('init_time_s', 0):.0f} s + sampling {m.get('sampling_time_s', 0):.0f} s wall)")  # fmt: skip
+            if m.get("start_run"):
+                notes += f"; started from the tv-fista run's volume ({m['start_run']['psnr_3d']:.2f} dB), whose time is included"
         elif method in ("tv", "tv-fista"):
             notes = f"{m.get('tv_solver')}, {m.get('iterations')} steps, TV weight {m.get('lambda_tv')}, init {m.get('init')}"
         cells = [views, method, f"{m['psnr_3d']:.2f}", f"{m['ssim_3d']:.4f}", delta(views, m, "sart"), delta(views, m, "fdk-ramlak")]

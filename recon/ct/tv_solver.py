@@ -81,6 +81,7 @@ def tv_prox(
     *,
     p: Tensor | None = None,  # [3, Z, Y, X] dual warm start, updated in place
     iterations: int = 50,
+    axes: tuple[int, ...] = (0, 1, 2),
 ) -> tuple[Tensor, Tensor]:  # ([Z, Y, X], [3, Z, Y, X])
     """``argmin_{u >= 0} 1/2 sum d (u - v)^2 + lam * TV(u)`` by projected dual gradient ascent.
 
@@ -90,21 +91,33 @@ def tv_prox(
         d: the diagonal metric (positive).
         p: dual variable to start from (changed in place); zeros when None.
         iterations: dual steps.
+        axes: the axes (0 = z, 1 = y, 2 = x) whose differences TV sums; e.g. ``(0,)`` for TV
+            across slices only (the dual components of the other axes stay 0).
 
     Returns:
         (u, p): the primal solution (>= 0) and the dual variable.
     """
     if v.dim() != 3 or d.shape != v.shape:
         raise InputError("tv_prox", f"expected v and d of one [Z, Y, X] shape, got {list(v.shape)} and {list(d.shape)}")
+    axes = tuple(sorted({int(a) for a in axes}))
+    if not axes or any(a not in (0, 1, 2) for a in axes):
+        raise InputError("tv_prox", f"axes must be a non-empty subset of (0, 1, 2), got {axes}")
     if p is None:
         p = v.new_zeros((3, *v.shape))
     if lam <= 0:
         return v.clamp_min(0), p
     dinv_lam = lam / d
-    step = 1.0 / (12.0 * lam * float((1.0 / d).max()))  # 1 / Lipschitz constant of the dual gradient / lam
+    # 1 / (Lipschitz constant of the dual gradient / lam): 4 per axis
+    step = 1.0 / (4.0 * len(axes) * lam * float((1.0 / d).max()))
+    others = [a for a in (0, 1, 2) if a not in axes]
+    if others:
+        p[others] = 0.0
     u = (v - dinv_lam * grad_3d_adjoint(p)).clamp_min_(0)
     for _ in range(iterations):
-        p.add_(grad_3d(u), alpha=step).clamp_(-1.0, 1.0)
+        g = grad_3d(u)
+        if others:
+            g[others] = 0.0
+        p.add_(g, alpha=step).clamp_(-1.0, 1.0)
         u = (v - dinv_lam * grad_3d_adjoint(p)).clamp_min_(0)
     return u, p
 

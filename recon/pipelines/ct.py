@@ -1,5 +1,5 @@
-"""``recon ct fit``: CT projections -> a volume (FDK / FBP / SART / TV / radiative Gaussians),
-slices and scores, in one run folder.
+"""``recon ct fit``: CT projections -> a volume (FDK / FBP / SART / TV / radiative Gaussians /
+a learned slice diffusion prior), slices and scores, in one run folder.
 
 Assembly only: :class:`CTFitConfig` ``setup()``s into a :class:`CTFit` job, which
 :func:`recon.pipelines.job.run_job` runs. ``setup()`` reads and checks the data, the view subset,
@@ -13,6 +13,7 @@ log, a preview ``volume.nii.gz`` at each checkpoint) and writes the outputs (lay
     reference.nii.gz              the reference the metrics use, when there is one
     geometry.json                 the scan geometry (after --cor)
     slices/{axial,coronal,sagittal}.png, loss.png, log.jsonl, metrics.json, gaussians.pt
+    volume_init.npy               --method diffusion: the starting volume (TV or FDK)
 """
 
 from __future__ import annotations
@@ -44,27 +45,29 @@ from recon.io.run import GEOMETRY_FILE, RunDir
 from recon.io.units import MU_WATER_PER_MM
 from recon.pipelines.job import JobBase, ProgressFn
 from recon.pipelines.memory import MemoryEstimate, check_memory, ct_fit_estimate
+from recon.prior.dds import DiffusionConfig
 from recon.train import Trainer, read_checkpoint, seed_everything, train
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "CTFit", "CTFitConfig"]
 
-METHODS = ("fdk", "fbp", "sart", "tv", "gaussian")
+METHODS = ("fdk", "fbp", "sart", "tv", "gaussian", "diffusion")
 PRIORS = ("none", "unet")
 
 
 @dataclass
 class CTFitConfig:
-    """Reconstruct a volume from CT projections (fdk, fbp, sart, tv or radiative gaussian) into --out."""
+    """Reconstruct a volume from CT projections (fdk, fbp, sart, tv, radiative gaussian or diffusion) into --out."""
 
     data: tyro.conf.Positional[Path]
     """Projections: an R2-Gaussian folder (meta_data.json), a NAF .pickle (with --trust-pickle),
     or a .npy/.tif stack with its TIGRE/recon geometry .json/.yaml beside it (same stem)."""
-    method: Literal["fdk", "fbp", "sart", "tv", "gaussian"] = "gaussian"
+    method: Literal["fdk", "fbp", "sart", "tv", "gaussian", "diffusion"] = "gaussian"
     """fdk (cone) / fbp (fan, parallel; same code), sart, tv (TV-regularised voxels: the Gaussian
-    method's loss with Adam, or with --tv.solver fista OS-FISTA on least squares + TV) or gaussian
-    (R2-Gaussian-style)."""
+    method's loss with Adam, or with --tv.solver fista OS-FISTA on least squares + TV), gaussian
+    (R2-Gaussian-style) or diffusion (a learned axial-slice diffusion prior sampled DDS-style from
+    an OS-FISTA TV start, recon.prior.dds; --diffusion.*)."""
     out: Path = Path("runs/ct")
     """Run folder to write (layout: docs/run-folder.md)."""
     iterations: int | None = None
@@ -104,7 +107,9 @@ class CTFitConfig:
     gaussian: GaussianFitConfig = field(default_factory=GaussianFitConfig)
     """Gaussian method hyperparameters."""
     tv: TVConfig = field(default_factory=TVConfig)
-    """TV method hyperparameters."""
+    """TV method hyperparameters (also the TV start of --method diffusion, always with the fista solver)."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """Diffusion-prior method hyperparameters (recon.prior.dds)."""
     prior: Literal["none", "unet"] = "none"
     """Learned prior applied after the reconstruction: 'unet' adds the learned sparse U-Net's
     residual to the non-air voxels (recon.prior.ct_refiner; volume.npy is then the result,
@@ -165,8 +170,16 @@ class CTFit(JobBase):
             reference, _spacing = load_volume_file(cfg.reference)
         if reference is not None and tuple(reference.shape) != data.geometry.n_voxel:
             raise InputError(cfg.reference or cfg.data, f"reference volume is {list(reference.shape)} but the geometry's grid is {list(data.geometry.n_voxel)} (z, y, x)")
-        if cfg.method in ("fdk", "fbp", "tv", "gaussian"):
+        if cfg.method in ("fdk", "fbp", "tv", "gaussian", "diffusion"):
             self.short_scan = self._short_scan_mode(data.geometry)  # raises for short scans with short_scan='error'
+        self.diffusion_model = None
+        if cfg.method == "diffusion":
+            from recon.prior.ct_diffusion import load_slice_diffusion
+
+            self.diffusion_model = load_slice_diffusion(cfg.diffusion.weights)  # missing/corrupt weights fail here, before any output
+            m = self.diffusion_model.size_multiple
+            if data.geometry.n_voxel[1] % m or data.geometry.n_voxel[2] % m:
+                raise InputError("--method diffusion", f"the slice model needs slice sides that are multiples of {m}; the grid is {list(data.geometry.n_voxel)} (z, y, x)")
         self.prior_model = None
         if cfg.prior == "unet":
             from recon.prior.ct_refiner import load_refiner
@@ -184,6 +197,8 @@ class CTFit(JobBase):
         self.memory = ct_memory_estimate(cfg, data)
         check_memory(self.memory, str(cfg.data), skip=cfg.skip_memory_check)
         self.data, self.reference = data, reference
+        if cfg.method == "diffusion" and cfg.diffusion.init_volume is not None:
+            self._given_init(cfg.diffusion.init_volume)  # checked before any output
 
     # ------------------------------------------------------------------ validation
     def _check_options(self) -> None:
@@ -203,10 +218,14 @@ class CTFit(JobBase):
         filter_name(cfg.filter)
         if cfg.method == "gaussian":
             cfg.gaussian.validate()
-        if cfg.method == "tv":
+        if cfg.method in ("tv", "diffusion"):
             cfg.tv.validate()
+        if cfg.method == "diffusion":
+            cfg.diffusion.validate()
         if cfg.resume and cfg.method in ("fdk", "fbp"):
             raise InputError("--resume", f"method {cfg.method} is not iterative; nothing to resume")
+        if cfg.resume and cfg.method == "diffusion":
+            raise InputError("--resume", "method diffusion keeps no checkpoints (one sampling pass); run it again")
         if cfg.prior not in PRIORS:
             raise InputError("--prior", f"unknown prior {cfg.prior!r} (expected one of {', '.join(PRIORS)})")
         if cfg.prior_path is not None and cfg.prior == "none":
@@ -256,6 +275,9 @@ class CTFit(JobBase):
                 from recon.ct.analytic import fdk
 
                 volume = fdk(self.data.projections, geo, filter=cfg.filter, short_scan=self.short_scan).numpy()
+                wall = time.perf_counter() - t0
+            elif cfg.method == "diffusion":
+                volume = self._diffusion(progress, extra)
                 wall = time.perf_counter() - t0
             else:
                 volume = self._iterate(progress, extra)
@@ -318,6 +340,69 @@ class CTFit(JobBase):
                          converged=trainer.converged)  # fmt: skip
         volume = trainer.volume()  # type: ignore[attr-defined]
         return np.asarray(volume.detach().cpu().numpy(), dtype=np.float32)
+
+    # ------------------------------------------------------------------ diffusion prior
+    def _diffusion(self, progress: ProgressFn | None, extra: dict) -> np.ndarray:
+        """The starting volume (OS-FISTA TV or FDK), then DDS sampling with the slice prior."""
+        import torch
+
+        from recon.prior.ct_diffusion import DEFAULT_WEIGHTS
+        from recon.prior.dds import dds_reconstruct
+
+        cfg, data, run = self.config, self.data, self.run_dir
+        dc = dataclasses.replace(cfg.diffusion, seed=cfg.seed)
+        t = time.perf_counter()
+        projector = None
+        if dc.init_volume is not None:
+            init = torch.from_numpy(self._given_init(dc.init_volume))
+            init_desc = f"given volume ({dc.init_volume})"
+        elif dc.init == "tv":
+            tv = dataclasses.replace(cfg.tv, solver="fista", seed=cfg.seed)
+            trainer = TVTrainer(data.projections, data.geometry, tv, num_threads=None)
+            n = int(trainer.config.iterations)  # type: ignore[arg-type]
+            run.mark("running", init=f"tv (fista, {n} steps)", total_steps=dc.steps, step=0)
+            for _ in range(n):
+                trainer.train_step()
+                if trainer.converged:
+                    break
+            init = trainer.volume()
+            projector = trainer.projector
+            init_desc = f"tv (fista, {trainer.step} steps, lambda {tv.fista_lambda_tv})"
+        else:
+            from recon.ct.analytic import fdk
+
+            init = fdk(data.projections, data.geometry, filter="hann", short_scan=self.short_scan, num_threads=None).clamp_min(0)
+            init_desc = "fdk (hann)"
+        init_s = time.perf_counter() - t
+        init_np = np.ascontiguousarray(init.detach().cpu().numpy(), dtype=np.float32)
+        atomic_save_npy(run.path("volume_init.npy"), init_np)
+        logger.info("diffusion: started from %s in %.1f s; %d DDIM steps from t = %d", init_desc, init_s, dc.steps, dc.t_start)
+        run.mark("running", init=init_desc, total_steps=dc.steps, step=0)
+
+        def on_step(step: int, total: int, record: dict) -> None:
+            run.progress(step, total)
+            if progress is not None:
+                progress(step, total, record)
+
+        t = time.perf_counter()
+        volume = dds_reconstruct(data.projections, data.geometry, self.diffusion_model, torch.from_numpy(init_np), dc,  # type: ignore[arg-type]
+                                 projector=projector, progress=on_step)  # fmt: skip
+        extra.update(init=init_desc, init_time_s=round(init_s, 2), sampling_time_s=round(time.perf_counter() - t, 2),
+                     diffusion_weights=str(dc.weights or DEFAULT_WEIGHTS), diffusion_steps=dc.steps, diffusion_t_start=dc.t_start,
+                     diffusion_cg_iterations=dc.cg_iterations, diffusion_tv_z=dc.tv_z, diffusion_eta=dc.eta)  # fmt: skip
+        if self.reference is not None:
+            extra.update({f"{k}_init": v for k, v in volume_metrics(init_np, self.reference).items() if k in ("psnr_3d", "ssim_3d")})
+        return np.asarray(volume.numpy(), dtype=np.float32)
+
+    def _given_init(self, path: Path) -> np.ndarray:
+        """``--diffusion.init-volume``: a [Z, Y, X] .npy on the scan's grid, finite, in 1/mm."""
+        try:
+            vol = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise InputError(path, f"could not read the starting volume ({type(err).__name__}: {err}); expected a .npy [z, y, x] array") from None
+        if vol.shape != tuple(self.data.geometry.n_voxel) or not np.issubdtype(vol.dtype, np.floating) or not np.isfinite(vol).all():
+            raise InputError(path, f"expected a finite float [z, y, x] volume of shape {list(self.data.geometry.n_voxel)}, got {vol.dtype} {list(vol.shape)}")
+        return np.ascontiguousarray(vol, dtype=np.float32)
 
     # ------------------------------------------------------------------ outputs
     def _apply_prior(self, volume: np.ndarray, extra: dict) -> np.ndarray:

@@ -143,3 +143,22 @@ def test_bad_inputs(tiny):
         TVSolver(b, g, lam=0.1).start(torch.zeros(3, 3, 3))
     with pytest.raises(InputError):
         tv_prox(torch.zeros(3, 3, 3), 0.1, torch.ones(3, 3, 4))
+
+
+def test_tv_prox_along_z_only():
+    """``axes=(0,)``: variation within slices is untouched, variation across slices is reduced
+    (and the default, all three axes, smooths both)."""
+    g = torch.Generator().manual_seed(0)
+    in_plane = torch.rand(1, 6, 6, generator=g).expand(5, 6, 6).contiguous() + 1.0  # constant along z
+    d = torch.ones_like(in_plane)
+    u, p = tv_prox(in_plane, 0.05, d, iterations=200, axes=(0,))
+    torch.testing.assert_close(u, in_plane)
+    assert float(p[1:].abs().max()) == 0.0
+    u3, _ = tv_prox(in_plane, 0.05, d, iterations=200)
+    assert float((u3 - in_plane).abs().max()) > 1e-2
+    across = torch.rand(5, 1, 1, generator=g).expand(5, 6, 6).contiguous() + 1.0  # varies along z only
+    uz, _ = tv_prox(across, 0.05, d, iterations=200, axes=(0,))
+    assert float(torch.diff(uz, dim=0).abs().sum()) < 0.8 * float(torch.diff(across, dim=0).abs().sum())
+    torch.testing.assert_close(torch.diff(uz, dim=1), torch.zeros_like(torch.diff(uz, dim=1)))
+    with pytest.raises(InputError, match="axes"):
+        tv_prox(across, 0.05, d, axes=(3,))

@@ -132,7 +132,10 @@ class TVSolver:
         projections: [V, v, u] line integrals, in the units the volume's projections should take.
         geometry: the scan.
         lam: TV weight (in the units of ``F``; see the module docstring).
-        n_subsets: view groups per pass (1: full-batch FISTA).
+        n_subsets: view groups per pass (1: full-batch FISTA), or a schedule: the number of
+            groups in pass 0, 1, ... (the last repeats). The momentum carries over from one
+            number of groups to another (measured faster than restarting it), except into
+            full-batch steps, where it restarts.
         prox_iterations: dual steps of the TV proximal problem per step (warm-started).
         momentum: FISTA momentum (False: proximal gradient, monotone with one subset).
         d_floor: the diagonal ``D`` is raised to at least this fraction of its maximum.
@@ -142,6 +145,9 @@ class TVSolver:
             (full-batch FISTA, which converges; ordered subsets with momentum only approach
             the solution and can drift away from it). None: subsets throughout.
         projector: reuse a :class:`Projector`.
+        ray_weights: [V, v, u] non-negative factors of the data weights ``w`` (e.g. statistical
+            weights); None: 1.
+        isotropic: isotropic TV (Euclidean norm of the gradient per voxel) instead of anisotropic.
     """
 
     def __init__(
@@ -180,15 +186,21 @@ class TVSolver:
             schedule = schedule[:1] * int(os_passes) + [1]
         self.schedule = [min(n, geometry.n_views) for n in schedule]  # subsets in pass 0, 1, ...; the last repeats
         self._keys: dict[int, list[tuple[int, ...]]] = {}
+        if ray_weights is not None and (tuple(ray_weights.shape) != tuple(b.shape) or not bool((ray_weights >= 0).all())):
+            raise InputError("ray_weights", f"expected non-negative weights of shape {list(b.shape)}")
         with torch.no_grad():
-            ray = self.projector.forward(torch.ones(geometry.n_voxel))  # [V, v, u] ray lengths (mm)
-            hit = ray > 1e-6 * max(geometry.voxel_mm)
-            self.w = torch.where(hit, 1.0 / ray.clamp_min(1e-12), torch.zeros_like(ray))  # [V, v, u]
-            if ray_weights is not None:
-                if tuple(ray_weights.shape) != tuple(b.shape) or not bool((ray_weights >= 0).all()):
-                    raise InputError("ray_weights", f"expected non-negative weights of shape {list(b.shape)}")
-                self.w = self.w * ray_weights.float()
-            d = self.projector.backproject(self.w * ray)  # [Z, Y, X] = A^T w A 1
+            # view group by view group, so only the ray tables the first pass needs are built
+            ones = torch.ones(geometry.n_voxel)
+            self.w = torch.zeros_like(b)  # [V, v, u]
+            d = torch.zeros(geometry.n_voxel)  # [Z, Y, X] = A^T w A 1
+            for key in self.keys(self.schedule[0]):
+                rows = list(key)
+                ray = self.projector.forward(ones, key)  # ray lengths (mm)
+                w = torch.where(ray > 1e-6 * max(geometry.voxel_mm), 1.0 / ray.clamp_min(1e-12), torch.zeros_like(ray))
+                if ray_weights is not None:
+                    w = w * ray_weights[rows].float()
+                self.w[rows] = w
+                d += self.projector.backproject(w * ray, key)
         self.d = d.clamp_min(d_floor * float(d.max())) / self.relaxation  # [Z, Y, X]
         self.x: Tensor = torch.zeros(geometry.n_voxel)
         self.z: Tensor = self.x.clone()
@@ -223,6 +235,13 @@ class TVSolver:
         q, r = divmod(k - start, n)
         return len(self.schedule) - 1 + q, n, r
 
+    def _data_gradient(self, z: Tensor, key: tuple[int, ...]) -> tuple[float, Tensor]:  # z [Z, Y, X] -> (value, [Z, Y, X])
+        """The data term of the views ``key`` at ``z`` and its gradient."""
+        rows = list(key)
+        r = self.projector.forward(z, key) - self.b[rows]
+        wr = self.w[rows] * r
+        return 0.5 * float((wr * r).sum()), self.projector.backproject(wr, key)
+
     @torch.no_grad()
     def step(self) -> dict[str, float]:
         """One proximal-gradient step on the next subset; returns ``data`` (the subset's weighted
@@ -231,13 +250,11 @@ class TVSolver:
         this step finished a pass over all views)."""
         pass_index, n, i = self.position(self.k)
         key = self.keys(n)[i]
-        if i == 0 and pass_index > 0 and n != self.position(self.k - 1)[1]:
-            self.t = 1.0  # the momentum of a pass with other subsets does not carry over
-        rows = list(key)
-        r = self.projector.forward(self.z, key) - self.b[rows]
-        wr = self.w[rows] * r
-        data = 0.5 * n * float((wr * r).sum())
-        v = self.z - (n / self.d) * self.projector.backproject(wr, key)
+        if i == 0 and pass_index > 0 and n == 1 and self.position(self.k - 1)[1] != 1:
+            self.t = 1.0  # the momentum of the ordered-subset phase does not carry over into full-batch steps
+        data, grad = self._data_gradient(self.z, key)
+        v = self.z - (n / self.d) * grad
+        data *= n
         x_new, self.p = tv_prox(v, self.lam, self.d, p=self.p, iterations=self.prox_iterations, isotropic=self.isotropic)
         diff = x_new - self.x
         change = float(diff.norm()) / max(float(x_new.norm()), 1e-30)

@@ -153,13 +153,23 @@ def test_weighted_and_isotropic_variants_match_reference(tiny, weighted, isotrop
 
 def test_subset_schedule_positions_and_restart(tiny):
     """A schedule [3, 2, 1]: 3 steps of pass 0, 2 of pass 1, then full-batch steps; the momentum
-    restarts where the number of subsets changes; ``os_passes`` is the schedule [n] * k + [1]."""
+    restarts where full-batch steps begin, not between subset counts; ``os_passes`` is the
+    schedule [n] * k + [1]."""
     g, _vol, b, _a = tiny
     s = TVSolver(b, g, lam=0.05, n_subsets=[3, 2, 1])
     assert [s.position(k) for k in range(7)] == [(0, 3, 0), (0, 3, 1), (0, 3, 2), (1, 2, 0), (1, 2, 1), (2, 1, 0), (3, 1, 0)]
     s.start(torch.zeros(g.n_voxel))
-    ends = [s.step()["pass_end"] for _ in range(7)]
+    ends, ts, restarted = [], [], []
+    for _ in range(7):
+        info = s.step()
+        ends.append(info["pass_end"])
+        restarted.append(info["restarted"])
+        ts.append(s.t)  # after the step
     assert ends == [0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    if not restarted[3]:  # 3 -> 2 subsets: t goes on growing
+        assert ts[3] > ts[2] > 1.0
+    assert ts[5] == pytest.approx(0.5 * (1 + 5**0.5))  # restarted into the first full-batch step
+    assert ts[4] > ts[5] or restarted[4]
     assert sorted(v for key in s.keys(3) for v in key) == list(range(g.n_views))
     a1 = TVSolver(b, g, lam=0.05, n_subsets=2, os_passes=2)
     a2 = TVSolver(b, g, lam=0.05, n_subsets=[2, 2, 1])

@@ -1,6 +1,6 @@
 """Total-variation regularised reconstruction on the voxel grid, two solvers.
 
-``solver="fista"`` (the default, the fast one): the least-squares objective, over ``x >= 0`` (in
+``solver="fista"`` (opt-in, the fast one): the least-squares objective, over ``x >= 0`` (in
 units of the normalised projections),
 
     1/2 * sum_rays (A x - b)^2 / (A 1) + fista_lambda_tv * TV(x)
@@ -11,7 +11,7 @@ FDK (:class:`recon.ct.tv_solver.TVSolver`): two passes over 10 view subsets, the
 pass, 14 passes in all by default. One training step is one subset of views; the run stops
 early when a whole pass over the subsets changes ``x`` by less than ``tol`` (relative).
 
-``solver="adam"`` (the first TV method): the radiative-Gaussian objective
+``solver="adam"`` (the default, the first TV method): the radiative-Gaussian objective
 with the voxels themselves as the parameters: for batches ``s`` of interleaved views,
 
     L1(A_s x, b_s) + lambda_dssim * (1 - SSIM(A_s x, b_s)) + lambda_tv * TV(x)
@@ -26,7 +26,9 @@ here one optimiser takes both terms.
 The two minimise different objectives (L1 + D-SSIM vs weighted least squares; TV weights in
 different units), so they stop at different images. FISTA's PSNR peaks and then falls as it
 converges when the TV weight is too large (1e-4 on the chest); at 5e-5 it passes the Adam
-solver's PSNR after 13 passes (docs/benchmarks.md, "CT: TV speed").
+solver's PSNR there after 13 passes, but the same settings are 3.4 dB below Adam on a held-out
+patient (docs/benchmarks.md, "CT: TV speed"): the least-squares TV weight that suits one scan
+does not suit another, which is why Adam stays the default.
 
 Why it exists: on the sparse-view chest benchmark (``docs/benchmarks.md``) TV is the strongest
 method we have, faster and better than the Gaussians, and the yardstick any representation has
@@ -62,10 +64,12 @@ __all__ = ["TVConfig", "TVTrainer", "fista_schedule"]
 class TVConfig:
     """Hyperparameters of :class:`TVTrainer` (defaults tuned on the 128^3 chest at 25 views)."""
 
-    solver: Literal["fista", "adam"] = "fista"
-    """'fista' (default): OS-FISTA on least squares + TV (:mod:`recon.ct.tv_solver`), 37.00 dB on
-    the 25-view chest in 14 passes over the views; 'adam': the Gaussian method's loss on voxels,
-    Adam, 300 steps (36.93 dB there, about 5x the CPU time; docs/benchmarks.md)."""
+    solver: Literal["fista", "adam"] = "adam"
+    """'adam' (default): the Gaussian method's loss on voxels, Adam, 300 steps (36.93 dB on the
+    25-view chest, 32.94 on the held-out patient); 'fista': OS-FISTA on least squares + TV
+    (:mod:`recon.ct.tv_solver`), 37.00 dB on the chest in 14 passes with a fifth of the CPU time,
+    but 29.54 dB on the held-out patient: its TV weight does not carry over between scans, so it
+    is not the default (docs/benchmarks.md, "CT: TV speed")."""
     iterations: int | None = None
     """Steps: fista, one subset of views each (all views after ``fista_full_batch_after``
     passes; default FISTA_ITERATIONS: 14 passes); adam, one batch of ``batch_views`` each

@@ -59,10 +59,10 @@ def test_fista_stops_when_a_pass_changes_little(noisy_scan):
 
 
 def test_fista_schedule_and_defaults():
-    """Default: fista, two warm-up passes over 10 subsets (at most half the views), then 5; the
-    default step count is 14 passes of that schedule."""
-    cfg = TVConfig()
-    assert cfg.solver == "fista" and cfg.resolved().init == "fdk"
+    """fista: two warm-up passes over 10 subsets (at most half the views), then 5; the default
+    step count is 14 passes of that schedule."""
+    cfg = TVConfig(solver="fista")
+    assert cfg.resolved().init == "fdk" and cfg.resolved().iterations == FISTA_ITERATIONS
     assert fista_schedule(cfg, 25) == [10, 10, 5]
     assert FISTA_ITERATIONS == 10 + 10 + 12 * 5
     assert fista_schedule(cfg, 10) == [5, 5, 5]

@@ -78,8 +78,7 @@ def main() -> int:
         return 2
 
     import recon.ct.gaussian_trainer as gt
-    import recon.ct.project as project
-    import recon.ct.voxelize as voxelize
+    from recon.ct import project, voxelize
     from recon.ct.project import torch_threads
     from recon.io.r2gaussian import read_r2gaussian
 

@@ -35,7 +35,8 @@ dual step from collapsing at the edge of the field of view).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -12,11 +12,12 @@ noise ("physical" protocol of ``recon.ct.simulate``). The same matched projector
 reconstructs (as in the R2-Gaussian benchmark), for every method.
 
 Methods, all through ``recon.pipelines.ct.CTFit``: FDK (Ram-Lak and Hann), SART (20 iterations,
-one view per update), TV-regularised voxels (``tv``: ``TVConfig`` defaults, the Gaussian
-method's loss with the voxels as parameters, Adam; ``tv-fista``: OS-FISTA on least squares + TV
-from FDK), the Gaussian method with its defaults (``GaussianFitConfig``) and ``diffusion``: the
-learned slice diffusion prior sampled DDS-style from the OS-FISTA TV result
-(``recon.prior.dds``, ``--diffusion-*`` options; its time includes the TV start). tv and Gaussians
+one view per update), TV-regularised voxels (``tv``: the Adam solver, ``TVConfig``'s default:
+the Gaussian method's loss with the voxels as parameters; ``tv-fista``: OS-FISTA on least
+squares + TV from FDK, with its ``TVConfig`` settings), the Gaussian method with its defaults
+(``GaussianFitConfig``) and ``diffusion``: the learned slice diffusion prior sampled DDS-style
+from the OS-FISTA TV result (``recon.prior.dds``, ``--diffusion-*`` options; its time includes
+the TV start). tv and Gaussians
 start from FDK + a few OS-SART iterations; every start is counted in the time. The table
 gives each method's PSNR difference to SART and to FDK (Ram-Lak) at the same view count. Metrics: 3D PSNR over
 the reference's range and SSIM averaged over axial / coronal / sagittal slices (R2-Gaussian's

@@ -60,17 +60,22 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 
 def _ssim_slices(a: torch.Tensor, b: torch.Tensor, L: float, window: torch.Tensor) -> torch.Tensor:
-    """SSIM of each slice in a batch [N, H, W] -> [N]."""
-    a, b = a.unsqueeze(1), b.unsqueeze(1)
-    pad = window.shape[-1] // 2
-    conv = lambda t: F.conv2d(t, window, padding=pad)  # noqa: E731
-    mu1, mu2 = conv(a), conv(b)
-    s11 = conv(a * a) - mu1 * mu1
-    s22 = conv(b * b) - mu2 * mu2
-    s12 = conv(a * b) - mu1 * mu2
+    """SSIM of each slice in a batch [N, H, W] -> [N]. The Gaussian window is separable: the
+    five local means are two 1D convolutions (rows, then columns) of the five maps stacked as
+    channels, the same numbers as the 2D window to rounding and ~10x less work."""
+    size = window.shape[-1]
+    pad = size // 2
+    g = window[0, 0].sum(dim=1)  # [size]: the 1D factor of the separable window
+    stack = torch.stack([a, b, a * a, b * b, a * b], dim=1)  # [N, 5, H, W]
+    stack = F.conv2d(stack, g.view(1, 1, size, 1).expand(5, 1, size, 1).contiguous(), padding=(pad, 0), groups=5)
+    stack = F.conv2d(stack, g.view(1, 1, 1, size).expand(5, 1, 1, size).contiguous(), padding=(0, pad), groups=5)
+    mu1, mu2, e11, e22, e12 = stack.unbind(1)
+    s11 = e11 - mu1 * mu1
+    s22 = e22 - mu2 * mu2
+    s12 = e12 - mu1 * mu2
     c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
     m = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 * mu1 + mu2 * mu2 + c1) * (s11 + s22 + c2))
-    return m.mean(dim=(1, 2, 3))
+    return m.mean(dim=(1, 2))
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ dual step from collapsing at the edge of the field of view).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -69,8 +70,11 @@ def grad_3d_adjoint(p: Tensor) -> Tensor:  # [3, Z, Y, X] -> [Z, Y, X]
     return out
 
 
-def tv_sum(u: Tensor) -> Tensor:  # [Z, Y, X] -> scalar
-    """Anisotropic TV: the sum of absolute forward differences over the three axes."""
+def tv_sum(u: Tensor, isotropic: bool = False) -> Tensor:  # [Z, Y, X] -> scalar
+    """Anisotropic TV: the sum of absolute forward differences over the three axes; isotropic:
+    the sum over voxels of the Euclidean norm of the forward-difference gradient."""
+    if isotropic:
+        return grad_3d(u).square().sum(0).sqrt().sum()
     return sum((torch.diff(u, dim=d).abs().sum() for d in range(3)), u.new_zeros(()))
 
 
@@ -82,6 +86,7 @@ def tv_prox(
     p: Tensor | None = None,  # [3, Z, Y, X] dual warm start, updated in place
     iterations: int = 50,
     axes: tuple[int, ...] = (0, 1, 2),
+    isotropic: bool = False,
 ) -> tuple[Tensor, Tensor]:  # ([Z, Y, X], [3, Z, Y, X])
     """``argmin_{u >= 0} 1/2 sum d (u - v)^2 + lam * TV(u)`` by projected dual gradient ascent.
 
@@ -93,6 +98,8 @@ def tv_prox(
         iterations: dual steps.
         axes: the axes (0 = z, 1 = y, 2 = x) whose differences TV sums; e.g. ``(0,)`` for TV
             across slices only (the dual components of the other axes stay 0).
+        isotropic: isotropic TV (the dual is projected per voxel onto the unit ball instead of
+            the box [-1, 1]^3).
 
     Returns:
         (u, p): the primal solution (>= 0) and the dual variable.
@@ -117,15 +124,19 @@ def tv_prox(
         g = grad_3d(u)
         if others:
             g[others] = 0.0
-        p.add_(g, alpha=step).clamp_(-1.0, 1.0)
+        p.add_(g, alpha=step)
+        if isotropic:
+            p.div_(p.square().sum(0).sqrt_().clamp_min_(1.0))
+        else:
+            p.clamp_(-1.0, 1.0)
         u = (v - dinv_lam * grad_3d_adjoint(p)).clamp_min_(0)
     return u, p
 
 
-def tv_objective(projector: Projector, x: Tensor, b: Tensor, w: Tensor, lam: float) -> float:  # x [Z, Y, X], b / w [V, v, u]
+def tv_objective(projector: Projector, x: Tensor, b: Tensor, w: Tensor, lam: float, isotropic: bool = False) -> float:  # x [Z, Y, X], b / w [V, v, u]
     """``F(x)`` of the module docstring over all views (one forward projection)."""
     r = projector.forward(x) - b
-    return float(0.5 * (w * r * r).sum() + lam * tv_sum(x))
+    return float(0.5 * (w * r * r).sum() + lam * tv_sum(x, isotropic))
 
 
 class TVSolver:
@@ -135,7 +146,10 @@ class TVSolver:
         projections: [V, v, u] line integrals, in the units the volume's projections should take.
         geometry: the scan.
         lam: TV weight (in the units of ``F``; see the module docstring).
-        n_subsets: view groups per pass (1: full-batch FISTA).
+        n_subsets: view groups per pass (1: full-batch FISTA), or a schedule: the number of
+            groups in pass 0, 1, ... (the last repeats). The momentum carries over from one
+            number of groups to another (measured faster than restarting it), except into
+            full-batch steps, where it restarts.
         prox_iterations: dual steps of the TV proximal problem per step (warm-started).
         momentum: FISTA momentum (False: proximal gradient, monotone with one subset).
         d_floor: the diagonal ``D`` is raised to at least this fraction of its maximum.
@@ -145,6 +159,9 @@ class TVSolver:
             (full-batch FISTA, which converges; ordered subsets with momentum only approach
             the solution and can drift away from it). None: subsets throughout.
         projector: reuse a :class:`Projector`.
+        ray_weights: [V, v, u] non-negative factors of the data weights ``w`` (e.g. statistical
+            weights); None: 1.
+        isotropic: isotropic TV (Euclidean norm of the gradient per voxel) instead of anisotropic.
     """
 
     def __init__(
@@ -153,7 +170,7 @@ class TVSolver:
         geometry: CTGeometry,
         *,
         lam: float,
-        n_subsets: int = 5,
+        n_subsets: int | Sequence[int] = 5,
         prox_iterations: int = 3,
         momentum: bool = True,
         d_floor: float = 0.05,
@@ -161,6 +178,8 @@ class TVSolver:
         restart_every: int = 0,
         os_passes: int | None = None,
         projector: Projector | None = None,
+        ray_weights: Tensor | None = None,  # [V, v, u]
+        isotropic: bool = False,
     ) -> None:
         if not isinstance(geometry, CTGeometry):
             raise InputError("geometry", f"expected a CTGeometry, got {type(geometry).__name__}")
@@ -172,15 +191,30 @@ class TVSolver:
         self.geometry, self.b, self.lam = geometry, b, float(lam)
         self.prox_iterations, self.momentum, self.relaxation = int(prox_iterations), bool(momentum), float(relaxation)
         self.restart_every = int(restart_every)
+        self.isotropic = bool(isotropic)
         self.projector = projector or Projector(geometry, num_threads=None)
-        self.keys = [tuple(int(i) for i in s) for s in subset_order(geometry.n_views, min(n_subsets, geometry.n_views))]
-        self.all_views = tuple(range(geometry.n_views))
-        self.os_steps = None if os_passes is None else int(os_passes) * len(self.keys)  # then full-batch steps
+        schedule = [int(n_subsets)] if isinstance(n_subsets, int) else [int(n) for n in n_subsets]
+        if not schedule or min(schedule) < 1:
+            raise InputError("n_subsets", f"expected a positive int or a non-empty list of them, got {n_subsets!r}")
+        if os_passes is not None:
+            schedule = schedule[:1] * int(os_passes) + [1]
+        self.schedule = [min(n, geometry.n_views) for n in schedule]  # subsets in pass 0, 1, ...; the last repeats
+        self._keys: dict[int, list[tuple[int, ...]]] = {}
+        if ray_weights is not None and (tuple(ray_weights.shape) != tuple(b.shape) or not bool((ray_weights >= 0).all())):
+            raise InputError("ray_weights", f"expected non-negative weights of shape {list(b.shape)}")
         with torch.no_grad():
-            ray = self.projector.forward(torch.ones(geometry.n_voxel))  # [V, v, u] ray lengths (mm)
-            hit = ray > 1e-6 * max(geometry.voxel_mm)
-            self.w = torch.where(hit, 1.0 / ray.clamp_min(1e-12), torch.zeros_like(ray))  # [V, v, u]
-            d = self.projector.backproject(hit.float())  # [Z, Y, X] = A^T w A 1
+            # view group by view group, so only the ray tables the first pass needs are built
+            ones = torch.ones(geometry.n_voxel)
+            self.w = torch.zeros_like(b)  # [V, v, u]
+            d = torch.zeros(geometry.n_voxel)  # [Z, Y, X] = A^T w A 1
+            for key in self.keys(self.schedule[0]):
+                rows = list(key)
+                ray = self.projector.forward(ones, key)  # ray lengths (mm)
+                w = torch.where(ray > 1e-6 * max(geometry.voxel_mm), 1.0 / ray.clamp_min(1e-12), torch.zeros_like(ray))
+                if ray_weights is not None:
+                    w = w * ray_weights[rows].float()
+                self.w[rows] = w
+                d += self.projector.backproject(w * ray, key)
         self.d = d.clamp_min(d_floor * float(d.max())) / self.relaxation  # [Z, Y, X]
         self.x: Tensor = torch.zeros(geometry.n_voxel)
         self.z: Tensor = self.x.clone()
@@ -198,24 +232,44 @@ class TVSolver:
         self.p.zero_()
         self.t, self.k, self.restarts = 1.0, 0, 0
 
+    def keys(self, n: int) -> list[tuple[int, ...]]:
+        """The ``n`` interleaved view groups of a pass with ``n`` subsets."""
+        if n not in self._keys:
+            self._keys[n] = [tuple(int(i) for i in s) for s in subset_order(self.geometry.n_views, n)]
+        return self._keys[n]
+
+    def position(self, k: int) -> tuple[int, int, int]:
+        """(pass, subsets in that pass, index of step ``k`` in it) under the subset schedule."""
+        start = 0
+        for i, n in enumerate(self.schedule[:-1]):
+            if k < start + n:
+                return i, n, k - start
+            start += n
+        n = self.schedule[-1]
+        q, r = divmod(k - start, n)
+        return len(self.schedule) - 1 + q, n, r
+
+    def _data_gradient(self, z: Tensor, key: tuple[int, ...]) -> tuple[float, Tensor]:  # z [Z, Y, X] -> (value, [Z, Y, X])
+        """The data term of the views ``key`` at ``z`` and its gradient."""
+        rows = list(key)
+        r = self.projector.forward(z, key) - self.b[rows]
+        wr = self.w[rows] * r
+        return 0.5 * float((wr * r).sum()), self.projector.backproject(wr, key)
+
     @torch.no_grad()
     def step(self) -> dict[str, float]:
         """One proximal-gradient step on the next subset; returns ``data`` (the subset's weighted
         squared residual at ``z``, times the number of subsets: an estimate of the full data
         term), ``change`` (``||x' - x|| / ||x'||``), ``restarted`` and ``pass_end`` (1.0 when
         this step finished a pass over all views)."""
-        n = len(self.keys)
-        key = self.keys[self.k % n]
-        if self.os_steps is not None and self.k >= self.os_steps:
-            n, key = 1, self.all_views
-            if self.k == self.os_steps:
-                self.t = 1.0  # the momentum of the ordered-subset phase does not carry over
-        rows = list(key)
-        r = self.projector.forward(self.z, key) - self.b[rows]
-        wr = self.w[rows] * r
-        data = 0.5 * n * float((wr * r).sum())
-        v = self.z - (n / self.d) * self.projector.backproject(wr, key)
-        x_new, self.p = tv_prox(v, self.lam, self.d, p=self.p, iterations=self.prox_iterations)
+        pass_index, n, i = self.position(self.k)
+        key = self.keys(n)[i]
+        if i == 0 and pass_index > 0 and n == 1 and self.position(self.k - 1)[1] != 1:
+            self.t = 1.0  # the momentum of the ordered-subset phase does not carry over into full-batch steps
+        data, grad = self._data_gradient(self.z, key)
+        v = self.z - (n / self.d) * grad
+        data *= n
+        x_new, self.p = tv_prox(v, self.lam, self.d, p=self.p, iterations=self.prox_iterations, isotropic=self.isotropic)
         diff = x_new - self.x
         change = float(diff.norm()) / max(float(x_new.norm()), 1e-30)
         restart = self.momentum and float(((self.z - x_new) * diff).sum()) > 0
@@ -232,7 +286,7 @@ class TVSolver:
             self.z = x_new
         self.x = x_new
         self.k += 1
-        pass_end = n == 1 or self.k % n == 0
+        pass_end = i == n - 1
         return {"data": data, "change": change, "restarted": float(restart), "pass_end": float(pass_end)}
 
     def state_dict(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import torch
 from recon.ct.analytic import fdk
 from recon.ct.project import Projector
 from recon.ct.sart import sart
-from recon.ct.tv_trainer import TVConfig, TVTrainer
+from recon.ct.tv_trainer import FISTA_ITERATIONS, TVConfig, TVTrainer, fista_schedule
 from recon.errors import InputError
 from recon.io.run import RunDir
 from recon.train.loop import load_checkpoint_file
@@ -56,6 +56,21 @@ def test_fista_stops_when_a_pass_changes_little(noisy_scan):
     last_pass = changes[-5:] if tr.step <= 10 else changes[-1:]  # 5 subsets per pass, then full-batch steps
     assert max(last_pass) < 0.03 and changes[0] >= 0.03
     assert tr.step <= 10 or max(changes[5:10]) >= 0.03  # it did not stop at an earlier pass
+
+
+def test_fista_schedule_and_defaults():
+    """fista: by default 20 passes over 5 subsets; warm-up passes over 10 subsets (at most half
+    the views) when asked for, then 5."""
+    cfg = TVConfig(solver="fista")
+    assert cfg.resolved().init == "fdk" and cfg.resolved().iterations == FISTA_ITERATIONS == 20 * 5
+    assert fista_schedule(cfg, 25) == [5]
+    warm = TVConfig(solver="fista", fista_warm_passes=2)
+    assert fista_schedule(warm, 25) == [10, 10, 5]
+    assert fista_schedule(warm, 10) == [5, 5, 5]
+    assert fista_schedule(TVConfig(fista_warm_passes=2, fista_full_batch_after=3), 25) == [10, 10, 5, 1]
+    assert fista_schedule(TVConfig(fista_warm_passes=2, fista_full_batch_after=1), 25) == [10, 1]
+    with pytest.raises(InputError, match="--tv.fista-relaxation"):
+        TVConfig(fista_relaxation=2.0).validate()
 
 
 def test_tv_beats_sart_on_noisy_sparse_views(noisy_scan):

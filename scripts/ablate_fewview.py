@@ -92,6 +92,7 @@ def make_config(name: str, data: Path, out: Path, train: list[int], eval_idx: li
         eval_indices=tuple(eval_idx),
         downscale=args.downscale,
         iterations=args.iterations,
+        coarse_to_fine=0.0,  # the published grid trained at full resolution throughout
         seed=args.seed,
         resume=resume,
         overwrite=not resume,

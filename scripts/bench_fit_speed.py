@@ -4,12 +4,13 @@ the schedule switches, on the fox protocol's unseen views.
 
 Variants (each a full `fewview` fit, the default preset, at --downscale 4 = 270x480):
 
-    default    3000 steps, as `recon fit` runs today
-    c2f        --coarse-to-fine 0.5 (half resolution for the first half of the steps)
-    early      --early-stop
+    default    3000 steps at full resolution (`recon fit`'s default before the fast one;
+               --iterations 3000 --coarse-to-fine 0)
+    c2f        --coarse-to-fine 0.5 (half resolution for the first half of the 3000 steps)
+    early      --early-stop (3000 steps planned, full resolution)
     auto       --auto-iterations (250 steps per view + 500 per 100k initial Gaussians)
     fast1500   --coarse-to-fine 0.5 --iterations 1500
-    fast1000   --coarse-to-fine 0.5 --iterations 1000
+    fast1000   --coarse-to-fine 0.5 --iterations 1000 (the fewview preset's default now)
 
 Rows are stored in OUT/results.json as they finish (resumable: a finished row is skipped).
 Wall and process CPU time are recorded with the load average, because the machine is shared:
@@ -38,10 +39,10 @@ except ImportError:  # run as a module
 ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS: dict[str, dict] = {
-    "default": {},
+    "default": {"coarse_to_fine": 0.0},
     "c2f": {"coarse_to_fine": 0.5},
-    "early": {"early_stop": True},
-    "auto": {"auto_iterations": True},
+    "early": {"early_stop": True, "coarse_to_fine": 0.0},
+    "auto": {"auto_iterations": True, "coarse_to_fine": 0.0},
     "fast1500": {"coarse_to_fine": 0.5, "iterations": 1500},
     "fast1000": {"coarse_to_fine": 0.5, "iterations": 1000},
 }

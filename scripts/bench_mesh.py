@@ -179,7 +179,7 @@ def bench_fox(args: argparse.Namespace) -> None:
     fit_load = load_average()
     if run.problems() and not (interrupted and args.use_checkpoint):
         CaptureFitConfig(data=args.data, out=run_dir, train_views=tuple(train[args.k]), eval_indices=tuple(eval_idx),
-                         downscale=args.downscale, iterations=args.iterations, preset=args.preset, init_points=args.init_points,
+                         downscale=args.downscale, iterations=args.iterations, coarse_to_fine=0.0, preset=args.preset, init_points=args.init_points,
                          overwrite=True).run()  # fmt: skip
         fit_load += f" -> {load_average()}"
     fit_s = time.perf_counter() - t0

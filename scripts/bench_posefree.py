@@ -242,7 +242,8 @@ def fit_one(capture, capture_dir: Path, k: int, train_idx: list[int], eval_idx: 
     eval_names = [capture.names[i] for i in eval_idx]
     cams = root / "eval_cameras.json"
     write_eval_cameras(capture_dir, train_names + eval_names, cams)
-    common = {"preset": args.preset, "iterations": args.iterations, "downscale": args.downscale, "seed": 0, "overwrite": True}
+    common = {"preset": args.preset, "iterations": args.iterations, "downscale": args.downscale, "seed": 0, "overwrite": True,
+              "coarse_to_fine": 0.0}  # the published rows trained at full resolution throughout
     arms = {
         "calibrated": ({"data": capture_dir, "train_views": tuple(train_idx), "eval_indices": tuple(eval_idx)}, "none"),
         "estimated": ({"data": root / "transforms.json", "train_views": tuple(range(k)), "eval_views": 0,

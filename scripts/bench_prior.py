@@ -57,7 +57,7 @@ def make_config(name: str, data: Path, out: Path, train: list[int], eval_idx: li
     prior = opts.pop("prior", "none")
     prior_options = PriorConfig(**opts.pop("prior_options", {}))
     return CaptureFitConfig(data=data, out=out, preset="fewview", train_views=tuple(train), eval_indices=tuple(eval_idx),
-                            downscale=args.downscale, iterations=args.iterations, seed=args.seed, overwrite=True,
+                            downscale=args.downscale, iterations=args.iterations, seed=args.seed, overwrite=True, coarse_to_fine=0.0,
                             prior=prior, prior_options=prior_options)  # type: ignore[arg-type]  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from recon.ct.gaussian_trainer import GaussianFitConfig
 from recon.pipelines.capture import CaptureFitConfig
+from recon.splat.config import UNSET_DEFAULTS
 
 __all__ = ["capture_fit_default", "ct_fit_default"]
 
@@ -28,8 +29,11 @@ def _default(cls: type, name: str) -> Any:
 
 
 def capture_fit_default(name: str) -> Any:
-    """Default value of ``CaptureFitConfig.<name>`` (``recon fit --<name>``; a fresh object for factory defaults)."""
-    return _default(CaptureFitConfig, name)
+    """Default value of ``CaptureFitConfig.<name>`` (``recon fit --<name>``; a fresh object for factory defaults).
+    Options left unset for the presets to choose (``UNSET_DEFAULTS``: steps, coarse-to-fine) give
+    their plain value: nerfstudio's loop trains at full resolution for ``--max-num-iterations``."""
+    value = _default(CaptureFitConfig, name)
+    return UNSET_DEFAULTS[name] if value is None and name in UNSET_DEFAULTS else value
 
 
 def ct_fit_default(name: str) -> Any:

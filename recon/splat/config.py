@@ -26,7 +26,7 @@ from recon.splat.anchored import AnchoredConfig
 from recon.splat.regularizers import RegularizerConfig
 from recon.splat.strategy import DensifyStrategy
 
-__all__ = ["PRESETS", "SplatTrainConfig", "apply_overrides", "default_densify"]
+__all__ = ["PRESETS", "UNSET_DEFAULTS", "SplatTrainConfig", "apply_overrides", "default_densify"]
 
 _C = TypeVar("_C", bound="SplatTrainConfig")
 
@@ -46,6 +46,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fewview": {
         "init": "mvs",
         "background_mean": True,
+        "iterations": 1000,
+        "coarse_to_fine": 0.5,
     },
 }
 """Named sets of option values (``--preset``), dotted names for ``reg.*``. ``plain`` is 3DGS as
@@ -58,6 +60,11 @@ their combination is the ablation's ``regularisers`` row. A capture with SfM poi
 images can keep them with ``--init sfm``."""
 
 
+UNSET_DEFAULTS: dict[str, Any] = {"iterations": 3000, "coarse_to_fine": 0.0}
+"""Values of the options whose default is None ("unset") when no preset sets them: a preset
+value replaces only an unset option, so an explicit ``--iterations 3000`` stays 3000."""
+
+
 @dataclass
 class SplatTrainConfig:
     """How to fit Gaussian splats to posed photos: initialisation, loss, learning rates,
@@ -68,8 +75,9 @@ class SplatTrainConfig:
     training views and the mean training colour as background; best on the fox ablation) or
     'plain' 3DGS. Options given explicitly win over the preset, except an option set to its
     plain default value."""
-    iterations: int = 3000
-    """Optimisation steps (one training view per step)."""
+    iterations: int | None = None
+    """Optimisation steps (one training view per step); unset: 1000 with the fewview preset
+    (with --coarse-to-fine 0.5), 3000 with plain."""
     sh_degree: int = 3
     """Maximum spherical-harmonics degree of the colours."""
     sh_degree_interval: int = 500
@@ -152,10 +160,10 @@ class SplatTrainConfig:
     selective_adam: bool = False
     """With --cpu-kernels fused: update only the Gaussians seen in the step's view (gsplat's
     SelectiveAdam). Not the same optimiser as Adam: the others' moments do not decay."""
-    coarse_to_fine: float = 0.0
+    coarse_to_fine: float | None = None
     """Fraction of the steps trained at half resolution before full resolution (0: off;
     ``fit_schedule.ResolutionSchedule``): a half-resolution step composites ~4x fewer pixels.
-    Free Gaussians only."""
+    Free Gaussians only. Unset: 0.5 with the fewview preset, 0 with plain."""
     early_stop: bool = False
     """Stop when the epoch-mean training loss has not improved by 0.5 % for 20 epochs, never
     before 85 % of --iterations (``fit_schedule.EarlyStop``). Free Gaussians only."""
@@ -177,6 +185,9 @@ class SplatTrainConfig:
         if self.preset not in PRESETS:
             raise InputError("--preset", f"unknown preset {self.preset!r} (expected one of {sorted(PRESETS)})")
         apply_overrides(self, PRESETS[self.preset], only_defaults=True)
+        for name, value in UNSET_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     def validate(self) -> None:
         if self.iterations < 1:

@@ -397,10 +397,11 @@ class SplatTrainer:
                 out, alphas, info = rasterize_views(inputs, viewmats, Ks, w, h, sh_deg, self.background, mode)
             if extra is not None:  # a second render; densification sees only the real view's
                 e_w2c, e_K, e_img, e_weight = extra
+                ew, eh = self.train.width, self.train.height  # the targets' own (full) resolution, also under --coarse-to-fine
                 if raw:
-                    e_out, _, _ = rasterize_params_views(f.model.params, e_w2c, e_K, w, h, sh_deg, self.background)
+                    e_out, _, _ = rasterize_params_views(f.model.params, e_w2c, e_K, ew, eh, sh_deg, self.background)
                 else:
-                    e_out, _, _ = rasterize_views(inputs, e_w2c, e_K, w, h, sh_deg, self.background)
+                    e_out, _, _ = rasterize_views(inputs, e_w2c, e_K, ew, eh, sh_deg, self.background)
                 e_loss = e_weight * photometric_loss(e_out[..., :3], e_img, cfg.ssim_lambda, fused=self.fused)[0]
             self.strategy.step_pre_backward(f.model.params, f.optimizers, f.state, step, info)
             infos.append(info)

@@ -93,7 +93,10 @@ def test_presets(tmp_path):
         group, _, field = key.rpartition(".")
         assert getattr(few.reg if group else few, field) == value
     assert few.init == "mvs" and few.background_mean and few.reg == RegularizerConfig()
-    # an option given explicitly wins over the preset
+    assert few.iterations == 1000 and few.coarse_to_fine == 0.5 and plain.iterations == 3000 and plain.coarse_to_fine == 0.0
+    # an option given explicitly wins over the preset, also when it is the plain value
+    assert CaptureFitConfig(data=tmp_path, iterations=3000, coarse_to_fine=0.0).iterations == 3000
+    assert CaptureFitConfig(data=tmp_path, iterations=3000, coarse_to_fine=0.0).coarse_to_fine == 0.0
     mine = CaptureFitConfig(data=tmp_path, init="photo", reg=RegularizerConfig(dropout=0.3))
     assert mine.init == "photo" and mine.background_mean and mine.reg.dropout == 0.3
     with pytest.raises(ValueError, match="not an option"):

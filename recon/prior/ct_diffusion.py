@@ -32,11 +32,10 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
-from safetensors import SafetensorError
 from torch import Tensor
 
-from recon.errors import InputError
 from recon.io.units import MU_WATER_PER_MM
+from recon.prior.local_weights import load_local
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,6 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "ct_diffusion"
 """The shipped weights folder (config.json + diffusion_pytorch_model.safetensors)."""
 TRAIN_SCRIPT = "scripts/train_ct_prior.py"
 """The script that trains (and writes) the shipped weights."""
-_WEIGHT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
@@ -210,21 +208,7 @@ def load_slice_diffusion(path: str | Path | None = None, *, device: torch.device
             ``scripts/train_ct_prior.py``, which writes them), or the files do not load.
     """
     folder = Path(path) if path is not None else DEFAULT_WEIGHTS
-    missing = [name for name in _WEIGHT_FILES if not (folder / name).is_file()]
-    if missing:
-        raise InputError(
-            folder,
-            f"no CT slice diffusion weights here (missing {', '.join(missing)}); train them with "
-            f"`python {TRAIN_SCRIPT} --weights-out {folder}`",
-        )
-    try:
-        model = SliceDiffusion.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as err:
-        msg = " ".join(str(err).split())[:200]
-        raise InputError(folder, f"could not load the CT slice diffusion weights ({type(err).__name__}: {msg}); retrain with `python {TRAIN_SCRIPT}`") from None
-    if not isinstance(model, SliceDiffusion):
-        raise InputError(folder, f"holds a {type(model).__name__}, not a SliceDiffusion")
-    return model.to(device).eval()
+    return load_local(SliceDiffusion, folder, "CT slice diffusion", TRAIN_SCRIPT).to(device).eval()
 
 
 def count_parameters(model: torch.nn.Module) -> int:

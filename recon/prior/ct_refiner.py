@@ -41,7 +41,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from recon.io.units import MU_WATER_PER_MM
-from recon.errors import InputError
+from recon.prior.local_weights import load_local
 from recon.sparse.nets import MinkUNet
 from recon.sparse.tensor import SparseTensor
 
@@ -61,7 +61,6 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "ct_refiner"
 """The shipped weights folder (config.json + diffusion_pytorch_model.safetensors)."""
 TRAIN_SCRIPT = "scripts/train_ct_refiner.py"
 """The script that trains (and writes) the shipped weights."""
-_WEIGHT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 
 def _as_volume(volume, where: str) -> np.ndarray:  # -> [Z, Y, X] float32
@@ -294,15 +293,4 @@ def load_refiner(path: str | Path | None = None, *, backend: str = "auto", devic
             ``scripts/train_ct_refiner.py``, which writes them), or the files do not load.
     """
     folder = Path(path) if path is not None else DEFAULT_WEIGHTS
-    missing = [name for name in _WEIGHT_FILES if not (folder / name).is_file()]
-    if missing:
-        raise InputError(
-            folder,
-            f"no CT refiner weights here (missing {', '.join(missing)}); train them with "
-            f"`python {TRAIN_SCRIPT} --weights-out {folder}`",
-        )
-    try:
-        model = VolumeRefiner.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False, backend=backend)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise InputError(folder, f"could not load the CT refiner weights ({type(err).__name__}: {err}); retrain with `python {TRAIN_SCRIPT}`") from None
-    return model.to(device).eval()
+    return load_local(VolumeRefiner, folder, "CT refiner", TRAIN_SCRIPT, backend=backend).to(device).eval()

@@ -169,7 +169,7 @@ def train(args, console) -> dict:
     if args.resume and ckpt is None:
         console.print(f"[yellow]--resume: no checkpoint in {ckpt_dir}; starting afresh[/yellow]")
     if ckpt is not None:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
         if state["config"] != plain_config(model):
             raise SystemExit(f"{ckpt}: trained with another model config ({state['config']}); use another --out")
         model.load_state_dict(state["model"])

@@ -51,7 +51,7 @@ def parse_setting(text: str) -> dict:
 def load_model(args) -> SliceDiffusion:
     if args.checkpoint is None:
         return load_slice_diffusion(args.weights)
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     model = SliceDiffusion(**state["config"])
     model.load_state_dict(state["ema"])
     return model.eval()

@@ -163,7 +163,8 @@ class SplatTrainConfig:
     coarse_to_fine: float | None = None
     """Fraction of the steps trained at half resolution before full resolution (0: off;
     ``fit_schedule.ResolutionSchedule``): a half-resolution step composites ~4x fewer pixels.
-    Free Gaussians only. Unset: 0.5 with the fewview preset, 0 with plain."""
+    Free Gaussians only (--model anchored trains at full resolution). Unset: 0.5 with the
+    fewview preset, 0 with plain or --model anchored."""
     early_stop: bool = False
     """Stop when the epoch-mean training loss has not improved by 0.5 % for 20 epochs, never
     before 85 % of --iterations (``fit_schedule.EarlyStop``). Free Gaussians only."""
@@ -184,9 +185,11 @@ class SplatTrainConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise InputError("--preset", f"unknown preset {self.preset!r} (expected one of {sorted(PRESETS)})")
+        unset = {name for name in UNSET_DEFAULTS if getattr(self, name) is None}
         apply_overrides(self, PRESETS[self.preset], only_defaults=True)
         for name, value in UNSET_DEFAULTS.items():
-            if getattr(self, name) is None:
+            # anchored Gaussians keep the plain schedule: the preset's was measured on free Gaussians
+            if getattr(self, name) is None or (name in unset and self.model == "anchored"):
                 setattr(self, name, value)
 
     def validate(self) -> None:
@@ -261,8 +264,8 @@ class SplatTrainConfig:
             raise InputError("--model anchored", "pose refinement is not supported (drop --refine-poses)")
         if self.selective_adam:
             raise InputError("--model anchored", "selective Adam is for free Gaussians (drop --selective-adam)")
-        if self.coarse_to_fine or self.early_stop:
-            raise InputError("--model anchored", "--coarse-to-fine and --early-stop are for free Gaussians")
+        if self.early_stop:
+            raise InputError("--model anchored", "--early-stop is for free Gaussians")
         if self.prune_outliers and self.outlier_every:
             raise InputError("--model anchored", "only the initial points can be outlier-pruned (add --outlier-every 0)")
         if self.densify != default_densify():

@@ -157,7 +157,7 @@ class SplatTrainer:
             self.pose_optimizer, _ = self.pose_refiner.make_optimizer(cfg.iterations)
         self.pose_rounds: list[dict[str, Any]] = []
         """What each photometric registration round did (:meth:`register_poses`)."""
-        self.resolution = ResolutionSchedule((0.5, 1.0), (cfg.coarse_to_fine, 1.0)) if cfg.coarse_to_fine > 0 else None
+        self.resolution = ResolutionSchedule((0.5, 1.0), (cfg.coarse_to_fine, 1.0)) if cfg.coarse_to_fine > 0 and not self.anchored else None
         self._small: tuple[float, Tensor, Tensor, int, int] | None = None  # the training views at the current scale
         self.stopper = EarlyStop() if cfg.early_stop else None
         self.stop_state = self.stopper.initialize_state(len(train.indices), cfg.iterations) if self.stopper else None

@@ -289,6 +289,10 @@ class CaptureFit(JobBase):
             if self.registration is not None:
                 record_pose_rounds(run.path(), trainer.pose_rounds, self.train.names, trainer.train.cameras)
         if trainer.pose_refiner is not None:
+            splits = {"train": (self.train.names, trainer.train_cameras())}
+            if self.eval is not None:
+                splits["eval"] = (self.eval.names, self.eval.cameras)
+            run.write_cameras(splits)  # the refined training poses: recon eval / render / export must see them
             corr = trainer.pose_refiner.corrections()
             results["pose_corrections"] = {
                 name: {"rot_deg": round(float(r), 4), "trans": round(float(t), 5)}

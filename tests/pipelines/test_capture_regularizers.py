@@ -166,6 +166,13 @@ def test_pose_refinement_only_moves_training_views(small_fox, tmp_path):
     assert first["rot_deg"] == 0.0 and first["trans"] == 0.0  # the first view pins the frame
     assert any(c["rot_deg"] > 0 or c["trans"] > 0 for c in corr.values())
     assert torch.equal(job.eval.cameras.w2c, eval_before)
+    # cameras.json holds the refined training poses (what recon eval / render / export read back)
+    saved = RunDir(out).read_cameras()
+    names, train_cams = saved["train"]
+    assert names == job.train.names
+    assert torch.allclose(train_cams.w2c, job.trainer.train_cameras().w2c, atol=1e-6)
+    assert not torch.allclose(train_cams.w2c, job.train.cameras.w2c, atol=1e-6)
+    assert torch.allclose(saved["eval"][1].w2c, eval_before, atol=1e-6)
 
 
 def test_outlier_pruning_during_training_removes_planted_floaters(small_fox, tmp_path):

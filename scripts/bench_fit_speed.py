@@ -11,8 +11,17 @@ Variants (each a full `fewview` fit, the default preset, at --downscale 4 = 270x
     auto       --auto-iterations (250 steps per view + 500 per 100k initial Gaussians)
     fast1500   --coarse-to-fine 0.5 --iterations 1500
     fast1000   --coarse-to-fine 0.5 --iterations 1000 (the fewview preset's default now)
+    fast-early fast1000 + --early-stop (it watches full-resolution steps only, so from step 500;
+               it never stops before 85 % of the steps, i.e. 850)
+    fast-auto  --coarse-to-fine 0.5 --auto-iterations (the step count from the rule, half of it
+               at half resolution)
 
-Rows are stored in OUT/results.json as they finish (resumable: a finished row is skipped).
+Each row stores the steps run and the steps planned (``planned``: what --auto-iterations chose,
+or --iterations; --early-stop may stop before it).
+
+Rows are stored in OUT/results.json as they finish (resumable: a finished row is skipped; with
+--resume an unfinished fit continues from its last checkpoint, every 500 steps, and its row says
+``resumed_from``: its wall and CPU time then cover only the resumed part).
 Wall and process CPU time are recorded with the load average, because the machine is shared:
 
     python scripts/bench_fit_speed.py --ks 8 --variants default c2f fast1500 --out runs/fit_speed
@@ -29,6 +38,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from recon.io.run import RunDir
 from recon.pipelines.capture import CaptureFitConfig
 
 try:
@@ -45,6 +55,8 @@ VARIANTS: dict[str, dict] = {
     "auto": {"auto_iterations": True, "coarse_to_fine": 0.0},
     "fast1500": {"coarse_to_fine": 0.5, "iterations": 1500},
     "fast1000": {"coarse_to_fine": 0.5, "iterations": 1000},
+    "fast-early": {"coarse_to_fine": 0.5, "iterations": 1000, "early_stop": True},
+    "fast-auto": {"coarse_to_fine": 0.5, "auto_iterations": True},
 }
 
 
@@ -57,6 +69,7 @@ def cpu_seconds() -> float:
 def main() -> None:
     ap = protocol_parser(__doc__, [8], ROOT / "runs/fit_speed")
     ap.add_argument("--variants", nargs="+", default=["default", "c2f", "fast1500"], choices=sorted(VARIANTS))
+    ap.add_argument("--resume", action="store_true", help="continue unfinished fits from their last checkpoint")
     args = ap.parse_args()
     grid = FoxGrid(args)
     console = Console()
@@ -69,24 +82,27 @@ def main() -> None:
             overrides = dict(VARIANTS[name])
             iterations = overrides.pop("iterations", args.iterations)
             out = args.out / key
+            resume = args.resume and RunDir(out).latest_checkpoint() is not None
             cfg = CaptureFitConfig(
                 data=args.data, out=out, train_views=tuple(grid.train[k]), eval_indices=tuple(grid.eval_idx),
-                downscale=args.downscale, iterations=iterations, seed=args.seed, overwrite=True, **overrides,
+                downscale=args.downscale, iterations=iterations, seed=args.seed, overwrite=not resume, resume=resume, **overrides,
             )  # fmt: skip
             load0 = os.getloadavg()[0]
             t0, c0 = time.perf_counter(), cpu_seconds()
-            metrics = cfg.setup().run()
+            job = cfg.setup()
+            resumed = {"resumed_from": job.trainer.step} if resume else {}
+            metrics = job.run()
             wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-            row = grid.record(key, k, out, metrics, wall, variant=name, steps=metrics["iterations"],
-                              cpu_s=round(cpu, 1), load=[round(load0, 1), round(os.getloadavg()[0], 1)])  # fmt: skip
+            row = grid.record(key, k, out, metrics, wall, variant=name, steps=metrics["iterations"], planned=job.config.iterations,
+                              cpu_s=round(cpu, 1), load=[round(load0, 1), round(os.getloadavg()[0], 1)], **resumed)  # fmt: skip
             console.print(f"{key}: eval {row['eval_psnr']:.2f} dB / {row['eval_ssim']:.4f}, {row['steps']} steps, "
                           f"train {row['train_time_s']:.0f} s, wall {wall:.0f} s, CPU {cpu:.0f} s, load {row['load']}")  # fmt: skip
     table = Table(title=f"fox fewview fits, downscale {args.downscale:g}, eval on {len(grid.eval_idx)} unseen views")
-    for col in ("row", "steps", "eval PSNR", "eval SSIM", "train (s)", "wall (s)", "CPU (s)", "load"):
+    for col in ("row", "steps (planned)", "eval PSNR", "eval SSIM", "train (s)", "wall (s)", "CPU (s)", "load"):
         table.add_column(col, justify="right")
     for key, r in sorted(grid.rows.items()):
         if "variant" in r:
-            table.add_row(key, str(r["steps"]), f"{r['eval_psnr']:.2f}", f"{r['eval_ssim']:.4f}", f"{r['train_time_s']:.0f}",
+            table.add_row(key, f"{r['steps']} ({r.get('planned', '?')})", f"{r['eval_psnr']:.2f}", f"{r['eval_ssim']:.4f}", f"{r['train_time_s']:.0f}",
                           f"{r['wall_s']:.0f}", f"{r['cpu_s']:.0f}", f"{r['load'][0]}-{r['load'][1]}")  # fmt: skip
     console.print(table)
 

@@ -30,12 +30,18 @@ Design
   stops when all its pixels have.
 * Backward: back to front per tile, recovering T by division from the final transmittance
   (float32, as gsplat). The same inlined float32 arithmetic as the forward (no fast-math, no
-  FMA contraction) gives bit-identical alpha decisions. Each lane stores its gradient terms
-  (plain stores, no read-modify-write); per Gaussian they are summed into 8 column sums (in
-  registers for a few lanes, a vectorised stride-8 running sum for many) and a fixed pairwise
-  tree into that intersection's own slot row: no races, no atomics, deterministic. Slots are
-  then summed per Gaussian in intersection order, parallel over Gaussians. The two |v_xy|
-  fields reach the slots only when ``absgrad`` is asked for.
+  FMA contraction) gives bit-identical alpha decisions. A tile starts at its last used
+  intersection (the largest per-pixel last index the forward stored): its later slot rows are
+  never written nor read. In the RGB lane loop each lane stores its gradient terms as running
+  sums with stride 8 (lane q adds lane q - 8; plain stores, no read-modify-write of shared
+  data), so after a Gaussian's last chunk the final 8 lanes hold 8 column sums, which a fixed
+  pairwise tree writes into that intersection's own slot row: no races, no atomics,
+  deterministic, no second pass over the lanes (other channel counts and additive mode store
+  per-lane terms and sum them in a second pass, in the same order). The slot rows are then
+  summed per Gaussian in intersection order by a few parts that each own a range of Gaussians
+  and scan the used rows sequentially (no sort, no gather). The two |v_xy| fields reach the
+  slots only when ``absgrad`` is asked for. Scratch fields are 1024 + 16 float32 apart (a 4 KiB
+  stride mapped one pixel's fields to one L1 set).
 * Kernels compute in float32 on float32 arrays (int32 ids, int64 offsets), so each is compiled
   once (``cache=True``: the first ever call compiles, ~1-2 min on two busy cores, and caches;
   later processes load in ~1 s). Loop indices are unsigned (no negative-index fix-up) and

@@ -30,12 +30,18 @@ Design
   stops when all its pixels have.
 * Backward: back to front per tile, recovering T by division from the final transmittance
   (float32, as gsplat). The same inlined float32 arithmetic as the forward (no fast-math, no
-  FMA contraction) gives bit-identical alpha decisions. Each lane stores its gradient terms
-  (plain stores, no read-modify-write); per Gaussian they are summed into 8 column sums (in
-  registers for a few lanes, a vectorised stride-8 running sum for many) and a fixed pairwise
-  tree into that intersection's own slot row: no races, no atomics, deterministic. Slots are
-  then summed per Gaussian in intersection order, parallel over Gaussians. The two |v_xy|
-  fields reach the slots only when ``absgrad`` is asked for.
+  FMA contraction) gives bit-identical alpha decisions. A tile starts at its last used
+  intersection (the largest per-pixel last index the forward stored): its later slot rows are
+  never written nor read. In the RGB lane loop each lane stores its gradient terms as running
+  sums with stride 8 (lane q adds lane q - 8; plain stores, no read-modify-write of shared
+  data), so after a Gaussian's last chunk the final 8 lanes hold 8 column sums, which a fixed
+  pairwise tree writes into that intersection's own slot row: no races, no atomics,
+  deterministic, no second pass over the lanes (other channel counts and additive mode store
+  per-lane terms and sum them in a second pass, in the same order). The slot rows are then
+  summed per Gaussian in intersection order by a few parts that each own a range of Gaussians
+  and scan the used rows sequentially (no sort, no gather). The two |v_xy| fields reach the
+  slots only when ``absgrad`` is asked for. Scratch fields are 1024 + 16 float32 apart (a 4 KiB
+  stride mapped one pixel's fields to one L1 set).
 * Kernels compute in float32 on float32 arrays (int32 ids, int64 offsets), so each is compiled
   once (``cache=True``: the first ever call compiles, ~1-2 min on two busy cores, and caches;
   later processes load in ~1 s). Loop indices are unsigned (no negative-index fix-up) and
@@ -432,7 +438,11 @@ def _gauss_pack(means2d, conics, opacities, colors, additive, ga, bounds):
 # loop; other channel counts run the channels in loops of their own.
 _U = np.uint64
 _BLOCK = 32  # tiles larger than this are composited in blocks of at most 32 x 32 pixels
-_FS = _U(_BLOCK * _BLOCK)
+# Field stride: the block's pixels plus one cache line (16 float32). With a stride of exactly
+# 4 KiB (32 x 32 float32) the same pixel of every field fell in the same set of the 8-way L1
+# (64 sets of 64 bytes): the lane loops touch 9 (forward) to 22 (backward) such fields.
+_FIELD = _BLOCK * _BLOCK + 16
+_FS = _U(_FIELD)
 # fields shared by both passes: pixel centre x, y
 _PX, _PY = _U(0), _FS
 # forward: transmittance (or weight sum), alive, weight, last contributing index (relative to
@@ -446,7 +456,8 @@ _MAX_TILE_LIST = 1 << 24
 _BT, _BTF, _BVA, _BVC = _U(2) * _FS, _U(3) * _FS, _U(4) * _FS, _U(5) * _FS
 _N_BFIELDS = 5
 _N_TMP = 6  # e, T*use, ra*use, weight, d/d alpha, geometry mask
-_LW = _FS  # per-lane gradient stores: one row of _FS lanes per slot field
+_LW = _U(_FIELD + _LANES)  # per-lane gradient stores: one row per slot field (the rgb path's running
+# sums start after a group of zeros, hence the extra 8 lanes)
 _LXY, _LCON, _LOP, _LABS, _LCOL = (_U(i) * _LW for i in (_S_XY, _S_CON, _S_OP, _S_ABS, _S_COL))
 
 
@@ -629,7 +640,7 @@ def _forward_tile(
     tx1 = min(tx0 + tile_size, width)
     ty1 = min(ty0 + tile_size, height)
     D = out_colors.shape[3]
-    S = np.empty((_N_FFIELDS + D) * _BLOCK * _BLOCK, np.float32)
+    S = np.empty((_N_FFIELDS + D) * _FIELD, np.float32)
     band = np.empty((_BLOCK // _LANES, 3), np.int64)
     for y0 in range(ty0, ty1, _BLOCK):
         for x0 in range(tx0, tx1, _BLOCK):
@@ -654,8 +665,8 @@ def _forward_kernel(
 
 @njit(cache=True, error_model="numpy")
 def _backward_block(
-    cam, x0, y0, x1, y1, ga, bounds, fids, start, end, additive, backgrounds, has_bg, t_final, last_ids,
-    v_colors, v_alphas, slots, first, S, last, L, row_last,
+    cam, x0, y0, x1, y1, ga, bounds, fids, start, end, tile_last, additive, backgrounds, has_bg, t_final,
+    last_ids, v_colors, v_alphas, slots, first, S, last, L, row_last,
 ):  # fmt: skip
     n_rows = y1 - y0
     n_cols = x1 - x0
@@ -703,15 +714,15 @@ def _backward_block(
                     S[fbuf + _U(k) * _FS + p] = _ZERO
             row_last[ch, r] = rl
             max_last = max(max_last, rl)
-    for idx in range(end - 1, start - 1, -1):
+    for idx in range(tile_last, start - 1, -1):  # later intersections: no pixel of the tile uses them
         if idx - _PREFETCH_ROWS >= start:
             _prefetch(ga, fids[idx - _PREFETCH_ROWS])
+        n_lanes = _U(0)
         g = fids[idx]
         xs = max(bounds[g, 0], x0)
         xe = min(bounds[g, 1], x1 - 1)
         ys = max(bounds[g, 2], y0) - y0
         ye = min(bounds[g, 3], y1 - 1) - y0
-        n_lanes = _U(0)
         if idx <= max_last and xs <= xe and ys <= ye:
             mx = ga[g, 0]
             my = ga[g, 1]
@@ -724,6 +735,10 @@ def _backward_block(
             c2 = ga[g, 8] if D > 2 else _ZERO
             idx32 = np.int32(idx)
             strips, det, k2c, u_top, inv_c = _ellipse(a, b, c, ga[g, 6 + D])
+            if rgb:  # the group in front of the running sums
+                for i in range(_S_COL + D):
+                    for j in range(_LANES):
+                        L[_U(i) * _LW + _U(j)] = _ZERO
             for ch in range((xs - x0) // _LANES, (xe - x0) // _LANES + 1):
                 r0 = ys
                 r1 = ye
@@ -743,8 +758,15 @@ def _backward_block(
                 off = n_lanes - lo  # lane store q = p + off (wraps; lands in [n_lanes, ...))
                 n_lanes += hi - lo
                 if rgb:
+                    # Each field's lanes are stored as running sums with stride 8 (lane q adds
+                    # lane q - 8; the first group adds the zeros in front): after the last
+                    # chunk the final group holds the 8 column sums, in the same order as the
+                    # two-pass forms below. The loop-carried distance (8) equals the vector
+                    # width, so LLVM still vectorises it (with no interleaving).
+                    off += _U(_LANES)
                     for p in range(lo, hi):
                         q = p + off
+                        qm = q - _U(_LANES)
                         dx = mx - S[_PX + p]
                         dy = my - S[_PY + p]
                         sigma = _HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
@@ -772,22 +794,22 @@ def _backward_block(
                         S[fbuf + p] = b0 + c0 * fac
                         S[fbuf + _FS + p] = b1 + c1 * fac
                         S[fbuf + _U(2) * _FS + p] = b2 + c2 * fac
-                        L[_LCOL + q] = fac * v0
-                        L[_LCOL + _LW + q] = fac * v1
-                        L[_LCOL + _U(2) * _LW + q] = fac * v2
+                        L[_LCOL + q] = fac * v0 + L[_LCOL + qm]
+                        L[_LCOL + _LW + q] = fac * v1 + L[_LCOL + _LW + qm]
+                        L[_LCOL + _U(2) * _LW + q] = fac * v2 + L[_LCOL + _U(2) * _LW + qm]
                         geo = um if ope <= _AMAX else _ZERO  # clamped alpha: no gradient
                         v_op = e * v_alpha * geo
                         v_sigma = -op * v_op
-                        L[_LOP + q] = v_op
-                        L[_LCON + q] = _HALF * v_sigma * dx * dx
-                        L[_LCON + _LW + q] = v_sigma * dx * dy
-                        L[_LCON + _U(2) * _LW + q] = _HALF * v_sigma * dy * dy
+                        L[_LOP + q] = v_op + L[_LOP + qm]
+                        L[_LCON + q] = _HALF * v_sigma * dx * dx + L[_LCON + qm]
+                        L[_LCON + _LW + q] = v_sigma * dx * dy + L[_LCON + _LW + qm]
+                        L[_LCON + _U(2) * _LW + q] = _HALF * v_sigma * dy * dy + L[_LCON + _U(2) * _LW + qm]
                         gx = v_sigma * (a * dx + b * dy)
                         gy = v_sigma * (b * dx + c * dy)
-                        L[_LXY + q] = gx
-                        L[_LXY + _LW + q] = gy
-                        L[_LABS + q] = abs(gx)
-                        L[_LABS + _LW + q] = abs(gy)
+                        L[_LXY + q] = gx + L[_LXY + qm]
+                        L[_LXY + _LW + q] = gy + L[_LXY + _LW + qm]
+                        L[_LABS + q] = abs(gx) + L[_LABS + qm]  # (2 of ~190 instructions when unused)
+                        L[_LABS + _LW + q] = abs(gy) + L[_LABS + _LW + qm]
                     continue
                 if additive:
                     for p in range(lo, hi):
@@ -855,8 +877,6 @@ def _backward_block(
                     gy = v_sigma * (b * dx + c * dy)
                     L[_LXY + q] = gx
                     L[_LXY + _LW + q] = gy
-                    L[_LABS + q] = abs(gx)
-                    L[_LABS + _LW + q] = abs(gy)
         if n_lanes == 0:
             if first:
                 for i in range(n_slot):
@@ -867,10 +887,18 @@ def _backward_block(
         # lanes: the sums in registers (one 8-lane add per 8 lanes). Many: a running sum with
         # stride 8 through L, which LLVM vectorises and interleaves (its vector loop needs a
         # longer trip count; below it the scalar remainder loop is slower than the first form).
+        if with_abs and not rgb:  # |v_xy| per lane only when asked for
+            for q in range(n_lanes):
+                L[_LABS + q] = abs(L[_LXY + q])
+                L[_LABS + _LW + q] = abs(L[_LXY + _LW + q])
         n8 = n_lanes // _U(_LANES)
         for i in range(n_slot):
             fi = _U(i if with_abs or i < _S_ABS else i + (_S_COL - _S_ABS)) * _LW
-            if n8 <= _U(_FEW_GROUPS):
+            if rgb:  # the running sums' last group
+                e8 = fi + n_lanes
+                s0, s1, s2, s3 = L[e8], L[e8 + _U(1)], L[e8 + _U(2)], L[e8 + _U(3)]
+                s4, s5, s6, s7 = L[e8 + _U(4)], L[e8 + _U(5)], L[e8 + _U(6)], L[e8 + _U(7)]
+            elif n8 <= _U(_FEW_GROUPS):
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = _ZERO
                 for k8 in range(n8):
                     q = fi + k8 * _U(_LANES)
@@ -895,10 +923,11 @@ def _backward_block(
 @njit(cache=True, error_model="numpy")
 def _backward_tile(
     t, ga, bounds, fids, offsets, width, height, tile_size, tile_width, n_tiles, additive, backgrounds,
-    has_bg, t_final, last_ids, v_colors, v_alphas, slots,
+    has_bg, t_final, last_ids, v_colors, v_alphas, slots, tile_end,
 ):  # fmt: skip
     start = offsets[t]
     end = offsets[t + 1]
+    tile_end[t] = start
     if start == end:
         return
     cam = t // n_tiles
@@ -909,17 +938,27 @@ def _backward_tile(
     ty0 = ty * tile_size
     tx1 = min(tx0 + tile_size, width)
     ty1 = min(ty0 + tile_size, height)
+    # the tile's last used intersection: its slot rows after it are never written nor read
+    tile_last = end - 1
+    if not additive:
+        tile_last = start - 1
+        for y in range(ty0, ty1):
+            for x in range(tx0, tx1):
+                tile_last = max(tile_last, np.int64(last_ids[cam, y, x]))
+    tile_end[t] = tile_last + 1
+    if tile_last < start:
+        return
     D = v_colors.shape[3]
-    S = np.empty((_N_BFIELDS + 2 * D + _N_TMP) * _BLOCK * _BLOCK, np.float32)
+    S = np.empty((_N_BFIELDS + 2 * D + _N_TMP) * _FIELD, np.float32)
     last = np.empty(_BLOCK * _BLOCK, np.int32)
-    L = np.empty((_S_COL + D) * _BLOCK * _BLOCK, np.float32)  # every field, |v_xy| included
+    L = np.empty((_S_COL + D) * (_FIELD + _LANES), np.float32)  # every field, |v_xy| included
     row_last = np.empty((_BLOCK // _LANES, _BLOCK), np.int64)
     first = True
     for y0 in range(ty0, ty1, _BLOCK):
         for x0 in range(tx0, tx1, _BLOCK):
             _backward_block(
                 cam, x0, y0, min(x0 + _BLOCK, tx1), min(y0 + _BLOCK, ty1), ga, bounds, fids, start, end,
-                additive, backgrounds, has_bg, t_final, last_ids, v_colors, v_alphas, slots,
+                tile_last, additive, backgrounds, has_bg, t_final, last_ids, v_colors, v_alphas, slots,
                 first, S, last, L, row_last,
             )  # fmt: skip
             first = False
@@ -928,50 +967,35 @@ def _backward_tile(
 @njit(parallel=True, cache=True, error_model="numpy")
 def _backward_kernel(
     ga, bounds, fids, offsets, width, height, tile_size, tile_width, n_tiles, n_cameras, additive,
-    backgrounds, has_bg, t_final, last_ids, v_colors, v_alphas, slots,
+    backgrounds, has_bg, t_final, last_ids, v_colors, v_alphas, slots, tile_end,
 ):  # fmt: skip
     for t in prange(n_cameras * n_tiles):
         _backward_tile(
             t, ga, bounds, fids, offsets, width, height, tile_size, tile_width, n_tiles, additive,
-            backgrounds, has_bg, t_final, last_ids, v_colors, v_alphas, slots,
+            backgrounds, has_bg, t_final, last_ids, v_colors, v_alphas, slots, tile_end,
         )  # fmt: skip
 
 
-@njit(cache=True, error_model="numpy")
-def _by_gaussian(flatten_ids, n_rows):
-    """Counting sort of the intersections by Gaussian (stable): ptr [n_rows + 1], order [M]."""
-    M = flatten_ids.shape[0]
-    ptr = np.zeros(n_rows + 1, np.int64)
-    for i in range(M):
-        ptr[flatten_ids[i] + 1] += 1
-    for g in range(n_rows):
-        ptr[g + 1] += ptr[g]
-    cur = ptr[:-1].copy()
-    order = np.empty(M, np.int64)
-    for i in range(M):
-        g = flatten_ids[i]
-        order[cur[g]] = i
-        cur[g] += 1
-    return ptr, order
-
-
 @njit(parallel=True, cache=True, error_model="numpy")
-def _reduce_slots(slots, ptr, order, n_rows):
-    """Sum slot rows per Gaussian, in intersection order (deterministic); parallel over Gaussians.
-    (The backward writes slots in intersection order: sequential stores there beat a
-    Gaussian-major layout, whose scattered stores cost more than these scattered loads.)"""
+def _reduce_slots(slots, fids, offsets, tile_end, n_rows, n_parts):
+    """Sum the used slot rows (``offsets[t] <= i < tile_end[t]`` per tile t) per Gaussian, in
+    intersection order (deterministic; the rows after a tile's last used intersection are
+    never written). Part k of ``n_parts`` owns the Gaussians [k n / P, (k + 1) n / P) and scans
+    every intersection: sequential reads, no gather, no sort, no atomics."""
     S = slots.shape[1]
-    M = order.shape[0]
     out = np.empty((n_rows, S), np.float32)
-    for g in prange(n_rows):
-        for j in range(S):
-            out[g, j] = _ZERO
-        for i in range(ptr[g], ptr[g + 1]):
-            if i + _PREFETCH_ROWS < M:
-                _prefetch(slots, order[i + _PREFETCH_ROWS])
-            row = order[i]
+    for k in prange(n_parts):
+        lo = np.int32(k * n_rows // n_parts)
+        hi = np.int32((k + 1) * n_rows // n_parts)
+        for g in range(lo, hi):
             for j in range(S):
-                out[g, j] += slots[row, j]
+                out[g, j] = _ZERO
+        for t in range(tile_end.shape[0]):
+            for i in range(offsets[t], tile_end[t]):
+                g = fids[i]
+                if g >= lo and g < hi:
+                    for j in range(S):
+                        out[g, j] += slots[i, j]
     return out
 
 
@@ -1048,13 +1072,13 @@ class _RasterizeToPixelsCPU(torch.autograd.Function):
         v_a = _np(v_render_alphas.to(torch.float32)).reshape(C, height, width)
         s_col = _S_COL if absgrad else _S_ABS  # |v_xy| only when asked for
         slots = buffers.empty((fids.shape[0], s_col + D), np.float32)
+        tile_end = np.empty(C * tw * th, np.int64)
         with _Dynamic():
             _backward_kernel(
                 ga, bounds, fids, offsets, width, height, tile_size, tw, tw * th, C, additive, bg, has_bg,
-                t_final, last_ids, v_c, v_a, slots,
+                t_final, last_ids, v_c, v_a, slots, tile_end,
             )  # fmt: skip
-        ptr, order = _by_gaussian(fids, C * N)
-        grads = torch.from_numpy(_reduce_slots(slots, ptr, order, C * N))
+        grads = torch.from_numpy(_reduce_slots(slots, fids, offsets, tile_end, C * N, numba.get_num_threads()))
         grads = grads.reshape(C, N, s_col + D)
         v_means2d = grads[..., _S_XY:_S_CON]
         v_conics = grads[..., _S_CON:_S_OP]

@@ -488,6 +488,25 @@ def test_cpu_matches_torch_twin_other_tile_sizes(scene, tile_size):
         _assert_grads_close(g_cpu[k], g_ref[k], what=k)
 
 
+@pytest.mark.parametrize("tile_size", [8, 48])
+def test_cpu_gradients_match_torch_twin_saturated_tiles(scene, tile_size):
+    # Opaque Gaussians: most pixels stop, so tiles end before their last intersections (the
+    # backward starts at a tile's last used one and the slot reduction skips the rest);
+    # 48: 32 x 32 blocks of one tile with different last intersections.
+    s = scene(n=120, width=48, height=40, seed=4, opacity_range=(0.8, 1.0), sigma_px=(3.0, 8.0))
+    _, _, meta = render(s, "cpu", tile_size=tile_size)
+    stats = {}
+    brute_force(meta, _feats(s, 1), 48, 40, tile_size, stats=stats)
+    assert stats["stopped"] > 0.7
+    g_cpu = _grads(s, "cpu", absgrad=True, tile_size=tile_size)
+    g_ref = _grads(s, "torch", absgrad=True, tile_size=tile_size)
+    for k in g_ref:
+        _assert_grads_close(g_cpu[k], g_ref[k], what=k)
+    g_plain = _grads(s, "cpu", tile_size=tile_size)  # the lane loop without |v_xy| slots
+    for k in g_plain:
+        assert torch.equal(g_plain[k], g_cpu[k]), k
+
+
 @pytest.mark.parametrize("tile_size", [8, 16])
 def test_cpu_matches_torch_twin_odd_sizes_and_empty_tiles(scene, tile_size):
     # an image that is not a multiple of the tile size (partial tiles and 8-pixel chunks),

@@ -179,6 +179,13 @@ def train(args, console) -> dict:
         torch.set_rng_state(state["torch_rng"])
         step, elapsed, history = state["step"], state["elapsed_s"], state["history"]
         console.print(f"resumed from {ckpt} at step {step} ({elapsed / 60:.1f} min trained)")
+    elif args.init_from is not None:
+        init = load_slice_diffusion(args.init_from)
+        if plain_config(init) != plain_config(model):
+            raise SystemExit(f"--init-from: {args.init_from} has another model config ({plain_config(init)}); pass matching --channels/--layers/--prediction/--crop")
+        model.load_state_dict(init.state_dict())
+        ema.load_state_dict(init.state_dict())
+        console.print(f"initialised model and EMA from {args.init_from} (fresh optimizer, warm-up and schedule)")
     console.print("[bold]data[/bold] (128^3 grid, axial slices, held out: " + HELD_OUT + ")")
     t_data = time.perf_counter()
     volumes = training_slices(args.size, model.config.value_scale_per_mm, console)
@@ -259,6 +266,18 @@ def write_weights(model: SliceDiffusion, folder: Path) -> int:
     return (folder / "diffusion_pytorch_model.safetensors").stat().st_size
 
 
+def describe_weights(folder: Path) -> str:
+    """The training line of ``folder/MODEL_CARD.md`` (steps and wall time), for the card of a
+    model initialised from those weights; "no model card" if there is none."""
+    card = folder / "MODEL_CARD.md"
+    if not card.is_file():
+        return "no model card"
+    for line in card.read_text(encoding="utf-8").splitlines():
+        if " steps" in line and "training wall time" in line:
+            return line.lstrip("- ").split(" on the shared")[0]
+    return "no training line in its model card"
+
+
 # =============================================================================== evaluation
 def evaluate(model: SliceDiffusion, out: Path, console, size: int = 128) -> dict:
     """One-step denoising of held-out chest slices (see the module docstring)."""
@@ -326,6 +345,8 @@ def model_card(path: Path, model: SliceDiffusion, info: dict | None, results: di
             + f", {info['train_wall_s'] / 60:.1f} min training wall time on the shared 2-core CPU ({platform.machine()}, one thread,"
             f" load average {info.get('load_at_end', '?')} at the end), torch {torch.__version__}.",
         ]
+        if getattr(args, "init_from", None):
+            lines.append(f"- Initialised (model and EMA) from the weights in `{args.init_from}` (their card: {info.get('init_from_card', '?')}); fresh optimizer and schedule.")
         if info.get("notes"):
             lines.append(f"- Note: {info['notes']}")
         hist = info.get("history") or []
@@ -412,6 +433,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-from", type=Path, default=None, help="weights folder (save_pretrained layout, same config) to start model and EMA from; the optimizer starts afresh")
     p.add_argument("--eval-only", action="store_true", help="evaluate the weights in --weights-out (and rewrite their model card)")
     p.add_argument("--bench", type=Path, default=None, help="results.json of scripts/bench_ct_sparse.py to put in the model card")
     args = p.parse_args()
@@ -419,6 +441,9 @@ def main() -> int:
     missing = [str(f) for f in volume_paths() if not f.is_file()]
     if missing:
         console.print(f"[red]missing {', '.join(missing)}[/red] (the shared data folder beside the project)")
+        return 2
+    if args.init_from is not None and not (args.init_from / "config.json").is_file():
+        console.print(f"[red]--init-from: {args.init_from} has no config.json[/red] (a folder written by save_pretrained)")
         return 2
     if args.bench is not None and not args.bench.is_file():
         console.print(f"[red]--bench: {args.bench} does not exist[/red]")
@@ -433,6 +458,8 @@ def main() -> int:
         info = train(args, console)
         info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         info["load_at_end"] = round(os.getloadavg()[0], 1)
+        if args.init_from is not None:
+            info["init_from_card"] = describe_weights(args.init_from)
         model = info.pop("model").eval()
         size = write_weights(model, args.weights_out)
         info["weights_bytes"] = size

@@ -17,7 +17,8 @@ the Gaussian method's loss with the voxels as parameters; ``tv-fista``: OS-FISTA
 squares + TV from FDK, with its ``TVConfig`` settings), the Gaussian method with its defaults
 (``GaussianFitConfig``) and ``diffusion``: the learned slice diffusion prior sampled DDS-style
 from the OS-FISTA TV result (``recon.prior.dds``, ``--diffusion-*`` options; its time includes
-the TV start). tv and Gaussians
+the TV start) and ``diffusion-tv``: the same sampler from this ``--out``'s ``tv`` volume (the
+default ``recon ct fit --method tv``; run ``tv`` first; its time is added). tv and Gaussians
 start from FDK + a few OS-SART iterations; every start is counted in the time. The table
 gives each method's PSNR difference to SART and to FDK (Ram-Lak) at the same view count. Metrics: 3D PSNR over
 the reference's range and SSIM averaged over axial / coronal / sagittal slices (R2-Gaussian's
@@ -30,6 +31,8 @@ coronal / sagittal: reference, FDK, SART, TV, Gaussians), and every run folder u
     python scripts/bench_ct_sparse.py --views 25 50 75 --out runs/bench_ct_sparse
     python scripts/bench_ct_sparse.py --volume ../shared/data/ct/more/itkelastix_4dct_phase00_chest.npz --out runs/bench_ct_heldout
     python scripts/bench_ct_sparse.py --views 10 25 50 --methods fdk-ramlak sart tv-fista diffusion \
+        --volume ../shared/data/ct/more/itkelastix_4dct_phase00_chest.npz --out runs/bench_ct_diffusion
+    python scripts/bench_ct_sparse.py --views 25 --methods tv diffusion-tv \
         --volume ../shared/data/ct/more/itkelastix_4dct_phase00_chest.npz --out runs/bench_ct_diffusion
 
 Runs add to ``--out/results.json``; the slice figure of a view count shows every method run there so far.
@@ -86,16 +89,17 @@ def run_method(name: str, data: Path, out: Path, args) -> dict:
 
         t = TVConfig(solver="fista" if name == "tv-fista" else "adam", iterations=args.tv_iterations, fista_full_batch_after=args.tv_full_batch_after)
         cmd = CTFitConfig(data, method="tv", tv=t, **kw)
-    elif name == "diffusion":
+    elif name in DIFFUSION_STARTS:
         from recon.ct.tv_trainer import TVConfig
         from recon.prior.dds import DiffusionConfig
 
         given = {"weights": args.diffusion_weights, "steps": args.diffusion_steps, "t_start": args.diffusion_t_start,
                  "cg_iterations": args.diffusion_cg_iterations, "tv_z": args.diffusion_tv_z, "eta": args.diffusion_eta}  # fmt: skip
-        tv_run = out.parent / "tv-fista"
-        if args.diffusion_start_from_tv_run:
+        start = starting_run(name, args)
+        if start is not None:
+            tv_run = out.parent / start
             if not (tv_run / "metrics.json").is_file():
-                raise SystemExit(f"--diffusion-start-from-tv-run: no finished tv-fista run in {tv_run} (run --methods tv-fista first)")
+                raise SystemExit(f"{name}: no finished {start} run in {tv_run} (run --methods {start} first, with the same --out)")
             given["init_volume"] = tv_run / "volume.npy"
         d = DiffusionConfig(**{k: v for k, v in given.items() if v is not None})
         cmd = CTFitConfig(data, method="diffusion", diffusion=d, tv=TVConfig(solver="fista", iterations=args.tv_iterations, fista_full_batch_after=args.tv_full_batch_after), **kw)
@@ -117,14 +121,28 @@ def run_method(name: str, data: Path, out: Path, args) -> dict:
     m = cmd.run(progress=progress)
     m["bench_wall_s"] = round(time.perf_counter() - t0, 2)
     m["bench_cpu_s"] = round(time.process_time() - c0, 2)
-    if name == "diffusion" and args.diffusion_start_from_tv_run:  # the start's cost is the diffusion method's too
-        tv = json.loads((out.parent / "tv-fista" / "metrics.json").read_text())
-        bench_tv = json.loads((out.parents[2] / "results.json").read_text())["runs"][f"{out.parent.name[:-1]}/tv-fista"]
-        m["start_run"] = {"psnr_3d": tv["psnr_3d"], "bench_wall_s": bench_tv["bench_wall_s"], "bench_cpu_s": bench_tv["bench_cpu_s"]}
+    start = starting_run(name, args) if name in DIFFUSION_STARTS else None
+    if start is not None:  # the start's cost is the diffusion method's too
+        tv = json.loads((out.parent / start / "metrics.json").read_text())
+        bench_tv = json.loads((out.parents[2] / "results.json").read_text())["runs"][f"{out.parent.name[:-1]}/{start}"]
+        m["start_run"] = {"method": start, "psnr_3d": tv["psnr_3d"], "ssim_3d": tv["ssim_3d"], "bench_wall_s": bench_tv["bench_wall_s"], "bench_cpu_s": bench_tv["bench_cpu_s"]}
         m["sampling_bench_wall_s"], m["sampling_bench_cpu_s"] = m["bench_wall_s"], m["bench_cpu_s"]
         m["bench_wall_s"] = round(m["bench_wall_s"] + bench_tv["bench_wall_s"], 2)
         m["bench_cpu_s"] = round(m["bench_cpu_s"] + bench_tv["bench_cpu_s"], 2)
     return m
+
+
+DIFFUSION_STARTS = {"diffusion": "tv-fista", "diffusion-tv": "tv"}
+"""Diffusion rows and the bench run whose volume they start from: ``diffusion`` from tv-fista
+(only with --diffusion-start-from-tv-run; otherwise CTFit runs its own OS-FISTA start),
+``diffusion-tv`` always from the ``tv`` run (the default solver of ``recon ct fit --method tv``)."""
+
+
+def starting_run(name: str, args) -> str | None:
+    """The method whose run volume (in the same --out) the diffusion row ``name`` starts from."""
+    if name == "diffusion-tv" or args.diffusion_start_from_tv_run:
+        return DIFFUSION_STARTS[name]
+    return None
 
 
 def comparison_png(path: Path, runs: dict[str, Path], reference: np.ndarray) -> None:
@@ -149,7 +167,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench_ct_sparse"))
     p.add_argument("--views", type=int, nargs="+", default=[25])
-    p.add_argument("--methods", nargs="+", default=["fdk-ramlak", "fdk-hann", "sart", "tv", "gaussian"], help="also: tv-fista (the OS-FISTA TV solver), diffusion (the learned slice prior from the tv-fista start)")
+    p.add_argument("--methods", nargs="+", default=["fdk-ramlak", "fdk-hann", "sart", "tv", "gaussian"], help="also: tv-fista (the OS-FISTA TV solver), diffusion (the learned slice prior from an OS-FISTA TV start), diffusion-tv (the prior from this --out's tv run: the default --method tv)")
     p.add_argument("--size", type=int, default=128, help="volume edge after resampling (voxels)")
     p.add_argument("--sart-iterations", type=int, default=20)
     p.add_argument("--tv-iterations", type=int, default=None, help="default: the TV solver's (TVConfig.resolved())")
@@ -209,7 +227,7 @@ def logging_setup() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
-METHOD_ORDER = ["fdk-ramlak", "fdk-hann", "sart", "tv", "tv-fista", "gaussian", "diffusion"]
+METHOD_ORDER = ["fdk-ramlak", "fdk-hann", "sart", "tv", "tv-fista", "gaussian", "diffusion", "diffusion-tv"]
 
 
 def method_rank(method: str) -> int:
@@ -238,12 +256,12 @@ def write_table(path: Path, results: dict) -> None:
             notes = f"{m.get('n_gaussians', '?')} Gaussians, {m.get('iterations')} steps, init {m.get('init')}"
         elif method == "sart":
             notes = f"{m.get('iterations')} iterations"
-        elif method == "diffusion":
+        elif method in DIFFUSION_STARTS:
             notes = (f"{m.get('diffusion_steps')} DDIM steps from t = {m.get('diffusion_t_start')}, CG {m.get('diffusion_cg_iterations')}, "
                      f"z-TV {m.get('diffusion_tv_z')}, eta {m.get('diffusion_eta')}; start {m.get('init')}: {m.get('psnr_3d_init', float('nan')):.2f} dB "
                      f"(start {m.get('init_time_s', 0):.0f} s + sampling {m.get('sampling_time_s', 0):.0f} s wall)")  # fmt: skip
             if m.get("start_run"):
-                notes += f"; started from the tv-fista run's volume ({m['start_run']['psnr_3d']:.2f} dB), whose time is included"
+                notes += f"; started from the {m['start_run'].get('method', 'tv-fista')} run's volume ({m['start_run']['psnr_3d']:.2f} dB), whose time is included"
         elif method in ("tv", "tv-fista"):
             notes = f"{m.get('tv_solver')}, {m.get('iterations')} steps, TV weight {m.get('lambda_tv')}, init {m.get('init')}"
         cells = [views, method, f"{m['psnr_3d']:.2f}", f"{m['ssim_3d']:.4f}", delta(views, m, "sart"), delta(views, m, "fdk-ramlak")]

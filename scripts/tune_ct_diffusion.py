@@ -1,6 +1,7 @@
 """Tune the DDS sampler of ``recon ct fit --method diffusion`` on a TRAINING volume (never the
-held-out chest): one simulated scan, one OS-FISTA TV start (cached), then each sampler setting
-from that start; prints and writes 3D PSNR / SSIM and time per setting.
+held-out chest): one simulated scan, one TV start (cached; OS-FISTA, or with ``--start tv`` the
+default Adam solver of ``recon ct fit --method tv``), then each sampler setting from that start;
+prints and writes 3D PSNR / SSIM and time per setting.
 
 Default volume: ``lidc_idri_0001_ds2`` (a training patient of the slice prior), 128^3, 25 views,
 the benchmark's scanner and noise (``recon ct simulate`` defaults, seed 0).
@@ -66,6 +67,8 @@ def main() -> int:
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped ones)")
     p.add_argument("--checkpoint", type=Path, default=None, help="a train_ct_prior.py checkpoint (its EMA weights) instead of --weights")
     p.add_argument("--set", dest="settings", action="append", default=[], help="comma-separated DiffusionConfig fields, e.g. steps=10,t_start=100")
+    p.add_argument("--start", choices=("tv-fista", "tv"), default="tv-fista",
+                   help="starting volume: OS-FISTA TV, or tv = the default solver of `recon ct fit --method tv` (Adam)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     if "itkelastix" in args.volume.name:
@@ -81,10 +84,11 @@ def main() -> int:
         CTSimulateConfig(args.volume, views=args.views, out=data, n_test=0, size=args.size, seed=0, overwrite=True).run()
     scan = read_r2gaussian(data)
     ref = scan.volume
-    tv_dir = args.out / "tv" / f"{args.views}v"
+    solver = "fista" if args.start == "tv-fista" else "adam"
+    tv_dir = args.out / ("tv" if solver == "fista" else "tv-adam") / f"{args.views}v"
     if not (tv_dir / "volume.npy").is_file():
-        m = CTFitConfig(data, method="tv", tv=TVConfig(solver="fista"), out=tv_dir, overwrite=True).run()
-        print(f"TV (fista) start: {m['psnr_3d']:.2f} dB / {m['ssim_3d']:.4f}, {m['cpu_time_s']:.0f} s CPU", flush=True)
+        m = CTFitConfig(data, method="tv", tv=TVConfig(solver=solver), out=tv_dir, overwrite=True).run()
+        print(f"TV ({solver}) start: {m['psnr_3d']:.2f} dB / {m['ssim_3d']:.4f}, {m['cpu_time_s']:.0f} s CPU", flush=True)
     init = np.load(tv_dir / "volume.npy")
     model = load_model(args)
     results_path = args.out / "results.json"
@@ -95,7 +99,7 @@ def main() -> int:
         cfg = DiffusionConfig(**parse_setting(text))
         t0, c0 = time.perf_counter(), time.process_time()
         vol = dds_reconstruct(scan.projections, scan.geometry, model, init, cfg).numpy()
-        r = {"setting": text, "views": args.views, "volume": args.volume.stem, "model": str(args.checkpoint or args.weights or "shipped"),
+        r = {"setting": text, "start": args.start, "views": args.views, "volume": args.volume.stem, "model": str(args.checkpoint or args.weights or "shipped"),
              "psnr_3d": round(psnr_3d(vol, ref), 3), "ssim_3d": round(ssim_3d(vol, ref).mean, 4), "start_psnr_3d": base["psnr_3d"],
              "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1), "load": round(os.getloadavg()[0], 1)}  # fmt: skip
         print(f"{text}: {r['psnr_3d']:.2f} dB / {r['ssim_3d']:.4f} ({r['psnr_3d'] - base['psnr_3d']:+.2f} dB vs start)  {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU, load {r['load']}", flush=True)

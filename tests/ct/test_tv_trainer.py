@@ -95,8 +95,8 @@ def test_fista_huber_reaches_the_solver_in_line_integral_units(noisy_scan):
 
 def test_fista_defaults_do_not_diverge_at_few_views(noisy_scan):
     """The default fista settings on the 10-view phantom (2 subsets of 5 views after the warm-up
-    passes): every pass ends well above FDK and the last pass is within 0.5 dB of the best one
-    (before the subset floor, 5 subsets of 2 views drifted away on a 10-view chest)."""
+    passes): every pass ends above FDK, the last one well above, and within 0.5 dB of the best
+    pass (before the subset floor, 5 subsets of 2 views drifted away on a 10-view chest)."""
     g, vol, proj = noisy_scan
     ref = vol.numpy()
     x_fdk = fdk(proj, g).clamp_min(0).numpy()
@@ -107,7 +107,8 @@ def test_fista_defaults_do_not_diverge_at_few_views(noisy_scan):
         info = tr.solver.step()
         if info["pass_end"]:
             scores.append(psnr(tr.volume().numpy(), ref))
-    assert min(scores) > psnr(x_fdk, ref) + 3.0
+    assert min(scores) > psnr(x_fdk, ref) + 1.0
+    assert scores[-1] > psnr(x_fdk, ref) + 5.0
     assert scores[-1] > max(scores) - 0.5
 
 

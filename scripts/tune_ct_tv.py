@@ -12,6 +12,10 @@ Each variant is a JSON object; keys (all optional):
     schedule   subsets per pass, e.g. [10, 10, 5]  relax     step scale over the SART majoriser
     prox       dual iterations per step            iso       isotropic TV (true / false)
     weights    "poisson": data weights e^(-b) (normalised to mean 1) on top of 1 / (A 1)
+    drop       give weight 0 to rays whose line integral is at least this fraction of the largest
+               (e.g. 0.999: the rays clipped where the simulated counts hit their floor)
+    huber      Huber threshold of the data loss in line-integral units (default 0: least squares;
+               ``--tv.fista-huber``)
     lam0, lam_passes   continuation: lam * lam0 at the start, decaying geometrically to lam
                        over lam_passes passes
     ramp       a ramp-filter window ("hann", "ram-lak", ...): the data term becomes
@@ -50,7 +54,7 @@ from recon.ct.project import Projector
 from recon.ct.tv_solver import TVSolver
 from recon.io.r2gaussian import read_r2gaussian
 
-KEYS = {"lam", "subsets", "schedule", "relax", "prox", "iso", "weights", "lam0", "lam_passes", "ramp", "eps"}
+KEYS = {"drop", "huber", "lam", "subsets", "schedule", "relax", "prox", "iso", "weights", "lam0", "lam_passes", "ramp", "eps"}
 
 
 class RampSolver(TVSolver):
@@ -94,10 +98,13 @@ def run_variant(v: dict, b: torch.Tensor, scale: float, geo, proj: Projector, x0
         raise SystemExit(f"variant {v}: unknown keys {sorted(unknown)} (known: {sorted(KEYS)})")
     c0 = time.process_time()
     lam = float(v.get("lam", 1e-4))
-    kw: dict = {"lam": lam, "n_subsets": v.get("schedule", v.get("subsets", 5)), "prox_iterations": v.get("prox", 1), "relaxation": v.get("relax", 1.0), "isotropic": bool(v.get("iso", False))}
+    kw: dict = {"lam": lam, "n_subsets": v.get("schedule", v.get("subsets", 5)), "prox_iterations": v.get("prox", 1), "relaxation": v.get("relax", 1.0), "isotropic": bool(v.get("iso", False)), "huber": float(v.get("huber", 0.0)) / scale}
     if v.get("weights") == "poisson":
         sw = torch.exp(-b * scale)
         kw["ray_weights"] = sw / sw.mean()
+    if "drop" in v:
+        keep = (b < float(v["drop"]) * float(b.max())).float()
+        kw["ray_weights"] = kw.get("ray_weights", torch.ones_like(b)) * keep
     solver = RampSolver(b, geo, projector=proj, window=v["ramp"], eps=v.get("eps", 0.02), **kw) if "ramp" in v else TVSolver(b, geo, projector=proj, **kw)
     solver.start(x0)
     if "lam0" in v:

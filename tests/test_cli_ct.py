@@ -77,6 +77,20 @@ def test_fit_writes_volume_slices_and_scores(scan, tmp_path, capfd, method):
     assert (out / "volume.nii.gz").is_file() and any((out / "slices").glob("*.png"))
 
 
+def test_tv_solver_options_reach_the_run(scan, tmp_path):
+    """``--method tv`` runs the fista solver by default, its --tv.fista-* options are recorded in
+    the run's config, and ``--tv.solver adam`` still selects Adam."""
+    out = tmp_path / "tv"
+    assert main(["ct", "fit", str(scan), "--method", "tv", "--iterations", "6", "--tv.fista-huber", "0.2", "--tv.fista-subset-views", "3", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tv_solver"] == "fista" and metrics["iterations"] == 6
+    flat = " ".join(p.read_text() for p in out.glob("*.json"))
+    assert '"fista_huber": 0.2' in flat and '"fista_subset_views": 3' in flat
+    adam = tmp_path / "adam"
+    assert main(["ct", "fit", str(scan), "--method", "tv", "--tv.solver", "adam", "--iterations", "3", "--out", str(adam)]) == 0
+    assert json.loads((adam / "metrics.json").read_text())["tv_solver"] == "adam"
+
+
 def test_sart_beats_fdk_at_12_views(scan, tmp_path):
     assert main(["ct", "fit", str(scan), "--method", "fdk", "--out", str(tmp_path / "f")]) == 0
     assert main(["ct", "fit", str(scan), "--method", "sart", "--iterations", "10", "--out", str(tmp_path / "s")]) == 0
@@ -187,6 +201,7 @@ BAD_SCANS = {
     "nan-projection": _stack(_nan_projection),
     "too-many-views": lambda scan, tmp: (scan, ["--views", "13"], "--views"),
     "bad-relaxation": lambda scan, tmp: (scan, ["--method", "sart", "--relaxation", "2.5"], "relaxation"),
+    "negative-huber": lambda scan, tmp: (scan, ["--method", "tv", "--tv.fista-huber", "-1"], "--tv.fista-huber"),
     "resume-non-iterative": lambda scan, tmp: (scan, ["--resume"], "resume"),
     "missing-prior-weights": lambda scan, tmp: (scan, ["--prior", "unet", "--prior-path", str(tmp / "w")], "train_ct_refiner"),
 }

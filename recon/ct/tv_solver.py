@@ -2,7 +2,13 @@
 
 Solves, over ``x >= 0`` on the voxel grid,
 
-    F(x) = 1/2 * sum_rays w (A x - b)^2 + lambda * TV(x),    w = 1 / (A 1)  (1 / ray length)
+    F(x) = sum_rays w h(A x - b) + lambda * TV(x),    w = 1 / (A 1)  (1 / ray length)
+
+with ``h(r) = r^2 / 2`` (least squares) or, given ``huber = delta > 0``, Huber's loss
+(``r^2 / 2`` for ``|r| <= delta``, ``delta |r| - delta^2 / 2`` beyond): rays whose residual stays
+above ``delta`` -- photon-starved rays, whose line integrals are clipped or dominated by noise --
+pull with a bounded force instead of one that grows with the residual. ``h'' <= 1`` either way, so
+the majoriser below holds for both.
 
 with ``A`` the matched projector and ``TV`` the anisotropic 3D total variation (sum of absolute
 forward differences). The weights ``w`` are SART's row normalisation, so ``A^T w A`` is
@@ -46,7 +52,7 @@ from recon.ct.sart import subset_order
 from recon.errors import InputError
 from recon.geometry.ct import CTGeometry
 
-__all__ = ["TVSolver", "grad_3d", "grad_3d_adjoint", "tv_objective", "tv_prox", "tv_sum"]
+__all__ = ["TVSolver", "grad_3d", "grad_3d_adjoint", "huber_residual", "tv_objective", "tv_prox", "tv_sum"]
 
 
 def grad_3d(u: Tensor) -> Tensor:  # [Z, Y, X] -> [3, Z, Y, X]
@@ -133,10 +139,20 @@ def tv_prox(
     return u, p
 
 
-def tv_objective(projector: Projector, x: Tensor, b: Tensor, w: Tensor, lam: float, isotropic: bool = False) -> float:  # x [Z, Y, X], b / w [V, v, u]
+def huber_residual(r: Tensor, delta: float) -> tuple[Tensor, Tensor]:  # [...] -> ([...], [...])
+    """``(h(r), h'(r))`` elementwise for the data loss of the module docstring: least squares
+    (``r^2 / 2``, ``r``) when ``delta <= 0``, else Huber's loss with threshold ``delta`` and its
+    derivative ``clamp(r, -delta, delta)``."""
+    if delta <= 0:
+        return 0.5 * r * r, r
+    rc = r.clamp(-delta, delta)
+    return rc * r - 0.5 * rc * rc, rc
+
+
+def tv_objective(projector: Projector, x: Tensor, b: Tensor, w: Tensor, lam: float, isotropic: bool = False, huber: float = 0.0) -> float:  # x [Z, Y, X], b / w [V, v, u]
     """``F(x)`` of the module docstring over all views (one forward projection)."""
-    r = projector.forward(x) - b
-    return float(0.5 * (w * r * r).sum() + lam * tv_sum(x, isotropic))
+    h, _ = huber_residual(projector.forward(x) - b, huber)
+    return float((w * h).sum() + lam * tv_sum(x, isotropic))
 
 
 class TVSolver:
@@ -162,6 +178,8 @@ class TVSolver:
         ray_weights: [V, v, u] non-negative factors of the data weights ``w`` (e.g. statistical
             weights); None: 1.
         isotropic: isotropic TV (Euclidean norm of the gradient per voxel) instead of anisotropic.
+        huber: Huber threshold ``delta`` of the data loss, in the units of ``projections``
+            (0: least squares).
     """
 
     def __init__(
@@ -180,18 +198,20 @@ class TVSolver:
         projector: Projector | None = None,
         ray_weights: Tensor | None = None,  # [V, v, u]
         isotropic: bool = False,
+        huber: float = 0.0,
     ) -> None:
         if not isinstance(geometry, CTGeometry):
             raise InputError("geometry", f"expected a CTGeometry, got {type(geometry).__name__}")
         b = torch.as_tensor(projections).float()
         if tuple(b.shape) != geometry.projection_shape:
             raise InputError("projections", f"expected shape {list(geometry.projection_shape)} (views, v, u), got {list(b.shape)}")
-        if lam < 0 or prox_iterations < 1 or not 0 < d_floor <= 1:
-            raise InputError("TVSolver", f"need lam >= 0, prox_iterations >= 1, 0 < d_floor <= 1; got {lam}, {prox_iterations}, {d_floor}")
+        if lam < 0 or prox_iterations < 1 or not 0 < d_floor <= 1 or huber < 0:
+            raise InputError("TVSolver", f"need lam >= 0, prox_iterations >= 1, 0 < d_floor <= 1, huber >= 0; got {lam}, {prox_iterations}, {d_floor}, {huber}")
         self.geometry, self.b, self.lam = geometry, b, float(lam)
         self.prox_iterations, self.momentum, self.relaxation = int(prox_iterations), bool(momentum), float(relaxation)
         self.restart_every = int(restart_every)
         self.isotropic = bool(isotropic)
+        self.huber = float(huber)
         self.projector = projector or Projector(geometry, num_threads=None)
         schedule = [int(n_subsets)] if isinstance(n_subsets, int) else [int(n) for n in n_subsets]
         if not schedule or min(schedule) < 1:
@@ -252,14 +272,14 @@ class TVSolver:
     def _data_gradient(self, z: Tensor, key: tuple[int, ...]) -> tuple[float, Tensor]:  # z [Z, Y, X] -> (value, [Z, Y, X])
         """The data term of the views ``key`` at ``z`` and its gradient."""
         rows = list(key)
-        r = self.projector.forward(z, key) - self.b[rows]
-        wr = self.w[rows] * r
-        return 0.5 * float((wr * r).sum()), self.projector.backproject(wr, key)
+        h, dh = huber_residual(self.projector.forward(z, key) - self.b[rows], self.huber)
+        w = self.w[rows]
+        return float((w * h).sum()), self.projector.backproject(w * dh, key)
 
     @torch.no_grad()
     def step(self) -> dict[str, float]:
-        """One proximal-gradient step on the next subset; returns ``data`` (the subset's weighted
-        squared residual at ``z``, times the number of subsets: an estimate of the full data
+        """One proximal-gradient step on the next subset; returns ``data`` (the subset's data term
+        at ``z``, times the number of subsets: an estimate of the full data
         term), ``change`` (``||x' - x|| / ||x'||``), ``restarted`` and ``pass_end`` (1.0 when
         this step finished a pass over all views)."""
         pass_index, n, i = self.position(self.k)

@@ -64,8 +64,8 @@ class CTFitConfig:
     """Projections: an R2-Gaussian folder (meta_data.json), a NAF .pickle (with --trust-pickle),
     or a .npy/.tif stack with its TIGRE/recon geometry .json/.yaml beside it (same stem)."""
     method: Literal["fdk", "fbp", "sart", "tv", "gaussian", "diffusion"] = "gaussian"
-    """fdk (cone) / fbp (fan, parallel; same code), sart, tv (TV-regularised voxels: the Gaussian
-    method's loss with Adam, or with --tv.solver fista OS-FISTA on least squares + TV), gaussian
+    """fdk (cone) / fbp (fan, parallel; same code), sart, tv (TV-regularised voxels: OS-FISTA on a
+    Huber data loss + TV, or with --tv.solver adam the Gaussian method's loss with Adam), gaussian
     (R2-Gaussian-style) or diffusion (a learned axial-slice diffusion prior sampled DDS-style from
     an OS-FISTA TV start, recon.prior.dds; --diffusion.*)."""
     out: Path = Path("runs/ct")

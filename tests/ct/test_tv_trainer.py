@@ -59,18 +59,57 @@ def test_fista_stops_when_a_pass_changes_little(noisy_scan):
 
 
 def test_fista_schedule_and_defaults():
-    """fista: by default 20 passes over 5 subsets; warm-up passes over 10 subsets (at most half
-    the views) when asked for, then 5."""
+    """fista: by default 2 warm-up passes over 10 subsets (at most half the views), then 5
+    subsets (at most views / 5), 110 steps: 20 passes at 25 views."""
     cfg = TVConfig(solver="fista")
-    assert cfg.resolved().init == "fdk" and cfg.resolved().iterations == FISTA_ITERATIONS == 20 * 5
-    assert fista_schedule(cfg, 25) == [5]
+    assert cfg.resolved().init == "fdk" and cfg.resolved().iterations == FISTA_ITERATIONS == 2 * 10 + 18 * 5
+    assert fista_schedule(cfg, 25) == [10, 10, 5]
+    assert fista_schedule(cfg, 10) == [5, 5, 2]
+    assert fista_schedule(cfg, 50) == [10, 10, 5]
+    assert fista_schedule(TVConfig(fista_warm_passes=0), 25) == [5]
     warm = TVConfig(solver="fista", fista_warm_passes=2)
     assert fista_schedule(warm, 25) == [10, 10, 5]
-    assert fista_schedule(warm, 10) == [5, 5, 5]
+    assert fista_schedule(warm, 10) == [5, 5, 2]
+    assert fista_schedule(TVConfig(fista_warm_passes=2, fista_subset_views=1), 10) == [5, 5, 5]
     assert fista_schedule(TVConfig(fista_warm_passes=2, fista_full_batch_after=3), 25) == [10, 10, 5, 1]
     assert fista_schedule(TVConfig(fista_warm_passes=2, fista_full_batch_after=1), 25) == [10, 1]
+    # at least fista_subset_views views per subset after the warm-up: 2 subsets at 10 views
+    assert fista_schedule(TVConfig(fista_warm_passes=0), 10) == [2]
+    assert fista_schedule(TVConfig(fista_warm_passes=0, fista_subset_views=1), 10) == [5]
+    assert fista_schedule(TVConfig(fista_warm_passes=0), 3) == [1]
     with pytest.raises(InputError, match="--tv.fista-relaxation"):
         TVConfig(fista_relaxation=2.0).validate()
+    with pytest.raises(InputError, match="--tv.fista-huber"):
+        TVConfig(fista_huber=-0.1).validate()
+    with pytest.raises(InputError, match="--tv.fista-subset-views"):
+        TVConfig(fista_subset_views=0).validate()
+
+
+def test_fista_huber_reaches_the_solver_in_line_integral_units(noisy_scan):
+    """``fista_huber`` is in line-integral units; the solver works on projections / scale."""
+    g, _vol, proj = noisy_scan
+    tr = TVTrainer(proj, g, TVConfig(solver="fista", iterations=1, fista_huber=0.05))
+    assert tr.solver is not None and tr.solver.huber == pytest.approx(0.05 / tr.scale)
+    assert TVTrainer(proj, g, TVConfig(solver="fista", iterations=1, fista_huber=0.0)).solver.huber == 0.0
+
+
+def test_fista_defaults_do_not_diverge_at_few_views(noisy_scan):
+    """The default fista settings on the 10-view phantom (2 subsets of 5 views after the warm-up
+    passes): every pass ends above FDK, the last one well above, and within 0.5 dB of the best
+    pass (before the subset floor, 5 subsets of 2 views drifted away on a 10-view chest)."""
+    g, vol, proj = noisy_scan
+    ref = vol.numpy()
+    x_fdk = fdk(proj, g).clamp_min(0).numpy()
+    tr = TVTrainer(proj, g, TVConfig(solver="fista"))
+    assert tr.solver is not None and tr.solver.schedule[-1] == 2
+    scores = []
+    for _ in range(int(tr.config.iterations)):
+        info = tr.solver.step()
+        if info["pass_end"]:
+            scores.append(psnr(tr.volume().numpy(), ref))
+    assert min(scores) > psnr(x_fdk, ref) + 1.0
+    assert scores[-1] > psnr(x_fdk, ref) + 5.0
+    assert scores[-1] > max(scores) - 0.5
 
 
 def test_tv_beats_sart_on_noisy_sparse_views(noisy_scan):

@@ -13,6 +13,7 @@ from recon.io.r2gaussian import read_r2gaussian
 from recon.io.naf import write_naf_pickle
 from recon.io.tigre import write_projection_stack
 from recon.ct.gaussian_trainer import GaussianFitConfig
+from recon.ct.tv_trainer import TVConfig
 from recon.ct.phantoms import shepp_logan_3d
 from recon.errors import InputError
 from recon.pipelines.ct import CTFitConfig
@@ -164,7 +165,7 @@ def test_tv_interrupted_then_resumed_matches_one_run(dataset, tmp_path):
     """Stopped at step 12 (checkpoints every 5), resumed: the same volume as one run of 20
     (the checkpoint holds the volume, Adam's moments and the view order)."""
     one = tmp_path / "one"
-    CTFitConfig(dataset, method="tv", iterations=20, out=one).run()
+    CTFitConfig(dataset, method="tv", tv=TVConfig(solver="adam"), iterations=20, out=one).run()
     two = tmp_path / "two"
 
     def stop(step, total, info):
@@ -172,9 +173,9 @@ def test_tv_interrupted_then_resumed_matches_one_run(dataset, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        CTFitConfig(dataset, method="tv", iterations=20, checkpoint_every=5, out=two).run(progress=stop)
+        CTFitConfig(dataset, method="tv", tv=TVConfig(solver="adam"), iterations=20, checkpoint_every=5, out=two).run(progress=stop)
     assert json.loads((two / "run.json").read_text())["status"] == "interrupted"
-    m = CTFitConfig(dataset, method="tv", iterations=20, checkpoint_every=5, resume=True, out=two).run()
+    m = CTFitConfig(dataset, method="tv", tv=TVConfig(solver="adam"), iterations=20, checkpoint_every=5, resume=True, out=two).run()
     assert m["iterations"] == 20 and m["resumed_from_s"] is not None
     np.testing.assert_allclose(np.load(two / "volume.npy"), np.load(one / "volume.npy"), rtol=1e-5, atol=1e-7)
     with pytest.raises(InputError, match="holds a tv run"):

@@ -90,7 +90,7 @@ def test_capture_resume_is_exact(small_fox, tmp_path, extra):
 
 @pytest.mark.parametrize("method", ["tv", "tv-fista", "gaussian", "sart"])
 def test_ct_resume_is_exact(tiny_ct_scan, tmp_path, method):
-    steps = {"tv": ["--iterations", "300", "--checkpoint-every", "10"],
+    steps = {"tv": ["--iterations", "300", "--checkpoint-every", "10", "--tv.solver", "adam"],
              "tv-fista": ["--iterations", "60", "--checkpoint-every", "10", "--tv.solver", "fista", "--tv.fista-full-batch-after", "2"],
              "gaussian": ["--iterations", "200", "--checkpoint-every", "10", "--gaussian.densify-every", "7", "--gaussian.densify-from", "5", "--gaussian.n-gaussians", "3000"],
              "sart": ["--iterations", "60", "--checkpoint-every", "5"]}[method]  # fmt: skip

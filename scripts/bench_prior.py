@@ -92,6 +92,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     console = Console()
     grid = FoxGrid(args, {"variants": VARIANTS})
+    head = commit()  # at the start: the tree may change while the fits run
     if args.table:
         console.print("\n".join(table(grid.rows)))
         return
@@ -102,7 +103,7 @@ def main() -> None:
                 console.print(f"{key}: done ({done['eval_psnr']:.2f} dB), skipped")
                 continue
             out = args.out / f"K{k}" / name
-            load, head = " ".join(f"{x:.1f}" for x in os.getloadavg()), commit()
+            load = " ".join(f"{x:.1f}" for x in os.getloadavg())
             t0, c0 = time.perf_counter(), time.process_time()
             metrics = make_job(name, args.data, out, grid.train[k], grid.eval_idx, args).run()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -65,7 +65,7 @@ def make_config(name: str, data: Path, out: Path, train: list[int], eval_idx: li
 def commit() -> str:
     """Short commit of the working tree ("+dirty" when tracked files differ from it)."""
     def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recon.prior.repair import PretrainedImg2Img  # noqa: E402
-from recon.prior.scene_lora import finetune_lora  # noqa: E402
-from tests.prior.tiny_diffusion import save_tiny_pipeline  # noqa: E402
+from recon.prior.repair import PretrainedImg2Img
+from recon.prior.scene_lora import finetune_lora
+from tests.prior.tiny_diffusion import save_tiny_pipeline
 
 
 def timed(fn):

@@ -219,7 +219,7 @@ def attribute_movement(reference: GaussianModel, others: list[GaussianModel], ke
         p = {k: v.detach().float().cpu() for k, v in model.params.items()}
         dist, idx = tree.query(p["means"].numpy(), k=1)
         dist, idx = torch.as_tensor(dist, dtype=torch.float32), torch.as_tensor(idx, dtype=torch.long)
-        n_keep = max(1, int(math.ceil(keep * len(dist))))
+        n_keep = max(1, math.ceil(keep * len(dist)))
         rows = torch.argsort(dist)[:n_keep]
         sums["means"] += float((dist[rows] ** 2).sum())
         counts["means"] += 3 * n_keep

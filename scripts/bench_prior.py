@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -61,16 +62,25 @@ def make_config(name: str, data: Path, out: Path, train: list[int], eval_idx: li
                             prior=prior, prior_options=prior_options)  # type: ignore[arg-type]  # fmt: skip
 
 
+def commit() -> str:
+    """Short commit of the working tree ("+dirty" when tracked files differ from it)."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def table(rows: dict) -> list[str]:
-    out = ["| K | variant | eval PSNR (Δ) | eval SSIM | train PSNR | train time (s) | CPU time (s) | load at start |",
-           "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    out = ["| K | variant | eval PSNR (Δ) | eval SSIM | train PSNR | train time (s) | CPU time (s) | load at start | commit |",
+           "|---|---|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
     base = {r["K"]: r for r in rows.values() if r.get("variant") == "fewview"}
     for key in sorted(rows):
         r = rows[key]
         b = base.get(r["K"])
         delta = f" ({r['eval_psnr'] - b['eval_psnr']:+.2f})" if b is not None and r is not b else ""
         out.append(f"| {r['K']} | {r['variant']} | {r['eval_psnr']:.2f}{delta} | {r['eval_ssim']:.4f} | {r['train_psnr']:.2f} | "
-                   f"{r['train_time_s']:.0f} | {r.get('cpu_s', float('nan')):.0f} | {r.get('load', '')} |")  # fmt: skip
+                   f"{r['train_time_s']:.0f} | {r.get('cpu_s', float('nan')):.0f} | {r.get('load', '')} | {r.get('commit', '')} |")  # fmt: skip
     return out
 
 
@@ -82,6 +92,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     console = Console()
     grid = FoxGrid(args, {"variants": VARIANTS})
+    head = commit()  # at the start: the tree may change while the fits run
     if args.table:
         console.print("\n".join(table(grid.rows)))
         return
@@ -97,7 +108,7 @@ def main() -> None:
             metrics = make_job(name, args.data, out, grid.train[k], grid.eval_idx, args).run()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             row = grid.record(key, k, out, metrics, wall, variant=name, options=VARIANTS[name], cpu_s=round(cpu, 1), load=load,
-                              prior=metrics.get("prior"))  # fmt: skip
+                              commit=head, prior=metrics.get("prior"))  # fmt: skip
             console.print(f"{key}: eval PSNR {row['eval_psnr']:.2f} SSIM {row['eval_ssim']:.4f}, train {row['train_time_s']:.0f} s, "
                           f"CPU {cpu:.0f} s (load at start {load})")  # fmt: skip
     console.print("\n".join(table(grid.rows)))

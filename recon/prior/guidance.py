@@ -57,7 +57,7 @@ PRIORS = ("none", "repair", "pretrained")
 (:mod:`recon.prior.scene_repair`), or a local pretrained image-to-image pipeline."""
 
 PRETRAINED_OPTIONS = ("pretrained", "prompt", "negative_prompt", "strength", "steps", "guidance_scale", "resolution",
-                      "batch_size", "lora")  # fmt: skip
+                      "batch_size", "lora", "lora_steps", "lora_rank", "lora_lr")  # fmt: skip
 """PriorConfig fields only ``--prior pretrained`` uses."""
 REPAIR_OPTIONS = ("loo_steps", "model_steps", "perturbed", "crop")
 """PriorConfig fields only ``--prior repair`` uses."""
@@ -105,6 +105,13 @@ class PriorConfig:
     """Pseudo views per pipeline call."""
     lora: Path | None = None
     """LoRA weights (folder or .safetensors) for the pipeline (default: PRETRAINED/lora if present)."""
+    lora_steps: int = 0
+    """--prior pretrained: fine-tune LoRA adapters of the UNet on the scene's (render, photo) pairs for
+    this many steps at the first refresh (0: off; recon.prior.scene_lora), saved in prior/lora/."""
+    lora_rank: int = 4
+    """--prior pretrained: rank of those adapters."""
+    lora_lr: float = 1e-4
+    """--prior pretrained: AdamW learning rate of those adapters."""
     loo_steps: int = 300
     """--prior repair: steps of each leave-one-out fit that makes training pairs."""
     model_steps: int = 800
@@ -129,12 +136,14 @@ class PriorConfig:
             return
         if prior == "pretrained" and self.pretrained is None:
             raise InputError("--prior pretrained", "needs --prior.pretrained DIR (a diffusers pipeline saved with save_pretrained)")
-        for name in ("start", "every", "view_every", "loo_steps", "model_steps", "perturbed", "crop"):
-            low = 0 if name in ("start", "perturbed") else 8 if name == "crop" else 1
+        for name in ("start", "every", "view_every", "loo_steps", "model_steps", "perturbed", "crop", "lora_steps", "lora_rank"):
+            low = 0 if name in ("start", "perturbed", "lora_steps") else 8 if name == "crop" else 1
             if getattr(self, name) < low:
                 raise InputError(f"--prior.{name.replace('_', '-')}", f"must be >= {low}, got {getattr(self, name)}")
         if not (math.isfinite(self.weight) and self.weight > 0):
             raise InputError("--prior.weight", f"must be > 0, got {self.weight}")
+        if not (math.isfinite(self.lora_lr) and self.lora_lr > 0):
+            raise InputError("--prior.lora-lr", f"must be > 0, got {self.lora_lr}")
         problems = self.pseudo_view_config().validate()
         if problems:
             name, _, what = problems[0].partition(": ")
@@ -164,11 +173,19 @@ def build_repairer(prior: str, config: PriorConfig, device: torch.device, *, tra
         from recon.prior.repair import PretrainedImg2Img
 
         assert config.pretrained is not None
-        return PretrainedImg2Img(
+        base = PretrainedImg2Img(
             config.pretrained, prompt=config.prompt, negative_prompt=config.negative_prompt, strength=config.strength,
             steps=config.steps, guidance_scale=config.guidance_scale, resolution=config.resolution,
             batch_size=config.batch_size, lora=config.lora, device=device,
         )  # fmt: skip
+        if config.lora_steps == 0:
+            return base
+        from recon.prior.scene_lora import SceneLoRA
+
+        if train is None or background is None:
+            raise ValueError("build_repairer: --prior.lora-steps needs train and background")
+        return SceneLoRA(base, train, background, None if run is None else run.prior_path("lora"), steps=config.lora_steps,
+                         rank=config.lora_rank, lr=config.lora_lr, seed=seed)  # fmt: skip
     raise InputError("--prior", f"{prior!r} has no repairer (expected one of {', '.join(p for p in PRIORS if p != 'none')})")
 
 

@@ -53,6 +53,7 @@ from recon.io.run import RunDir
 from recon.io.views import ViewSet
 from recon.prior.repair import check_images
 from recon.splat.loss import photometric_loss
+from recon.splat.model import GaussianModel
 from recon.splat.render import render_all
 from recon.splat.trainer import SplatTrainer
 from recon.train import train
@@ -73,8 +74,12 @@ class SceneRepairConfig:
     """Steps of each leave-one-out fit."""
     perturbed: int = 2
     """Noise-perturbed copies of the main fit rendered at every training view."""
-    perturb: float = 0.5
-    """Noise scale of those copies (see the module docstring)."""
+    perturb: float = 1.0
+    """Noise of those copies, in units of how far each attribute lies in the leave-one-out fits
+    from the main fit (:func:`attribute_movement`)."""
+    checkpoints: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """Fractions of ``loo_steps`` at which each leave-one-out fit also renders its left-out view
+    and (under-fitted pairs) its own views; it always renders the left-out view at the end."""
     channels: tuple[int, ...] = (16, 32, 64)
     """Channels per resolution level of the UNet (len - 1 halvings)."""
     timestep: int = 100
@@ -87,6 +92,9 @@ class SceneRepairConfig:
     """Crops per step."""
     lr: float = 1e-3
     """Initial learning rate (cosine to 1% of it)."""
+    zero_init: bool = True
+    """Zero the UNet's output convolution before training, so the model starts as the identity
+    (its residual starts at zero instead of at random values it must first unlearn)."""
 
 
 class RepairUNet(ModelMixin, ConfigMixin):
@@ -140,6 +148,9 @@ def train_repair_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = RepairUNet(channels=tuple(config.channels), timestep=config.timestep)
+        if config.zero_init:  # start as the identity: the residual is learnt from zero
+            torch.nn.init.zeros_(model.unet.conv_out.weight)
+            torch.nn.init.zeros_(model.unet.conv_out.bias)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.train_steps, eta_min=config.lr / 100)
@@ -167,17 +178,81 @@ def train_repair_model(
     return model, losses
 
 
+ATTRIBUTES = ("means", "scales", "quats", "opacities", "sh0")
+"""The Gaussian attributes the perturbed pairs add noise to (``shN`` is left as it is)."""
+
+
+def _attribute_values(params: dict[str, Tensor], name: str) -> Tensor:  # [N, C]
+    """An attribute as the noise acts on it: log-scales, unit quaternions with ``w >= 0``,
+    opacity logits, DC colour coefficients, flattened to ``[N, C]``."""
+    v = params[name].detach().float()
+    if name == "quats":
+        v = F.normalize(v, dim=-1)
+        v = torch.where(v[:, :1] < 0, -v, v)
+    return v.reshape(v.shape[0], -1)
+
+
 @torch.no_grad()
-def _perturbed_renders(trainer: SplatTrainer, views: ViewSet, background: Tensor, scale: float, gen: torch.Generator) -> Tensor:
-    model = trainer.export_model()
+def attribute_movement(reference: GaussianModel, others: list[GaussianModel], keep: float = 0.9) -> dict[str, float]:
+    """How far each attribute of ``others`` (the leave-one-out fits) lies from ``reference`` (the
+    main fit): per attribute, the RMS per-component difference between each Gaussian of an other
+    model and the reference Gaussian nearest to its centre.
+
+    The fits do not share Gaussians (each starts from its own views' points and densifies), so
+    nearest centres stand in for correspondence; the ``1 - keep`` fraction of each model's
+    Gaussians farthest from any reference centre (structure the reference lacks) is left out.
+    ``means``: the RMS centre distance per axis (``sqrt(mean d^2 / 3)``, world units); ``scales``:
+    log-scales; ``quats``: unit quaternions (sign-aligned); ``opacities``: logits; ``sh0``: DC
+    coefficients. Returns ``{attribute: std}`` (the noise std of :func:`perturb_gaussians`).
+    """
+    from scipy.spatial import cKDTree
+
+    if not others:
+        raise ValueError("attribute_movement: no leave-one-out fits given")
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"attribute_movement: keep must be in (0, 1], got {keep}")
+    ref = {k: v.detach().float().cpu() for k, v in reference.params.items()}
+    tree = cKDTree(ref["means"].numpy())
+    sums = dict.fromkeys(ATTRIBUTES, 0.0)
+    counts = dict.fromkeys(ATTRIBUTES, 0)
+    for model in others:
+        p = {k: v.detach().float().cpu() for k, v in model.params.items()}
+        dist, idx = tree.query(p["means"].numpy(), k=1)
+        dist, idx = torch.as_tensor(dist, dtype=torch.float32), torch.as_tensor(idx, dtype=torch.long)
+        n_keep = max(1, math.ceil(keep * len(dist)))
+        rows = torch.argsort(dist)[:n_keep]
+        sums["means"] += float((dist[rows] ** 2).sum())
+        counts["means"] += 3 * n_keep
+        for name in ATTRIBUTES[1:]:
+            d = _attribute_values(p, name)[rows] - _attribute_values(ref, name)[idx[rows]]
+            sums[name] += float((d**2).sum())
+            counts[name] += d.numel()
+    return {name: math.sqrt(sums[name] / max(1, counts[name])) for name in ATTRIBUTES}
+
+
+@torch.no_grad()
+def perturb_gaussians(model: GaussianModel, std: dict[str, float], gen: torch.Generator, factor: float = 1.0) -> GaussianModel:
+    """A copy of ``model`` with Gaussian noise of std ``factor * std[attribute]`` on every
+    attribute of :data:`ATTRIBUTES`, in the spaces :func:`attribute_movement` measures them in
+    (quaternions are renormalised by the renderer). Noise is drawn on the CPU from ``gen``."""
     params = {k: v.detach().clone() for k, v in model.params.items()}
-    n = params["means"].shape[0]
-    size = params["scales"].exp().mean(-1, keepdim=True)
-    params["means"] += scale * size * torch.randn(n, 3, generator=gen).to(size)
-    params["opacities"] += 2.0 * scale * torch.randn(params["opacities"].shape, generator=gen).to(size)
-    params["sh0"] += scale * torch.randn(params["sh0"].shape, generator=gen).to(size)
-    noisy = type(model).from_params(params)
-    sh = trainer.config.sh_degree
+    for name in ATTRIBUTES:
+        sigma = factor * float(std.get(name, 0.0))
+        if sigma <= 0.0:
+            continue
+        v = params[name]
+        noise = torch.randn(v.shape, generator=gen).to(v)
+        if name == "quats":
+            v = F.normalize(v, dim=-1)
+        params[name] = v + sigma * noise
+    return type(model).from_params(params)
+
+
+@torch.no_grad()
+def _perturbed_renders(trainer: SplatTrainer, views: ViewSet, background: Tensor, std: dict[str, float], factor: float,
+                       gen: torch.Generator) -> Tensor:  # fmt: skip
+    noisy = perturb_gaussians(trainer.export_model(), std, gen, factor)
+    sh = min(trainer.step // trainer.config.sh_degree_interval, trainer.config.sh_degree)
     return render_all(noisy, views.cameras, views.width, views.height, sh, background)
 
 
@@ -206,6 +281,7 @@ class SceneRepairer:
         self.config, self.train, self.make_trainer = config, train, make_trainer
         self.background, self.run, self.seed = background, run, int(seed)
         self.model: RepairUNet | None = None
+        self.movement: dict[str, float] = {}
         self.report: dict[str, Any] = {}
         folder = self._folder(MODEL_DIR)
         if folder is not None and (folder / "config.json").is_file():
@@ -220,16 +296,19 @@ class SceneRepairer:
         return None if self.run is None else self.run.prior_path(name)
 
     def pairs(self, trainer: SplatTrainer) -> tuple[Tensor, Tensor, list[str]]:
-        """``(degraded [N, H, W, 3], target [N, H, W, 3], kinds)`` (module docstring)."""
+        """``(degraded [N, H, W, 3], target [N, H, W, 3], kinds)`` (module docstring); sets
+        ``self.movement`` (the perturbation stds, :func:`attribute_movement`)."""
         cfg, views = self.config, self.train
         degraded, target, kinds = [], [], []
+        stops = sorted({max(1, round(f * cfg.loo_steps)) for f in cfg.checkpoints} | {cfg.loo_steps})
+        loo_models = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             for i in range(len(views.indices)):
                 keep = [j for j in range(len(views.indices)) if j != i]
                 sub = _subset(views, keep)
                 loo = self.make_trainer(sub, cfg.loo_steps)
-                for steps in (cfg.loo_steps // 2, cfg.loo_steps):
+                for steps in stops:
                     train(loo, steps)
                     model = loo.export_model()
                     sh = min(loo.step // loo.config.sh_degree_interval, loo.config.sh_degree)
@@ -237,14 +316,16 @@ class SceneRepairer:
                     degraded.append(out[0])
                     target.append(views.images[i])
                     kinds.append(f"leave-out {views.names[i]} step {steps}")
-                    if steps == cfg.loo_steps // 2:
+                    if steps < cfg.loo_steps:
                         own = render_all(model, sub.cameras, views.width, views.height, sh, self.background)
                         degraded.extend(own)
                         target.extend(sub.images)
                         kinds.extend(f"under-fitted {n} step {steps}" for n in sub.names)
+                loo_models.append(loo.export_model())
+        self.movement = attribute_movement(trainer.export_model(), loo_models)
         gen = torch.Generator().manual_seed(self.seed + 1)
         for r in range(cfg.perturbed):
-            out = _perturbed_renders(trainer, views, self.background, cfg.perturb, gen)
+            out = _perturbed_renders(trainer, views, self.background, self.movement, cfg.perturb, gen)
             degraded.extend(out)
             target.extend(views.images)
             kinds.extend(f"perturbed {n} #{r}" for n in views.names)
@@ -266,7 +347,8 @@ class SceneRepairer:
         self.report = {"n_pairs": len(kinds), "pairs_time_s": round(t1 - t0, 2), "train_time_s": round(t2 - t1, 2),
                        "loss_first_100": round(sum(losses[:100]) / max(1, len(losses[:100])), 5),
                        "loss_last_100": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),
-                       "pairs_l1_before": round(before, 5), "pairs_l1_after": round(after, 5)}  # fmt: skip
+                       "pairs_l1_before": round(before, 5), "pairs_l1_after": round(after, 5),
+                       "perturb_std": {k: round(v, 6) for k, v in self.movement.items()}}  # fmt: skip
         logger.info("prior repair: %d pairs in %.0f s, model trained in %.0f s (pairs L1 %.4f -> %.4f)",
                     len(kinds), t1 - t0, t2 - t1, before, after)  # fmt: skip
         if self.run is not None:

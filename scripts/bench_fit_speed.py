@@ -19,6 +19,15 @@ Variants (each a full `fewview` fit, the default preset, at --downscale 4 = 270x
 Each row stores the steps run and the steps planned (``planned``: what --auto-iterations chose,
 or --iterations; --early-stop may stop before it).
 
+With ``--unseen`` the fits are scored on 8 evaluation views that neither the tuning of the
+default (its 8 training and 8 evaluation views) nor the protocol ever scored (``unseen_views`` in
+bench_fox.py: farthest-point sampling among the other views), and ``--disjoint-k N`` adds a
+training set of N views chosen the same way among the views left (rows ``K<N>d-<variant>``),
+disjoint from every view the default was chosen on:
+
+    python scripts/bench_fit_speed.py --unseen --ks 8 --disjoint-k 6 --variants default fast1000 \
+        --out runs/fit_unseen
+
 Rows are stored in OUT/results.json as they finish (resumable: a finished row is skipped; with
 --resume an unfinished fit continues from its last checkpoint, every 500 steps, and its row says
 ``resumed_from``: its wall and CPU time then cover only the resumed part).
@@ -42,9 +51,9 @@ from recon.io.run import RunDir
 from recon.pipelines.capture import CaptureFitConfig
 
 try:
-    from bench_fox import FoxGrid, protocol_parser
+    from bench_fox import FoxGrid, protocol_parser, unseen_views
 except ImportError:  # run as a module
-    from scripts.bench_fox import FoxGrid, protocol_parser
+    from scripts.bench_fox import FoxGrid, protocol_parser, unseen_views
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,13 +79,24 @@ def main() -> None:
     ap = protocol_parser(__doc__, [8], ROOT / "runs/fit_speed")
     ap.add_argument("--variants", nargs="+", default=["default", "c2f", "fast1500"], choices=sorted(VARIANTS))
     ap.add_argument("--resume", action="store_true", help="continue unfinished fits from their last checkpoint")
+    ap.add_argument("--unseen", action="store_true", help="score on 8 views the default's tuning never scored")
+    ap.add_argument("--disjoint-k", type=int, default=0, help="with --unseen: also fit N views disjoint from the tuning views")
     args = ap.parse_args()
+    if args.disjoint_k and not args.unseen:
+        ap.error("--disjoint-k needs --unseen")
     grid = FoxGrid(args)
+    sets = [(f"K{k}", k) for k in args.ks]
+    if args.unseen:
+        disjoint, grid.eval_idx = unseen_views(args.data, args.n_eval, args.disjoint_k)
+        grid.settings["eval_views"] = grid.eval_idx
+        if disjoint:
+            grid.train[f"{args.disjoint_k}d"] = disjoint
+            sets.append((f"K{args.disjoint_k}d", f"{args.disjoint_k}d"))
     console = Console()
-    for k in args.ks:
+    for prefix, k in sets:
         for name in args.variants:
-            key = f"K{k}-{name}"
-            if grid.done(key, variant=name):
+            key = f"{prefix}-{name}"
+            if grid.done(key, variant=name, train_views=grid.train[k]):
                 console.print(f"{key}: done, skipped")
                 continue
             overrides = dict(VARIANTS[name])

@@ -41,6 +41,22 @@ def protocol_views(data: Path, ks: list[int], n_eval: int) -> tuple[dict[int, li
     return train, sorted(rest[i] for i in picked)
 
 
+def unseen_views(data: Path, n_eval: int, n_train: int) -> tuple[list[int], list[int]]:
+    """Views no choice of the default fit ever saw: ``n_eval`` evaluation indices by farthest-point
+    sampling among the views outside the K = 8 protocol training set (``recon fit``'s default
+    views) and the protocol's evaluation views, then ``n_train`` training indices the same way
+    among the views left (disjoint from all of them). Returns (train, eval), both sorted."""
+    capture = load_capture(data)
+    centres = capture.cameras.centres()
+    train8, protocol_eval = protocol_views(data, [8], 8)
+    used = set(train8[8]) | set(protocol_eval)
+    rest = [i for i in range(len(capture)) if i not in used]
+    picked = sorted(rest[i] for i in farthest_point_views(centres[rest], n_eval))
+    left = [i for i in rest if i not in set(picked)]
+    train = sorted(left[i] for i in farthest_point_views(centres[left], n_train)) if n_train else []
+    return train, picked
+
+
 def protocol_parser(doc: str, ks: list[int], out: Path) -> argparse.ArgumentParser:
     """The options every fox-protocol script shares: data, K values, evaluation views, steps,
     resolution, seed and output folder."""

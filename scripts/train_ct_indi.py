@@ -339,7 +339,7 @@ def train(args, console, device: torch.device) -> dict:
                 pe.lerp_(pm, 1.0 - decay)
         step += 1
         elapsed = time.perf_counter() - t_start
-        if step % 10 == 0 or step == 1:
+        if step % 10 == 0 or run_loss is None:
             with torch.no_grad():
                 lv = float(loss)
                 base = float((x_t[:, args.context // 2 : args.context // 2 + 1] - target).square().mean())

@@ -53,7 +53,27 @@ logger = logging.getLogger(__name__)
 __all__ = ["METHODS", "CTFit", "CTFitConfig"]
 
 METHODS = ("fdk", "fbp", "sart", "tv", "gaussian", "diffusion")
-PRIORS = ("none", "unet")
+PRIORS = ("none", "unet", "indi")
+
+
+@dataclass
+class InDIConfig:
+    """``--prior indi``: the learned InDI refiner after the reconstruction (recon.prior.ct_indi)."""
+
+    steps: int = 1
+    """InDI steps from t = 1 (the reconstruction) to t = 0 (chosen on the validation abdomen;
+    recon/prior/weights/ct_indi/MODEL_CARD.md)."""
+    dc_steps: int = 10
+    """OS-FISTA TV steps on the projections after the InDI steps (data consistency; --tv.* settings); 0: none."""
+    weights: Path | None = None
+    """Weights folder (config.json + diffusion_pytorch_model.safetensors); default: the shipped
+    recon/prior/weights/ct_indi."""
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise InputError("--indi.steps", f"must be >= 1, got {self.steps}")
+        if self.dc_steps < 0:
+            raise InputError("--indi.dc-steps", f"must be >= 0, got {self.dc_steps}")
 
 
 @dataclass
@@ -110,13 +130,17 @@ class CTFitConfig:
     """TV method hyperparameters (also the TV start of --method diffusion, always with the fista solver)."""
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     """Diffusion-prior method hyperparameters (recon.prior.dds)."""
-    prior: Literal["none", "unet"] = "none"
+    prior: Literal["none", "unet", "indi"] = "none"
     """Learned prior applied after the reconstruction: 'unet' adds the learned sparse U-Net's
-    residual to the non-air voxels (recon.prior.ct_refiner; volume.npy is then the result,
-    volume_before_prior.npy the reconstruction)."""
+    residual to the non-air voxels (recon.prior.ct_refiner); 'indi' runs the InDI refiner
+    trained on TV reconstructions and then --indi.dc-steps TV steps on the projections
+    (recon.prior.ct_indi; use it with --method tv; --indi.*). volume.npy is then the result,
+    volume_before_prior.npy the reconstruction."""
     prior_path: Path | None = None
-    """Weights folder of the prior (config.json + diffusion_pytorch_model.safetensors); default:
-    the shipped recon/prior/weights/ct_refiner."""
+    """Weights folder of --prior unet (config.json + diffusion_pytorch_model.safetensors); default:
+    the shipped recon/prior/weights/ct_refiner. (--prior indi: --indi.weights.)"""
+    indi: InDIConfig = field(default_factory=InDIConfig)
+    """--prior indi settings."""
 
     def setup(self) -> CTFit:
         """Read and check every input (nothing is written) -> the job."""
@@ -185,6 +209,12 @@ class CTFit(JobBase):
             from recon.prior.ct_refiner import load_refiner
 
             self.prior_model = load_refiner(cfg.prior_path)  # a missing weights folder fails here, before any output
+        elif cfg.prior == "indi":
+            from recon.prior.ct_indi import load_indi
+
+            self.prior_model = load_indi(cfg.indi.weights)  # a missing weights folder fails here, before any output
+            if cfg.method != "tv":
+                logger.warning("--prior indi was trained on --method tv reconstructions; after --method %s it is out of its training distribution", cfg.method)
         self.checkpoint = read_checkpoint(self.run_dir) if cfg.resume else None
         if cfg.resume and self.checkpoint is None and self.run_dir.root.is_dir() and any(self.run_dir.root.iterdir()):
             raise InputError(cfg.out, "--resume given but the folder holds no checkpoint")
@@ -230,6 +260,10 @@ class CTFit(JobBase):
             raise InputError("--prior", f"unknown prior {cfg.prior!r} (expected one of {', '.join(PRIORS)})")
         if cfg.prior_path is not None and cfg.prior == "none":
             raise InputError("--prior-path", "given without --prior (add --prior unet to use it)")
+        if cfg.prior_path is not None and cfg.prior == "indi":
+            raise InputError("--prior-path", "is the --prior unet weights; give the InDI weights with --indi.weights")
+        if cfg.prior == "indi":
+            cfg.indi.validate()
 
     def _short_scan_mode(self, geometry: CTGeometry) -> str:
         from recon.ct.analytic import view_weights
@@ -406,7 +440,9 @@ class CTFit(JobBase):
 
     # ------------------------------------------------------------------ outputs
     def _apply_prior(self, volume: np.ndarray, extra: dict) -> np.ndarray:
-        """The learned prior on the reconstruction's non-air voxels (air unchanged)."""
+        """The learned prior: the refiner on the non-air voxels (air unchanged), or InDI + TV steps."""
+        if self.config.prior == "indi":
+            return self._apply_indi(volume, extra)
         from recon.prior.ct_refiner import DEFAULT_WEIGHTS, refine_volume
 
         model = self.prior_model
@@ -417,6 +453,20 @@ class CTFit(JobBase):
         out = refine_volume(volume, model, mask=mask)  # type: ignore[arg-type]
         extra.update(prior=self.config.prior, prior_path=str(self.config.prior_path or DEFAULT_WEIGHTS),
                      prior_time_s=round(time.perf_counter() - t, 2), prior_fraction=round(float(mask.mean()), 4))  # fmt: skip
+        return out
+
+    def _apply_indi(self, volume: np.ndarray, extra: dict) -> np.ndarray:
+        """``--indi.steps`` InDI steps from the reconstruction, then ``--indi.dc-steps`` TV steps on the projections."""
+        from recon.prior.ct_indi import DEFAULT_WEIGHTS, data_consistency, indi_refine
+
+        ic = self.config.indi
+        logger.info("applying the InDI prior %s: %d step(s) + %d TV steps", ic.weights or DEFAULT_WEIGHTS, ic.steps, ic.dc_steps)
+        t = time.perf_counter()
+        refined = indi_refine(volume, self.prior_model, steps=ic.steps)  # type: ignore[arg-type]
+        t_net = time.perf_counter() - t
+        out = data_consistency(refined, self.data.projections, self.data.geometry, ic.dc_steps, self.config.tv)
+        extra.update(prior="indi", prior_path=str(ic.weights or DEFAULT_WEIGHTS), indi_steps=ic.steps, indi_dc_steps=ic.dc_steps,
+                     prior_time_s=round(time.perf_counter() - t, 2), indi_network_s=round(t_net, 2))  # fmt: skip
         return out
 
     def _write_nifti(self, name: str, volume: np.ndarray) -> Path:

@@ -230,12 +230,13 @@ HEAVY_MODULES = ("diffusers", "transformers", "peft")
 
 def test_tv_fit_imports_no_diffusion_stack(scan, tmp_path):
     """``recon ct fit --method tv`` must not pay for the diffusion prior's imports (seconds of CPU
-    in every command): only --method diffusion and --prior load them."""
+    in every command): only --method diffusion and --prior load them. Nor for pyplot (figures
+    use matplotlib's object-oriented API)."""
     code = (
         "import json, sys\n"
         "from recon.cli import main\n"
         f"rc = main(['ct', 'fit', {str(scan)!r}, '--method', 'tv', '--iterations', '2', '--out', {str(tmp_path / 'tv')!r}])\n"
-        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r})\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r} or m == 'matplotlib.pyplot')\n"
         "print(json.dumps({'rc': rc, 'heavy': heavy}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

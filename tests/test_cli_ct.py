@@ -223,3 +223,25 @@ def test_console_script_lists_ct():
     out = subprocess.run([sys.executable, "-m", "recon.cli", "ct", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "fit" in out.stdout and "simulate" in out.stdout
+
+
+HEAVY_MODULES = ("diffusers", "transformers", "peft")
+
+
+def test_tv_fit_imports_no_diffusion_stack(scan, tmp_path):
+    """``recon ct fit --method tv`` must not pay for the diffusion prior's imports (seconds of CPU
+    in every command): only --method diffusion and --prior load them. Nor for pyplot (figures
+    use matplotlib's object-oriented API)."""
+    code = (
+        "import json, sys\n"
+        "from recon.cli import main\n"
+        f"rc = main(['ct', 'fit', {str(scan)!r}, '--method', 'tv', '--iterations', '2', '--out', {str(tmp_path / 'tv')!r}])\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r} or m == 'matplotlib.pyplot')\n"
+        "print(json.dumps({'rc': rc, 'heavy': heavy}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0, out.stderr
+    assert result["heavy"] == [], result["heavy"][:10]
+    assert (tmp_path / "tv" / "metrics.json").is_file()

@@ -21,26 +21,25 @@ def plot_curve(
 ) -> Path:
     """A curve over the steps (log scale when every value is positive), with an optional second
     axis (``extra = (label, values)``, e.g. the number of Gaussians), as PNG."""
-    import matplotlib
+    # The object-oriented API with the Agg canvas: no pyplot (its import and global figure
+    # state), no backend switch; the same image.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    try:
-        ax.plot(steps, values, color="tab:blue")
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel, color="tab:blue")
-        if values and min(values) > 0:
-            ax.set_yscale("log")
-        if extra is not None:
-            ax2 = ax.twinx()
-            ax2.plot(steps, extra[1], color="tab:orange")
-            ax2.set_ylabel(extra[0], color="tab:orange")
-        fig.tight_layout()
-        return atomic_write_path(path, lambda p: fig.savefig(p))
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(steps, values, color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel, color="tab:blue")
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    if extra is not None:
+        ax2 = ax.twinx()
+        ax2.plot(steps, extra[1], color="tab:orange")
+        ax2.set_ylabel(extra[0], color="tab:orange")
+    fig.tight_layout()
+    return atomic_write_path(path, lambda p: fig.savefig(p))
 
 
 def central_slices(volume: np.ndarray) -> dict[str, np.ndarray]:  # volume: [Z, Y, X]

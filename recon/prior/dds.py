@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -38,7 +38,9 @@ from recon.ct.project import Projector
 from recon.ct.tv_solver import tv_prox
 from recon.errors import InputError
 from recon.geometry.ct import CTGeometry
-from recon.prior.ct_diffusion import SliceDiffusion, from_model_units, to_model_units
+
+if TYPE_CHECKING:  # the model module imports diffusers (seconds): only dds_reconstruct loads it
+    from recon.prior.ct_diffusion import SliceDiffusion
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +184,8 @@ def dds_reconstruct(
     Returns:
         [Z, Y, X] attenuation (1/mm), >= 0.
     """
+    from recon.prior.ct_diffusion import SliceDiffusion, from_model_units, to_model_units
+
     cfg = config or DiffusionConfig()
     cfg.validate()
     if not isinstance(model, SliceDiffusion):

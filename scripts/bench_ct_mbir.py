@@ -59,14 +59,18 @@ def worker(mode: str, folder: Path, max_iterations: int, seed: int) -> None:
     import numpy as np
 
     from recon.geometry.ct import CTGeometry
-    from recon.geometry.mbirjax import MbirjaxCone, volume_from_mbirjax, volume_to_mbirjax
+    from recon.geometry.mbirjax import (
+        MbirjaxCone,
+        volume_from_mbirjax,
+        volume_to_mbirjax,
+    )
 
     cone = MbirjaxCone.from_geometry(CTGeometry.from_json(folder / "geometry.json"))
     if mode == "forward":
         x = volume_to_mbirjax(np.load(folder / "reference.npy"), cone.alu_mm)
         np.save(folder / "forward.npy", np.asarray(cone.model(ror_mask=False).forward_project(x), dtype=np.float32))
         return
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     model = cone.model()
     sino = np.load(folder / "projections.npy")  # [views, rows, channels]: our [V, v, u] as it is
     np.random.seed(seed)  # mbirjax draws its voxel partitions from numpy's global generator
@@ -95,19 +99,6 @@ def check(res: subprocess.CompletedProcess, what: str) -> None:
         raise SystemExit(f"{what} failed (exit {res.returncode}):\n{tail}")
 
 
-def simulate(volume: Path, views: int, size: int, out: Path, seed: int) -> Path:
-    from recon.pipelines.ct_simulate import CTSimulateConfig
-
-    folder = out / "data" / f"{volume.stem}_{size}_{views}v"
-    stamp = folder / "simulation.json"
-    if stamp.is_file():
-        s = json.loads(stamp.read_text())
-        if s["n_views"] == views and s["volume_shape"] == [size] * 3:
-            return folder
-    CTSimulateConfig(volume, views=views, out=folder, n_test=0, size=size, seed=seed, overwrite=True).run()
-    return folder
-
-
 def load() -> float:
     return os.getloadavg()[0]
 
@@ -119,6 +110,11 @@ def bench_scan(label: str, volume: Path, args, env: dict[str, str], mbir_env: di
     from recon.ct.metrics import volume_metrics
     from recon.ct.project import Projector
     from recon.io.formats import load_ct_data
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_ct_sparse import (
+        simulate,  # the same scans as the TV tables (cached under OUT/data)
+    )
 
     data = simulate(volume, args.views, args.size, args.out, args.seed)
     scan = load_ct_data(data)

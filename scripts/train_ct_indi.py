@@ -50,7 +50,6 @@ import copy
 import json
 import math
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -364,19 +363,6 @@ def train(args, console, device: torch.device) -> dict:
             "history": history, "model": ema.cpu()}  # fmt: skip
 
 
-def write_weights(model, folder: Path) -> int:
-    """``save_pretrained`` into a temp sibling, then move the files into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ct_indi.", dir=folder.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-            os.replace(f, folder / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return (folder / "diffusion_pytorch_model.safetensors").stat().st_size
-
 
 # =============================================================================== tuning
 def tune(model, cache: Path, console, device: torch.device, steps_list=TUNE_STEPS, dc_list=TUNE_DC) -> dict:
@@ -426,7 +412,7 @@ def model_card(folder: Path, info: dict, tuned: dict | None, bench: dict | None)
         "",
         "A 2.5D U-Net trained for Inversion by Direct Iteration (InDI, Delbracio & Milanfar 2023; MInDI-3D applies it to",
         "sparse-view CBCT) that restores a sparse-view TV reconstruction: `x_{t-d} = (d/t) F(x_t, t) + (1 - d/t) x_t` from",
-        f"t = 1 (the TV volume) to t = 0 in N steps, then a few OS-FISTA TV steps on the projections (data consistency).",
+        "t = 1 (the TV volume) to t = 0 in N steps, then a few OS-FISTA TV steps on the projections (data consistency).",
         f"Use: `recon ct fit DATA --method tv --prior indi` (defaults: {DEFAULT_STEPS} InDI step(s) + {DEFAULT_DC_STEPS} TV steps; "
         "`--indi.steps`, `--indi.dc-steps`).",
         "",
@@ -565,7 +551,9 @@ def main() -> int:
         info = train(args, console, device)
         info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         model = info.pop("model").eval()
-        size = write_weights(model, args.weights_out)
+        from recon.prior.local_weights import save_local
+
+        size = save_local(model, args.weights_out)
         atomic_write_json(args.out / "history.json", info["history"])
         atomic_write_json(info_path, info)
         console.print(f"wrote {args.weights_out} ({size / 1e6:.2f} MB safetensors)")

@@ -43,7 +43,6 @@ import math
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,6 +64,7 @@ from recon.prior.ct_diffusion import (
     count_parameters,
     load_slice_diffusion,
 )
+from recon.prior.local_weights import save_local
 
 RAW_PLUS_1024 = {"vtk_headsq_ct"}  # stored values ~ HU + 1024 (see the data's json)
 
@@ -251,19 +251,6 @@ def train(args, console) -> dict:
     save(step)
     return {"steps": step, "target_steps": args.steps, "stopped_by": stopped, "train_wall_s": elapsed, "history": history, "model": ema, **info_common}
 
-
-def write_weights(model: SliceDiffusion, folder: Path) -> int:
-    """``save_pretrained`` into a temp sibling, then move the files into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ct_diffusion.", dir=folder.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-            os.replace(f, folder / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return (folder / "diffusion_pytorch_model.safetensors").stat().st_size
 
 
 def describe_weights(folder: Path) -> str:
@@ -467,7 +454,7 @@ def main() -> int:
         if args.init_from is not None:
             info["init_from_card"] = describe_weights(args.init_from)
         model = info.pop("model").eval()
-        size = write_weights(model, args.weights_out)
+        size = save_local(model, args.weights_out)
         info["weights_bytes"] = size
         atomic_write_json(info_path, info)
         console.print(f"wrote {args.weights_out} ({size / 1e6:.2f} MB safetensors)")

@@ -43,7 +43,6 @@ import math
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,17 +56,25 @@ DATA_DIR = ROOT.parent / "shared" / "data" / "ct"
 CHEST = DATA_DIR / "lidc_idri_0001_ds2.npz"
 HEAD = DATA_DIR / "vtk_headsq_ct.npz"
 
-from recon.ct.analytic import fdk  # noqa: E402
-from recon.io.units import hu_to_mu  # noqa: E402
-from recon.geometry.ct import CTGeometry, circular_angles  # noqa: E402
-from recon.ct.metrics import psnr_3d, ssim_3d  # noqa: E402
-from recon.prior.ct_refiner import DEFAULT_WEIGHTS, VolumeRefiner, load_refiner, refine_volume  # noqa: E402
-from recon.ct.simulate import simulate_projections  # noqa: E402
-from recon.io.run import atomic_torch_save, atomic_write_json  # noqa: E402
-from recon.pipelines.ct_simulate import CTSimulateConfig  # noqa: E402
-from recon.ct.simulate import resample_volume
+from recon.ct.analytic import fdk
+from recon.ct.metrics import psnr_3d, ssim_3d
+from recon.ct.simulate import (
+    resample_volume,
+    simulate_projections,
+)
+from recon.geometry.ct import CTGeometry, circular_angles
 from recon.io.formats import load_volume_file
-from recon.sparse.tensor import SparseTensor  # noqa: E402
+from recon.io.run import atomic_torch_save, atomic_write_json
+from recon.io.units import hu_to_mu
+from recon.pipelines.ct_simulate import CTSimulateConfig
+from recon.prior.ct_refiner import (
+    DEFAULT_WEIGHTS,
+    VolumeRefiner,
+    load_refiner,
+    refine_volume,
+)
+from recon.prior.local_weights import save_local
+from recon.sparse.tensor import SparseTensor
 
 
 # =============================================================================== data
@@ -311,19 +318,6 @@ def train(args, console) -> dict:
     return {"steps": step, "target_steps": args.steps, "stopped_by": stopped, "train_wall_s": elapsed, "history": history, "cache_s": t_cache, "n_scans": len(scans), "scans": [s.key for s in scans], "model": model}
 
 
-def write_weights(model: VolumeRefiner, folder: Path) -> int:
-    """``save_pretrained`` into a temp sibling, then move the files into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ct_refiner.", dir=folder.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-            os.replace(f, folder / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return (folder / "diffusion_pytorch_model.safetensors").stat().st_size
-
 
 # =============================================================================== evaluation
 def masked_psnr(volume: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
@@ -334,8 +328,8 @@ def masked_psnr(volume: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> 
 
 def evaluate(model: VolumeRefiner, out: Path, console, only: str | None = None) -> dict:
     """Held-out cases (``only``: keep the cases whose key contains it); writes eval.json and eval_slices.png."""
-    from recon.io.images import save_image
     from recon.io.figures import central_slices
+    from recon.io.images import save_image
 
     cases = []
     for views in (25, 50):
@@ -355,7 +349,7 @@ def evaluate(model: VolumeRefiner, out: Path, console, only: str | None = None) 
         t0 = time.perf_counter()
         ref_vol = refine_volume(rec, model, mask=mask)
         t_ref = time.perf_counter() - t0
-        m_in = lambda v, mu=mu, mask=mask: masked_psnr(v, mu, mask)  # noqa: E731
+        m_in = lambda v, mu=mu, mask=mask: masked_psnr(v, mu, mask)
         r = {
             "label": label, "views": views, "shape": list(mu.shape), "voxel_mm": [round(v, 4) for v in spacing],
             "refined_fraction": round(float(mask.mean()), 4),
@@ -513,7 +507,7 @@ def main() -> int:
         info = train(args, console)
         info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         model = info.pop("model").eval()
-        size = write_weights(model, args.weights_out)
+        size = save_local(model, args.weights_out)
         info["weights_bytes"] = size
         atomic_write_json(info_path, {k: v for k, v in info.items() if k != "history"})
         atomic_write_json(args.out / "history.json", info["history"])

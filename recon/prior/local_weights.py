@@ -1,12 +1,16 @@
 """Loading shipped or user-trained model weights from a local folder (never a download).
 
-:func:`load_local` is the one place that checks a ``save_pretrained`` folder (``config.json`` +
+:func:`save_local` writes such a folder (the training scripts' output) without ever leaving a
+half-written one; :func:`load_local` is the one place that checks a ``save_pretrained`` folder (``config.json`` +
 ``diffusion_pytorch_model.safetensors``) and turns every way it can fail into one
 :class:`~recon.errors.InputError` naming the folder and the script that writes the weights.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,7 +18,7 @@ from safetensors import SafetensorError
 
 from recon.errors import InputError
 
-__all__ = ["WEIGHT_FILES", "load_local"]
+__all__ = ["WEIGHT_FILES", "load_local", "save_local"]
 
 WEIGHT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 """What ``ModelMixin.save_pretrained`` writes and :func:`load_local` needs."""
@@ -46,3 +50,20 @@ def load_local(cls: type[_M], folder: Path, what: str, train_script: str, **kwar
     if not isinstance(model, cls):
         raise InputError(folder, f"holds a {type(model).__name__}, not a {cls.__name__}")
     return model
+
+
+def save_local(model: Any, folder: Path) -> int:
+    """``model.save_pretrained`` (safetensors) into a temporary sibling of ``folder``, then each
+    file moved into ``folder``: an interrupted save leaves the previous weights whole. Other files
+    in ``folder`` (a model card) are kept. Returns the size of the safetensors file in bytes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+            os.replace(f, folder / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return (folder / WEIGHT_FILES[1]).stat().st_size

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from recon.ct.phantoms import shepp_logan_3d
 from recon.ct.simulate import resample_volume, simulate_projections
 from recon.ct.tv_trainer import TVConfig, TVTrainer
 from recon.errors import InputError
@@ -31,8 +32,6 @@ from recon.prior.ct_indi import (
     slice_stacks,
     time_embedding,
 )
-from recon.ct.phantoms import shepp_logan_3d
-
 from tests.ct.conftest import psnr
 
 TRAINING_CHEST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ct" / "lidc_idri_0001_ds2.npz"

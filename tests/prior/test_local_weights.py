@@ -6,7 +6,7 @@ import pytest
 from diffusers import UNet2DModel
 
 from recon.errors import InputError
-from recon.prior.local_weights import WEIGHT_FILES, load_local
+from recon.prior.local_weights import WEIGHT_FILES, load_local, save_local
 
 
 def _tiny_unet() -> UNet2DModel:
@@ -29,3 +29,23 @@ def test_missing_and_corrupt_files_are_one_line(tmp_path):
     with pytest.raises(InputError, match="could not load the test weights") as err:
         load_local(UNet2DModel, tmp_path, "test", "scripts/x.py")
     assert "\n" not in str(err.value)
+
+
+def test_save_local_replaces_the_weights_and_keeps_the_card(tmp_path):
+    import torch
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / "MODEL_CARD.md").write_text("card")
+    a = _tiny_unet()
+    size = save_local(a, folder)
+    assert size == (folder / WEIGHT_FILES[1]).stat().st_size > 0
+    b = _tiny_unet()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(1.0)
+    save_local(b, folder)
+    loaded = load_local(UNet2DModel, folder, "test", "scripts/x.py")
+    assert all(torch.equal(p, q) for p, q in zip(loaded.parameters(), b.parameters()))
+    assert (folder / "MODEL_CARD.md").read_text() == "card"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["w"]  # no temporary folder left

@@ -53,12 +53,8 @@ class GaussianFitConfig:
     R2-Gaussian's X-ray splatting through the shared rasteriser (cone/fan; parallel via a distant source)."""
     batch_views: int = 5
     """Views per step."""
-    init: Literal["fdk", "sart", "tv"] = "sart"
-    """Volume the Gaussians are sampled from: FDK/FBP (R2-Gaussian), ``init_sart_iterations`` of
-    OS-SART started from FDK, or the TV reconstruction (``--method tv`` at its defaults: OS-FISTA,
-    ~20 s at 25 views, 128^3). 'tv' was tried as a way to need fewer ``iterations`` and lost:
-    35.06 / 35.41 dB after 100 / 200 steps on the 25-view tuning chest, against 36.34 for 'sart'
-    after 200 (docs/benchmarks.md)."""
+    init: Literal["fdk", "sart"] = "sart"
+    """Volume the Gaussians are sampled from: FDK/FBP (R2-Gaussian) or ``init_sart_iterations`` of OS-SART started from FDK."""
     init_sart_iterations: int = 5
     """OS-SART iterations for init='sart'."""
     init_filter: str = "hann"
@@ -138,8 +134,8 @@ class GaussianFitConfig:
                 raise InputError(f"--{name.replace('_', '-')}", f"must be {expected}, got {getattr(self, name)}")
         if self.render not in ("voxel", "splat"):
             raise InputError("--render", f"expected 'voxel' or 'splat', got {self.render!r}")
-        if self.init not in ("fdk", "sart", "tv"):
-            raise InputError("--init", f"expected 'fdk', 'sart' or 'tv', got {self.init!r}")
+        if self.init not in ("fdk", "sart"):
+            raise InputError("--init", f"expected 'fdk' or 'sart', got {self.init!r}")
 
 
 class GaussianTrainer(ProjectionTrainer):
@@ -180,14 +176,7 @@ class GaussianTrainer(ProjectionTrainer):
     # ------------------------------------------------------------------ setup
     def _init_model(self, init_volume) -> None:
         cfg = self.config
-        tv_init = init_volume is None and cfg.init == "tv"
-        if tv_init:
-            from recon.ct.tv_trainer import TVTrainer
-
-            init_volume = TVTrainer(self.b * self.scale, self.geometry, num_threads=None).fit()  # 1/mm
         vol = self.starting_volume(init_volume)
-        if tv_init:
-            self.init_description = "tv (OS-FISTA, --method tv's defaults)"
         self.vol_max = float(vol.max()) or 1.0
         self.model = RadiativeGaussians.from_volume(
             vol, self.geometry, cfg.n_gaussians, threshold=cfg.init_threshold, scale_multiplier=cfg.init_scale,

@@ -320,19 +320,3 @@ def test_trainer_bad_input(phantom24):
         GaussianTrainer(bad, geo, GaussianFitConfig(iterations=1))
     with pytest.raises(InputError, match="lambda-tv"):
         GaussianTrainer(proj, geo, GaussianFitConfig(lambda_tv=-1.0))
-
-
-def test_tv_init_samples_the_tv_reconstruction(phantom24):
-    from recon.ct.tv_trainer import TVTrainer
-
-    geo, vol, proj = phantom24
-    cfg = GaussianFitConfig(iterations=0, init="tv", n_gaussians=3000, max_gaussians=3000, init_fit_steps=20)
-    trainer = GaussianTrainer(proj, geo, cfg)
-    assert trainer.init_description.startswith("tv")
-    tv = TVTrainer(proj, geo, num_threads=None).fit().numpy()
-    sart = GaussianTrainer(proj, geo, GaussianFitConfig(iterations=0, n_gaussians=3000, max_gaussians=3000, init_fit_steps=20))
-    ours, sart_score = psnr(trainer.volume().numpy(), vol.numpy()), psnr(sart.volume().numpy(), vol.numpy())
-    # the Gaussians start from TV's volume, which is closer to the phantom than SART's start
-    assert psnr(tv, vol.numpy()) > sart_score and ours > sart_score, (ours, sart_score, psnr(tv, vol.numpy()))
-    with pytest.raises(InputError, match="'tv'"):
-        GaussianFitConfig(init="wavelet").validate()

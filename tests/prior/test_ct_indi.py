@@ -3,6 +3,7 @@ data consistency, weights, and ``recon ct fit --method tv --prior indi``."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -231,6 +232,11 @@ def test_shipped_weights_load():
     assert size < 5e6 and (DEFAULT_WEIGHTS / "MODEL_CARD.md").is_file()
     model = load_indi()
     assert isinstance(model, InDIRefiner) and not model.training
+    conv = next(p for p in model.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    vol = torch.rand(6, 40, 40) * 0.03
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    np.testing.assert_allclose(indi_refine(vol, model), indi_refine(vol, plain), rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow

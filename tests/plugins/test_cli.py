@@ -37,6 +37,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# nerfstudio 1.1.5's viewer drops a client's render state machine when its websocket closes, but a
+# camera message that client sent just before may still be queued; its handler then raises
+# KeyError in viser's message thread (harmless: the tab is gone; seen once in CI, 2026-12-04).
+CLOSE_RACE = 'self.render_statemachines[client.client_id].action(RenderAction("move"'
+
+
+def viewer_log_errors(log: str) -> list[str]:
+    """The tracebacks in a viewer log that are ours to fix: any before the first client
+    disconnect, and any after it except nerfstudio's close race (:data:`CLOSE_RACE`). A numba
+    ``StopIteration`` anywhere counts (the cold-cache bug of recon_nerfstudio.warmup)."""
+    closed = log.find("(viser) Connection closed")
+    before, after = (log, "") if closed < 0 else (log[:closed], log[closed:])
+    errors = before.split("Traceback (most recent call last):")[1:]
+    errors += [b for b in after.split("Traceback (most recent call last):")[1:]
+               if not (CLOSE_RACE in b and "KeyError" in b)]  # fmt: skip
+    if "StopIteration" in log:
+        errors.append("StopIteration")
+    return errors
+
+
+def test_viewer_log_errors_allows_only_the_close_race():
+    race = f'Traceback (most recent call last):\n  File "viewer.py"\n    {CLOSE_RACE}, camera_state))\nKeyError: 0\n'
+    other = 'Traceback (most recent call last):\n  File "x.py"\nValueError: bad\n'
+    opened, closed = "(viser) Connection opened (0, 1 total)\n", "(viser) Connection closed (0, 0 total)\n"
+    assert viewer_log_errors(opened + closed + race) == []
+    assert len(viewer_log_errors(opened + race + closed)) == 1  # before the close it is a real failure
+    assert len(viewer_log_errors(opened + closed + race + other)) == 1
+    assert viewer_log_errors(opened + "RuntimeError: generator raised StopIteration\n") == ["StopIteration"]
+
+
 def http_ok(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
@@ -260,7 +290,7 @@ def test_ns_viewer_renders_in_chromium_from_a_cold_numba_cache(trained_run, tmp_
             proc.terminate()
             proc.wait(timeout=30)
     text = log.read_text(errors="replace")
-    assert "Traceback" not in text and "StopIteration" not in text, text[-3000:]
+    assert not viewer_log_errors(text), text[-3000:]
     assert renders, f"no rendered image reached the browser in 240 s:\n{text[-2000:]}"
     image = np.asarray(Image.open(io.BytesIO(renders[-1])).convert("RGB"), dtype=np.float32)
     assert image.shape[0] >= 32 and image.std() > 5.0, "the render is blank"  # the fox, not a flat background

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 try:  # numba is a project dependency, but keep the pure-torch path importable without it
     from numba import njit, prange
 
@@ -251,3 +253,48 @@ if AVAILABLE:
             g_quats[n, 1] = (dx - x * dot) / qn
             g_quats[n, 2] = (dy - y * dot) / qn
             g_quats[n, 3] = (dz - z * dot) / qn
+
+
+if AVAILABLE:
+
+    @njit(cache=True, nogil=True)
+    def brick_order(means, first, brick_mm, nb):  # pragma: no cover - compiled
+        """Stable counting sort of the Gaussians by the brick holding their centre: means [N, 3]
+        (x, y, z), first [3] the centre of voxel (0, 0, 0), brick_mm [3] a brick's size (x, y, z),
+        nb [3] bricks per axis (x, y, z) including one border brick on each side -> order [N]
+        int64, the same permutation as ``np.argsort(key, kind="stable")`` with key
+        ``(z * nb_y + y) * nb_x + x``, in O(N)."""
+        N = means.shape[0]
+        keys = np.empty(N, dtype=np.int64)
+        counts = np.zeros(nb[0] * nb[1] * nb[2] + 1, dtype=np.int64)
+        for n in range(N):
+            key = 0
+            for a in (2, 1, 0):
+                i = int(math.floor((means[n, a] - first[a]) / brick_mm[a])) + 1  # noqa: RUF046
+                i = min(max(i, 0), nb[a] - 1)
+                key = key * nb[a] + i
+            keys[n] = key
+            counts[key + 1] += 1
+        for k in range(1, counts.shape[0]):
+            counts[k] += counts[k - 1]
+        order = np.empty(N, dtype=np.int64)
+        for n in range(N):
+            order[counts[keys[n]]] = n
+            counts[keys[n]] += 1
+        return order
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def gather_rows(src, order, dst):  # pragma: no cover - compiled
+        """dst[i] = src[order[i]] for 2D arrays [N, C] (dst written)."""
+        for i in prange(order.shape[0]):
+            r = order[i]
+            for c in range(src.shape[1]):
+                dst[i, c] = src[r, c]
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def scatter_rows(src, order, dst):  # pragma: no cover - compiled
+        """dst[order[i]] = src[i] for 2D arrays [N, C] (the inverse of :func:`gather_rows`)."""
+        for i in prange(order.shape[0]):
+            r = order[i]
+            for c in range(src.shape[1]):
+                dst[r, c] = src[i, c]

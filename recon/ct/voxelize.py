@@ -115,8 +115,17 @@ def _grid_arrays(grid: VoxelGrid, dtype: np.dtype) -> tuple[np.ndarray, np.ndarr
 
 def _spatial_order(means: np.ndarray, grid: VoxelGrid, brick: int = 8) -> np.ndarray:
     """Permutation sorting Gaussians by the ``brick``-voxel block holding their centre
-    (lexicographic z, y, x): neighbours in the list touch the same cache lines. ~3x faster than
-    random order on 128^3 grids."""
+    (lexicographic z, y, x; stable): neighbours in the list touch the same cache lines. ~3x faster
+    than random order on 128^3 grids. A counting sort in numba (~10x faster than ``np.argsort``
+    at 400k Gaussians); :func:`_spatial_order_numpy` is its reference twin."""
+    first = np.asarray(grid.first_mm, dtype=np.float64)
+    brick_mm = np.asarray(grid.voxel_mm[::-1], dtype=np.float64) * brick
+    nb = (np.asarray(grid.shape[::-1], dtype=np.int64) + brick - 1) // brick + 2
+    return _nb.brick_order(np.ascontiguousarray(means), first, brick_mm, nb)
+
+
+def _spatial_order_numpy(means: np.ndarray, grid: VoxelGrid, brick: int = 8) -> np.ndarray:
+    """Reference twin of :func:`_spatial_order` (``np.argsort`` of the brick keys)."""
     first = np.asarray(grid.first_mm)
     step = np.asarray(grid.voxel_mm[::-1])
     idx = np.floor((means - first) / (step * brick)).astype(np.int64)
@@ -126,6 +135,21 @@ def _spatial_order(means: np.ndarray, grid: VoxelGrid, brick: int = 8) -> np.nda
     return np.argsort(key, kind="stable")
 
 
+def _gather(x: Tensor, order: np.ndarray) -> np.ndarray:  # [N, C] or [N] -> rows in ``order``
+    src = x.detach().numpy()
+    src2 = src.reshape(src.shape[0], -1)
+    dst = np.empty_like(src2)
+    _nb.gather_rows(src2, order, dst)
+    return dst.reshape(src.shape)
+
+
+def _scatter(a: np.ndarray, order: np.ndarray) -> Tensor:  # rows in ``order`` -> original order
+    a2 = a.reshape(a.shape[0], -1)
+    dst = np.empty_like(a2)
+    _nb.scatter_rows(a2, order, dst)
+    return torch.from_numpy(dst.reshape(a.shape))
+
+
 class _VoxelizeNumba(torch.autograd.Function):
     """Numba path end to end: precision matrices, voxelisation and their gradients (the torch
     twin computes the precision matrices with autograd instead; tests compare both)."""
@@ -133,12 +157,9 @@ class _VoxelizeNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, quats, scales, dens, grid: VoxelGrid, support_sigmas: float):
         np_dtype = np.float32 if means.dtype == torch.float32 else np.float64
-        m = means.detach().numpy()
-        order = _spatial_order(m, grid)
-        m = np.ascontiguousarray(m[order])
-        q = np.ascontiguousarray(quats.detach().numpy()[order])
-        s = np.ascontiguousarray(scales.detach().numpy()[order])
-        d = np.ascontiguousarray(dens.detach().numpy()[order])
+        means, quats, scales, dens = (x.detach().contiguous() for x in (means, quats, scales, dens))
+        order = _spatial_order(means.numpy(), grid)
+        m, q, s, d = (_gather(x, order) for x in (means, quats, scales, dens))
         N = m.shape[0]
         p = np.empty((N, 6), dtype=np_dtype)
         h = np.empty((N, 3), dtype=np_dtype)
@@ -169,10 +190,7 @@ class _VoxelizeNumba(torch.autograd.Function):
         g_quats = np.empty((N, 4), dtype=np_dtype)
         g_scales = np.empty((N, 3), dtype=np_dtype)
         _nb.precision_backward(q, s, g_prec, g_quats, g_scales)
-        inv = np.empty_like(order)
-        inv[order] = np.arange(N)
-        back = lambda a: torch.from_numpy(np.ascontiguousarray(a[inv]))
-        return back(g_means), back(g_quats), back(g_scales), back(g_dens), None, None
+        return (*(_scatter(a, order) for a in (g_means, g_quats, g_scales, g_dens)), None, None)
 
 
 def _voxelize_torch(means: Tensor, prec6: Tensor, dens: Tensor, grid: VoxelGrid, cut2: float) -> Tensor:

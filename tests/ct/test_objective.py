@@ -29,6 +29,23 @@ def test_projection_loss_terms():
     assert float(with_ssim) > float(l1n)  # structure lost -> D-SSIM > 0
 
 
+def test_projection_loss_fused_ssim_matches_the_torch_twin():
+    """float32 CPU projections take the fused numba SSIM (on images divided by the range); the
+    float64 path is the conv2d twin with data_range: same loss and gradient."""
+    g = torch.Generator().manual_seed(0)
+    gt = 3.0 * torch.rand(4, 40, 36, generator=g)  # line integrals, range ~3
+    pred = (gt + 0.3 * torch.randn(gt.shape, generator=g)).requires_grad_(True)
+    ref = pred.detach().double().requires_grad_(True)
+    loss, l1 = projection_loss(pred, gt, lambda_dssim=0.25)
+    loss_ref, l1_ref = projection_loss(ref, gt.double(), lambda_dssim=0.25)
+    loss.backward()
+    loss_ref.backward()
+    assert float(loss) == pytest.approx(float(loss_ref), rel=1e-5)
+    assert float(l1) == pytest.approx(float(l1_ref), rel=1e-5)
+    assert float(loss) > float(l1) + 0.01  # the SSIM term is there
+    torch.testing.assert_close(pred.grad.double(), ref.grad, rtol=1e-3, atol=1e-7)
+
+
 @pytest.mark.parametrize(("n_views", "batch"), [(25, 5), (12, 5), (7, 7), (5, 9)])
 def test_view_batches_cover_every_view_each_epoch(n_views, batch):
     vb = ViewBatches(n_views, batch, np.random.default_rng(3))

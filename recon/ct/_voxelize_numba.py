@@ -284,17 +284,12 @@ if AVAILABLE:
         return order
 
     @njit(parallel=True, cache=True, nogil=True)
-    def gather_rows(src, order, dst):  # pragma: no cover - compiled
-        """dst[i] = src[order[i]] for 2D arrays [N, C] (dst written)."""
+    def permute_rows(src, order, dst, scatter):  # pragma: no cover - compiled
+        """2D arrays [N, C] (dst written): ``dst[i] = src[order[i]]`` (gather), or with
+        ``scatter`` its inverse ``dst[order[i]] = src[i]``."""
         for i in prange(order.shape[0]):
-            r = order[i]
+            r = np.int64(order[i])
+            a = r if scatter else np.int64(i)
+            b = np.int64(i) if scatter else r
             for c in range(src.shape[1]):
-                dst[i, c] = src[r, c]
-
-    @njit(parallel=True, cache=True, nogil=True)
-    def scatter_rows(src, order, dst):  # pragma: no cover - compiled
-        """dst[order[i]] = src[i] for 2D arrays [N, C] (the inverse of :func:`gather_rows`)."""
-        for i in prange(order.shape[0]):
-            r = order[i]
-            for c in range(src.shape[1]):
-                dst[r, c] = src[i, c]
+                dst[a, c] = src[b, c]

@@ -139,14 +139,14 @@ def _gather(x: Tensor, order: np.ndarray) -> np.ndarray:  # [N, C] or [N] -> row
     src = x.detach().numpy()
     src2 = src.reshape(src.shape[0], -1)
     dst = np.empty_like(src2)
-    _nb.gather_rows(src2, order, dst)
+    _nb.permute_rows(src2, order, dst, False)
     return dst.reshape(src.shape)
 
 
 def _scatter(a: np.ndarray, order: np.ndarray) -> Tensor:  # rows in ``order`` -> original order
     a2 = a.reshape(a.shape[0], -1)
     dst = np.empty_like(a2)
-    _nb.scatter_rows(a2, order, dst)
+    _nb.permute_rows(a2, order, dst, True)
     return torch.from_numpy(dst.reshape(a.shape))
 
 

@@ -106,7 +106,12 @@ def test_numba_matches_torch_twin_forward_and_gradients(dtype, tol):
 def test_spatial_order_counting_sort_equals_the_argsort_twin():
     """The numba counting sort is the stable argsort of the brick keys, centres outside the grid
     (border bricks) and ties included; gather/scatter are inverse permutations."""
-    from recon.ct.voxelize import _gather, _scatter, _spatial_order, _spatial_order_numpy
+    from recon.ct.voxelize import (
+        _gather,
+        _scatter,
+        _spatial_order,
+        _spatial_order_numpy,
+    )
 
     g = torch.Generator().manual_seed(5)
     means = ((torch.rand(3000, 3, generator=g) - 0.5) * 40.0).numpy()  # the grid is ~14 mm wide

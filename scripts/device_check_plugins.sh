@@ -13,6 +13,8 @@
 # Results land flat in $OUT (the device tool returns files at most two folders down): raster.json,
 # fit_cuda.json, fit_cpu.json, summary.txt. Without the device tool, OUT defaults to runs/device_check.
 # DRY=1 runs the CPU halves alone (a check of the script on a machine without a GPU).
+# Run once on a lent H200 (2026-12-04) with ITER=300: 5 min 12 s, of which the gsplat build took 175 s
+# (docs/benchmarks.md, "CUDA: gsplat on a lent H200"; raw outputs in docs/device/2026-12-04/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/device_check}"

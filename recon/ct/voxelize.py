@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recon.ct import _voxelize_numba as _nb
+from recon.ct import _tv_numba, _voxelize_numba as _nb
 from recon.geometry.ct import CTGeometry
 from recon.errors import InputError
 from recon.splat.projection import quat_to_rotmat
@@ -254,11 +254,38 @@ def voxelize(
     return _VoxelizeNumba.apply(means, quats, scales, densities, grid, float(support_sigmas))
 
 
+class _TV3dNumba(torch.autograd.Function):
+    """:func:`tv_3d` of one [Z, Y, X] CPU volume by the fused numba kernel (value and gradient
+    in one pass; the gradient is kept for the backward)."""
+
+    @staticmethod
+    def forward(ctx, volume):
+        v = np.ascontiguousarray(volume.detach().numpy())
+        g = np.empty_like(v)
+        value = _tv_numba.tv3d_value_grad(v, g)
+        ctx.save_for_backward(torch.from_numpy(g))
+        return volume.new_tensor(value)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (g,) = ctx.saved_tensors
+        return g * grad_out
+
+
 def tv_3d(volume: Tensor, eps: float = 0.0) -> Tensor:  # [Z, Y, X] or [B, Z, Y, X] -> scalar
     """Anisotropic 3D total variation, mean absolute forward difference over the three axes
-    (R2-Gaussian's TV loss); ``eps`` > 0 smooths ``|d|`` as ``sqrt(d^2 + eps^2) - eps``."""
+    (R2-Gaussian's TV loss); ``eps`` > 0 smooths ``|d|`` as ``sqrt(d^2 + eps^2) - eps``.
+    A single [Z, Y, X] CPU float volume with ``eps`` 0 takes the fused numba kernel
+    (:mod:`recon.ct._tv_numba`); everything else the torch ops (its reference twin)."""
     if volume.dim() not in (3, 4):
         raise InputError("volume", f"expected [Z, Y, X] or [B, Z, Y, X], got {list(volume.shape)}")
+    if volume.dim() == 3 and eps == 0 and volume.device.type == "cpu" and volume.dtype in (torch.float32, torch.float64) and _tv_numba.AVAILABLE:
+        return _TV3dNumba.apply(volume)
+    return _tv_3d_torch(volume, eps)
+
+
+def _tv_3d_torch(volume: Tensor, eps: float = 0.0) -> Tensor:  # [Z, Y, X] or [B, Z, Y, X] -> scalar
+    """Reference twin of :func:`tv_3d` (torch ops and autograd)."""
     total = volume.new_zeros(())
     for axis in (-3, -2, -1):
         d = torch.diff(volume, dim=axis)

@@ -24,16 +24,18 @@ from torch import Tensor
 from recon.geometry.ct import CTGeometry
 from recon.ct.objective import ProjectionTrainer, projection_loss
 from recon.ct.project import torch_threads
-from recon.ct.voxelize import VoxelGrid, tv_3d, voxelize
+from recon.ct.voxelize import VoxelGrid, spatial_order, tv_3d, voxelize
 from recon.errors import InputError
 from recon.train import exponential_decay, set_learning_rate
 from recon.splat.strategy import (  # row ops that carry Adam moments
     duplicate_rows,
     remove_rows,
+    reorder_rows,
     split_rows,
 )
 
 from recon.ct.gaussians import RadiativeGaussians, XrayCameras, render_xray, xray_cameras
+from recon.splat.adam import FusedAdam
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +184,7 @@ class GaussianTrainer(ProjectionTrainer):
             vol, self.geometry, cfg.n_gaussians, threshold=cfg.init_threshold, scale_multiplier=cfg.init_scale,
             support_sigmas=cfg.support_sigmas, seed=cfg.seed, density_unit=self.vol_max,
         )  # fmt: skip
+        self._sort_rows({}, {})
         if cfg.init_fit_steps:
             self._fit_to_volume(vol, cfg.init_fit_steps)
         logger.info("initialised %d Gaussians from %s", self.model.num_gaussians, self.init_description)
@@ -208,7 +211,7 @@ class GaussianTrainer(ProjectionTrainer):
 
     def _make_optimizers(self) -> dict[str, torch.optim.Adam]:
         return {
-            name: torch.optim.Adam([{"params": [self.model.params[name]], "lr": lr, "name": name}], eps=1e-15)
+            name: FusedAdam([{"params": [self.model.params[name]], "lr": lr, "name": name}], eps=1e-15)
             for name, lr in self._base_lrs().items()
         }
 
@@ -369,7 +372,15 @@ class GaussianTrainer(ProjectionTrainer):
         if n_prune and n_prune < self.model.num_gaussians:
             remove_rows(params, opts, state, prune)
         self.reset_gradient_stats()
+        self._sort_rows(opts, {})  # the gradient stats were just reset: nothing to carry
         logger.debug("density control at step %d: %d cloned, %d split, %d pruned -> %d", self.step, n_clone, n_split, n_prune, self.model.num_gaussians)
+
+    @torch.no_grad()
+    def _sort_rows(self, optimizers: dict[str, torch.optim.Adam], state: dict[str, Tensor]) -> None:
+        """Keep the Gaussians in the voxeliser's spatial order (voxel path; after the
+        initialisation and each density control): its gathers and scatters then run sequentially."""
+        if self.config.render == "voxel":
+            reorder_rows(self.model.params, optimizers, state, spatial_order(self.model.params["means"], self.grid))
 
     @torch.no_grad()
     def volume(self) -> Tensor:  # [Z, Y, X] attenuation (1/mm)

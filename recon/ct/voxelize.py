@@ -25,6 +25,7 @@ patches).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ from recon.splat.projection import quat_to_rotmat
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "VoxelGrid", "precision_matrices", "tv_3d", "voxelize"]
+__all__ = ["BACKENDS", "VoxelGrid", "precision_matrices", "spatial_order", "tv_3d", "voxelize"]
 
 BACKENDS = ("auto", "numba", "torch")
 _TORCH_CHUNK_ELEMS = 1 << 22  # Gaussians x voxels evaluated at once by the torch twin
@@ -124,6 +125,16 @@ def _spatial_order(means: np.ndarray, grid: VoxelGrid, brick: int = 8) -> np.nda
     return _nb.brick_order(np.ascontiguousarray(means), first, brick_mm, nb)
 
 
+def spatial_order(means: Tensor, grid: VoxelGrid | CTGeometry) -> Tensor:  # [N, 3] -> [N] int64
+    """The permutation that sorts Gaussians by the brick of ``grid`` holding their centre. A
+    model kept in this order (:class:`recon.ct.gaussian_trainer.GaussianTrainer` re-sorts at
+    each density control) makes the numba path's gathers and scatters sequential: ~50 ms less a
+    step at 450k Gaussians than from a random order."""
+    if isinstance(grid, CTGeometry):
+        grid = VoxelGrid.from_geometry(grid)
+    return torch.from_numpy(_spatial_order(means.detach().cpu().numpy(), grid)).to(means.device)
+
+
 def _spatial_order_numpy(means: np.ndarray, grid: VoxelGrid, brick: int = 8) -> np.ndarray:
     """Reference twin of :func:`_spatial_order` (``np.argsort`` of the brick keys)."""
     first = np.asarray(grid.first_mm)
@@ -135,19 +146,22 @@ def _spatial_order_numpy(means: np.ndarray, grid: VoxelGrid, brick: int = 8) -> 
     return np.argsort(key, kind="stable")
 
 
-def _gather(x: Tensor, order: np.ndarray) -> np.ndarray:  # [N, C] or [N] -> rows in ``order``
-    src = x.detach().numpy()
-    src2 = src.reshape(src.shape[0], -1)
-    dst = np.empty_like(src2)
-    _nb.permute_rows(src2, order, dst, False)
-    return dst.reshape(src.shape)
+_SCRATCH = threading.local()
+_SCRATCH_MAX_BYTES = 256 << 20
 
 
-def _scatter(a: np.ndarray, order: np.ndarray) -> Tensor:  # rows in ``order`` -> original order
-    a2 = a.reshape(a.shape[0], -1)
-    dst = np.empty_like(a2)
-    _nb.permute_rows(a2, order, dst, True)
-    return torch.from_numpy(dst.reshape(a.shape))
+def _thread_volumes(n_threads: int, shape: tuple[int, int, int], dtype: type) -> np.ndarray:  # [T, Z, Y, X] zeroed
+    """The forward kernel's per-thread volumes: one buffer per calling thread, reused across
+    calls up to ``_SCRATCH_MAX_BYTES`` (a fresh 16 MB buffer per step cost ~9 ms of page faults
+    at 128^3); larger grids get a fresh one."""
+    full = (n_threads, *shape)
+    if int(np.prod(full)) * np.dtype(dtype).itemsize > _SCRATCH_MAX_BYTES:
+        return np.zeros(full, dtype=dtype)
+    buf = getattr(_SCRATCH, "volumes", None)
+    if buf is None or buf.shape != full or buf.dtype != dtype:
+        buf = _SCRATCH.volumes = np.empty(full, dtype=dtype)
+    buf.fill(0)
+    return buf
 
 
 class _VoxelizeNumba(torch.autograd.Function):
@@ -159,26 +173,30 @@ class _VoxelizeNumba(torch.autograd.Function):
         np_dtype = np.float32 if means.dtype == torch.float32 else np.float64
         means, quats, scales, dens = (x.detach().contiguous() for x in (means, quats, scales, dens))
         order = _spatial_order(means.numpy(), grid)
-        m, q, s, d = (_gather(x, order) for x in (means, quats, scales, dens))
-        N = m.shape[0]
+        q, s = quats.numpy(), scales.numpy()
+        N = q.shape[0]
+        m = np.empty((N, 3), dtype=np_dtype)
+        d = np.empty((N,), dtype=np_dtype)
         p = np.empty((N, 6), dtype=np_dtype)
         h = np.empty((N, 3), dtype=np_dtype)
-        _nb.precision_forward(q, s, np_dtype(support_sigmas), p, h)
+        _nb.precision_forward(order, means.numpy(), q, s, dens.numpy(), np_dtype(support_sigmas), m, d, p, h)
         first, step = _grid_arrays(grid, np_dtype)
         import numba
 
         T = int(numba.get_num_threads())
-        out = np.zeros((T, *grid.shape), dtype=np_dtype)
+        out = _thread_volumes(T, grid.shape, np_dtype)
         cut2 = np_dtype(support_sigmas * support_sigmas)
-        _nb.voxelize_forward(m, p, d, h, first, step, out, cut2, T)
-        vol = torch.from_numpy(out.sum(0) if T > 1 else out[0])
-        ctx.sorted = (m, q, s, d, p, h, order)
+        _nb.voxelize_forward(m, p, d, h, first, step, out, cut2)
+        vol = torch.from_numpy(out.sum(0) if T > 1 else out[0].copy())
+        ctx.sorted = (m, d, p, h, order)
+        ctx.save_for_backward(quats, scales)  # the precision chain rule reads them in input order
         ctx.grid, ctx.cut2 = grid, cut2
         return vol
 
     @staticmethod
     def backward(ctx, grad):
-        m, q, s, d, p, h, order = ctx.sorted
+        m, d, p, h, order = ctx.sorted
+        q, s = (x.numpy() for x in ctx.saved_tensors)
         np_dtype = m.dtype.type
         first, step = _grid_arrays(ctx.grid, np_dtype)
         N = m.shape[0]
@@ -187,10 +205,10 @@ class _VoxelizeNumba(torch.autograd.Function):
         g_dens = np.zeros((N,), dtype=np_dtype)
         g = np.ascontiguousarray(grad.detach().cpu().numpy().astype(np_dtype, copy=False))
         _nb.voxelize_backward(m, p, d, h, first, step, g, ctx.cut2, g_means, g_prec, g_dens)
-        g_quats = np.empty((N, 4), dtype=np_dtype)
-        g_scales = np.empty((N, 3), dtype=np_dtype)
-        _nb.precision_backward(q, s, g_prec, g_quats, g_scales)
-        return (*(_scatter(a, order) for a in (g_means, g_quats, g_scales, g_dens)), None, None)
+        outs = [np.empty(shape, dtype=np_dtype) for shape in ((N, 4), (N, 3), (N, 3), (N,))]
+        _nb.precision_backward(order, q, s, g_prec, g_means, g_dens, *outs)
+        g_quats, g_scales, g_means, g_dens = (torch.from_numpy(a) for a in outs)
+        return g_means, g_quats, g_scales, g_dens, None, None
 
 
 def _voxelize_torch(means: Tensor, prec6: Tensor, dens: Tensor, grid: VoxelGrid, cut2: float) -> Tensor:

@@ -450,6 +450,12 @@ def remove_rows(params: Params, optimizers: Optimizers, state: dict[str, Any], m
     _extend_state(state, lambda v: v[keep])
 
 
+def reorder_rows(params: Params, optimizers: Optimizers, state: dict[str, Any], order: Tensor) -> None:
+    """Put row ``order[i]`` at row ``i`` in every parameter, its Adam moments and running stats."""
+    _replace_rows(params, optimizers, lambda name, p: p[order], lambda v: v[order])
+    _extend_state(state, lambda v: v[order])
+
+
 def _reset_opacities(params: Params, optimizers: Optimizers, value: float) -> None:
     """Clamp opacities to at most ``value`` (post-sigmoid) and zero their Adam moments."""
     p = params["opacities"]

@@ -11,7 +11,7 @@ time; the parts run inside the real step, so nothing is re-run in isolation):
     project bwd      its adjoint (backprojection of the loss gradient)
     loss             L1 + D-SSIM forward (the backward is inside "other backward")
     TV               3D TV forward on the whole volume
-    optimiser        Adam steps of the four parameter groups
+    optimiser        FusedAdam steps of the four parameter groups
     densification    density control (every ``densify_every`` steps in its window)
     other            full step - the parts (activation, autograd of SSIM / TV / activations, Python)
 
@@ -34,8 +34,6 @@ from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch
 
 PARTS = ("voxelise fwd", "voxelise bwd", "project fwd", "project bwd", "loss", "TV", "optimiser", "densification")
 
@@ -89,7 +87,7 @@ def main() -> int:
     timers.wrap(project._BackProject, "forward", "project bwd", static=True)
     timers.wrap(gt, "projection_loss", "loss")
     timers.wrap(gt, "tv_3d", "TV")
-    timers.wrap(torch.optim.Adam, "step", "optimiser")
+    timers.wrap(gt.FusedAdam, "step", "optimiser")  # the trainer's optimiser (a torch.optim.Adam)
     timers.wrap(gt.GaussianTrainer, "density_control", "densification")
 
     data = read_r2gaussian(args.data)

@@ -155,7 +155,7 @@ if AVAILABLE:
                     for j in range(j0, j1 + 1):
                         q, dq, e, r = q0, dqx, e_row, r_row
                         for i in range(i0, i1 + 1):
-                            out[t, k, j, i] += e if q <= cut2 else 0.0
+                            out[t, k, j, i] += e * (q <= cut2)  # branch-free mask
                             q += dq
                             dq += 2.0 * axx
                             e *= r
@@ -175,11 +175,10 @@ if AVAILABLE:
         x0, y0, z0 = first[0], first[1], first[2]
         sx, sy, sz = step[0], step[1], step[2]
         for n in prange(N):
-            a_rho = 0.0
-            a_xx = a_xy = a_xz = a_yy = a_yz = a_zz = 0.0
-            a_mx = a_my = a_mz = 0.0
+            # sums over the Gaussian's voxels of s0 = g e, s1 = g e dx, s2 = g e dx^2, times
+            # powers of dy and dz (per slice: t, per Gaussian: u)
+            u0 = u0y = u0yy = u0z = u0zz = u0yz = u1 = u1y = u1z = u2 = 0.0
             if not _degenerate(prec, n):
-                rho = 1.0 * dens[n]
                 mx, my, mz = means[n, 0], means[n, 1], means[n, 2]
                 pxx, pxy, pxz, pyy, pyz, pzz = prec[n, 0], prec[n, 1], prec[n, 2], prec[n, 3], prec[n, 4], prec[n, 5]
                 axx, ayy, axy = pxx * sx * sx, pyy * sy * sy, pxy * sx * sy
@@ -195,19 +194,19 @@ if AVAILABLE:
                     dy = y0 + j0 * sy - my
                     dqx = pxx * (2.0 * dx0 * sx) + axx + 2.0 * (pxy * dy + pxz * dz) * sx
                     dqy = pyy * (2.0 * dy * sy) + ayy + 2.0 * (pxy * dx0 + pyz * dz) * sy
+                    t0 = t0y = t0yy = t1 = t1y = t2 = 0.0
                     e_row = g_row = r_row = 0.0
                     if safe:
                         e_row = math.exp(-0.5 * q0)
                         g_row = math.exp(-0.5 * dqy)
                         r_row = math.exp(-0.5 * dqx)
                     for j in range(j0, j1 + 1):
-                        # per-row sums, then the row's contribution to the gradients
-                        s0 = s1 = s2 = 0.0  # sum g e, sum g e dx, sum g e dx^2 (times -rho/2 later)
+                        s0 = s1 = s2 = 0.0  # the row's sums of g e, g e dx, g e dx^2
                         dx = dx0
                         if safe:
                             q, dq, e, r = q0, dqx, e_row, r_row
                             for i in range(i0, i1 + 1):
-                                ge = grad[k, j, i] * e if q <= cut2 else 0.0
+                                ge = grad[k, j, i] * e * (q <= cut2)  # branch-free mask
                                 s0 += ge
                                 s1 += ge * dx
                                 s2 += ge * dx * dx
@@ -228,34 +227,39 @@ if AVAILABLE:
                                     s1 += ge * dx
                                     s2 += ge * dx * dx
                                 dx += sx
-                        a_rho += s0
-                        h0 = -0.5 * rho * s0  # sum dL/dq
-                        h1 = -0.5 * rho * s1
-                        h2 = -0.5 * rho * s2
-                        a_xx += h2
-                        a_yy += h0 * dy * dy
-                        a_zz += h0 * dz * dz
-                        a_xy += 2.0 * h1 * dy
-                        a_xz += 2.0 * h1 * dz
-                        a_yz += 2.0 * h0 * dy * dz
-                        # dq/dmu = -2 P d
-                        a_mx += -2.0 * (pxx * h1 + pxy * dy * h0 + pxz * dz * h0)
-                        a_my += -2.0 * (pxy * h1 + pyy * dy * h0 + pyz * dz * h0)
-                        a_mz += -2.0 * (pxz * h1 + pyz * dy * h0 + pzz * dz * h0)
+                        t0 += s0
+                        t0y += s0 * dy
+                        t0yy += s0 * dy * dy
+                        t1 += s1
+                        t1y += s1 * dy
+                        t2 += s2
                         q0 += dqy
                         dqy += 2.0 * ayy
                         dqx += 2.0 * axy
                         dy += sy
-            g_dens[n] = a_rho
-            g_prec[n, 0] = a_xx
-            g_prec[n, 1] = a_xy
-            g_prec[n, 2] = a_xz
-            g_prec[n, 3] = a_yy
-            g_prec[n, 4] = a_yz
-            g_prec[n, 5] = a_zz
-            g_means[n, 0] = a_mx
-            g_means[n, 1] = a_my
-            g_means[n, 2] = a_mz
+                    u0 += t0
+                    u0y += t0y
+                    u0yy += t0yy
+                    u0z += t0 * dz
+                    u0zz += t0 * dz * dz
+                    u0yz += t0y * dz
+                    u1 += t1
+                    u1y += t1y
+                    u1z += t1 * dz
+                    u2 += t2
+            # dL/dq = -rho/2 * g e at each voxel; q = d^T P d (off-diagonals twice), dq/dmu = -2 P d
+            c = -0.5 * dens[n]
+            g_dens[n] = u0
+            g_prec[n, 0] = c * u2
+            g_prec[n, 1] = 2.0 * c * u1y
+            g_prec[n, 2] = 2.0 * c * u1z
+            g_prec[n, 3] = c * u0yy
+            g_prec[n, 4] = 2.0 * c * u0yz
+            g_prec[n, 5] = c * u0zz
+            pxx, pxy, pxz, pyy, pyz, pzz = prec[n, 0], prec[n, 1], prec[n, 2], prec[n, 3], prec[n, 4], prec[n, 5]
+            g_means[n, 0] = -2.0 * c * (pxx * u1 + pxy * u0y + pxz * u0z)
+            g_means[n, 1] = -2.0 * c * (pxy * u1 + pyy * u0y + pyz * u0z)
+            g_means[n, 2] = -2.0 * c * (pxz * u1 + pyz * u0y + pzz * u0z)
 
 
 if AVAILABLE:

@@ -47,8 +47,8 @@ class GaussianFitConfig:
     """Hyperparameters of :class:`GaussianTrainer` (defaults tuned for 128^3, 25-75 views on a CPU)."""
 
     iterations: int = 500
-    """Optimisation steps (128^3, 25 views, 400k Gaussians: ~0.4 s each on 2 CPU cores, after
-    ~17 s of initialisation; docs/benchmarks.md). 500 with ``lambda_tv`` 0.1 was the best of the sweep in
+    """Optimisation steps (128^3, 25 views, 400k Gaussians: ~0.22 s each on 2 CPU cores, after
+    ~10 s of initialisation; docs/benchmarks.md). 500 with ``lambda_tv`` 0.1 was the best of the sweep in
     ``scripts/ablate_ct_gaussian.py`` on the 25-view chest (200: 36.34 dB, 400: 36.79, 500: 36.97)."""
     render: Literal["voxel", "splat"] = "voxel"
     """'voxel': voxelise + matched projector (the simulator's forward model; any beam); 'splat':

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recon.geometry.ct import CTGeometry, normalize_view_indices
+from recon.ct import _activate_numba
 from recon.ct.voxelize import VoxelGrid, voxelize
 from recon.errors import InputError
 from recon.splat.rasterize import rasterization
@@ -222,6 +223,30 @@ def _inv_softplus(x: Tensor) -> Tensor:
     return torch.where(x > 20.0, x, torch.log(torch.expm1(x)))
 
 
+class _ActivateNumba(torch.autograd.Function):
+    """Unit quaternions, exp scales and activated densities in one numba pass each way."""
+
+    @staticmethod
+    def forward(ctx, quats, log_scales, raw_dens, softplus: bool, unit: float):
+        q, s, d = torch.empty_like(quats), torch.empty_like(log_scales), torch.empty_like(raw_dens)
+        qn, rn = quats.detach().numpy(), raw_dens.detach().numpy()
+        _activate_numba.activate_forward(qn, log_scales.detach().numpy(), rn, softplus, unit, q.numpy(), s.numpy(), d.numpy())
+        ctx.save_for_backward(quats, raw_dens, s, d)
+        ctx.softplus, ctx.unit = softplus, unit
+        return q, s, d
+
+    @staticmethod
+    def backward(ctx, g_q, g_s, g_d):
+        quats, raw_dens, s, d = ctx.saved_tensors
+        g_q, g_s, g_d = (torch.zeros_like(t) if g is None else g.detach().contiguous() for g, t in ((g_q, quats), (g_s, s), (g_d, d)))
+        gq, gs, gd = torch.empty_like(quats), torch.empty_like(s), torch.empty_like(d)
+        _activate_numba.activate_backward(
+            quats.detach().numpy(), raw_dens.detach().numpy(), ctx.softplus, ctx.unit, s.numpy(), d.numpy(),
+            g_q.numpy(), g_s.numpy(), g_d.numpy(), gq.numpy(), gs.numpy(), gd.numpy(),
+        )  # fmt: skip
+        return gq, gs, gd, None, None
+
+
 class RadiativeGaussians(nn.Module):
     """Raw parameters in one ``ParameterDict``: ``means`` [N, 3] (mm), ``quats`` [N, 4] (wxyz),
     ``scales`` [N, 3] (log mm), ``densities`` [N] (pre-activation; softplus or exp).
@@ -256,7 +281,18 @@ class RadiativeGaussians(nn.Module):
         return _inv_softplus(v) if self.density_activation == "softplus" else torch.log(v.clamp_min(1e-20))
 
     def activated(self) -> dict[str, Tensor]:
-        """``means`` [N, 3], ``quats`` [N, 4] (unit), ``scales`` [N, 3] (mm), ``densities`` [N] (1/mm)."""
+        """``means`` [N, 3], ``quats`` [N, 4] (unit), ``scales`` [N, 3] (mm), ``densities`` [N] (1/mm).
+        Contiguous CPU float32 parameters go through one fused numba pass each way
+        (:mod:`recon.ct._activate_numba`); others through the torch ops (its reference twin)."""
+        p = self.params
+        raw = (p["quats"], p["scales"], p["densities"])
+        if _activate_numba.AVAILABLE and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in raw):
+            q, s, d = _ActivateNumba.apply(*raw, self.density_activation == "softplus", self.density_unit)
+            return {"means": p["means"], "quats": q, "scales": s, "densities": d}
+        return self._activated_torch()
+
+    def _activated_torch(self) -> dict[str, Tensor]:
+        """Reference twin of :meth:`activated` (torch ops and autograd)."""
         p = self.params
         return {
             "means": p["means"],

@@ -128,8 +128,8 @@ def _spatial_order(means: np.ndarray, grid: VoxelGrid, brick: int = 8) -> np.nda
 def spatial_order(means: Tensor, grid: VoxelGrid | CTGeometry) -> Tensor:  # [N, 3] -> [N] int64
     """The permutation that sorts Gaussians by the brick of ``grid`` holding their centre. A
     model kept in this order (:class:`recon.ct.gaussian_trainer.GaussianTrainer` re-sorts at
-    each density control) makes the numba path's gathers and scatters sequential: ~50 ms less a
-    step at 450k Gaussians than from a random order."""
+    each density control) makes the numba path's gathers and scatters sequential: forward +
+    backward 192 -> 129 ms at 450k Gaussians on 128^3, against a random order."""
     if isinstance(grid, CTGeometry):
         grid = VoxelGrid.from_geometry(grid)
     return torch.from_numpy(_spatial_order(means.detach().cpu().numpy(), grid)).to(means.device)

@@ -26,10 +26,11 @@ def warm_splat() -> float:
 
 
 def warm_ct() -> float:
-    """The CT kernels: the numba projector pair (cone, fan, parallel beam; float32 and float64)
-    and the Gaussian voxeliser, forward and backward."""
+    """The CT kernels: the numba projector pair (cone, fan, parallel beam; float32 and float64),
+    the Gaussians' activations and voxeliser, forward and backward, and the TV kernel."""
     from recon.ct.gaussians import RadiativeGaussians
     from recon.ct.project import Projector
+    from recon.ct.voxelize import tv_3d
     from recon.geometry.ct import CTGeometry, circular_angles
 
     t0 = time.perf_counter()
@@ -44,6 +45,8 @@ def warm_ct() -> float:
     vol = torch.zeros(cone.n_voxel)
     vol[2:4, 2:4, 2:4] = 0.02
     RadiativeGaussians.from_volume(vol, cone, 8, seed=0).voxelize(cone).sum().backward()
+    for dtype in (torch.float32, torch.float64):
+        tv_3d(torch.rand(4, 5, 6, dtype=dtype, requires_grad=True)).backward()
     return time.perf_counter() - t0
 
 

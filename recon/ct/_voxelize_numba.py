@@ -82,9 +82,10 @@ if AVAILABLE:
     @njit(cache=True, nogil=True, inline="always")
     def _rect(n, k, means, prec, schur, first, step, Y, X, cut2):  # pragma: no cover - compiled
         """The slab of Gaussian ``n`` at z-slice ``k``: the bounding rectangle [j0, j1] x [i0, i1]
-        of the ellipse it cuts (empty: j0 > j1), q at its first voxel (i0, j0) and whether the
-        exponential recurrences are safe there (q <= _Q_RECURRENCE at its four corners: q is
-        convex, so everywhere on it). ``schur`` from :func:`_schur`."""
+        of the ellipse it cuts (empty: j0 > j1); whether the exponential recurrences are safe on
+        it (q <= _Q_RECURRENCE at its four corners: q is convex, so everywhere on it); the offsets
+        dz, dx0, dy0 (mm) of its first voxel (i0, j0) from the centre, q there and q's steps
+        along x and y. ``schur`` from :func:`_schur`."""
         mx, my, mz = means[n, 0], means[n, 1], means[n, 2]
         pxx, pxy, pxz, pyy, pyz, pzz = prec[n, 0], prec[n, 1], prec[n, 2], prec[n, 3], prec[n, 4], prec[n, 5]
         ya, yb, yc, xa, xb, xc = schur
@@ -94,7 +95,7 @@ if AVAILABLE:
         j0, j1 = _extent((my - y0) / sy, yb * dz, ya, cut2, yc * dz * dz, 1.0 / sy, Y)
         i0, i1 = _extent((mx - x0) / sx, xb * dz, xa, cut2, xc * dz * dz, 1.0 / sx, X)
         if j0 > j1 or i0 > i1:
-            return 1, 0, 1, 0, 0.0, False
+            return 1, 0, 1, 0, False, dz, 0.0, 0.0, 0.0, 0.0, 0.0
         dx0, dx1 = x0 + i0 * sx - mx, x0 + i1 * sx - mx
         dy0, dy1 = y0 + j0 * sy - my, y0 + j1 * sy - my
         q00 = _quad(pxx, pxy, pxz, pyy, pyz, pzz, dx0, dy0, dz)
@@ -104,7 +105,21 @@ if AVAILABLE:
             _quad(pxx, pxy, pxz, pyy, pyz, pzz, dx0, dy1, dz),
             _quad(pxx, pxy, pxz, pyy, pyz, pzz, dx1, dy1, dz),
         )
-        return j0, j1, i0, i1, q00, qmax <= _Q_RECURRENCE
+        # q's steps along x (on row j0) and along y (on column i0)
+        dqx = pxx * (2.0 * dx0 * sx) + pxx * sx * sx + 2.0 * (pxy * dy0 + pxz * dz) * sx
+        dqy = pyy * (2.0 * dy0 * sy) + pyy * sy * sy + 2.0 * (pxy * dx0 + pyz * dz) * sy
+        return j0, j1, i0, i1, qmax <= _Q_RECURRENCE, dz, dx0, dy0, q00, dqx, dqy
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _gaussian(n, means, prec, half, first, step, Z):  # pragma: no cover - compiled
+        """Per Gaussian: q's second differences along x, y and xy (axx, ayy, axy, in voxel
+        steps), their exponentials (the recurrences' constant factors) and the z-slices
+        [k0, k1] of its box."""
+        pxx, pxy, pyy = prec[n, 0], prec[n, 1], prec[n, 3]
+        sx, sy = step[0], step[1]
+        axx, ayy, axy = pxx * sx * sx, pyy * sy * sy, pxy * sx * sy
+        k0, k1 = _axis_range(means[n, 2], half[n, 2], first[2], step[2], Z)
+        return axx, ayy, axy, math.exp(-axx), math.exp(-ayy), math.exp(-axy), k0, k1
 
     @njit(cache=True, nogil=True, inline="always")
     def _degenerate(prec, n):  # pragma: no cover - compiled
@@ -118,37 +133,26 @@ if AVAILABLE:
         N = means.shape[0]
         T, Z, Y, X = out.shape
         per = (N + T - 1) // T
-        x0, y0, z0 = first[0], first[1], first[2]
-        sx, sy, sz = step[0], step[1], step[2]
+        sx, sy = step[0], step[1]
         for t in prange(T):
             for n in range(t * per, min(N, t * per + per)):
                 if _degenerate(prec, n):
                     continue
                 rho = 1.0 * dens[n]
-                mx, my, mz = means[n, 0], means[n, 1], means[n, 2]
                 pxx, pxy, pxz, pyy, pyz, pzz = prec[n, 0], prec[n, 1], prec[n, 2], prec[n, 3], prec[n, 4], prec[n, 5]
-                axx, ayy, axy = pxx * sx * sx, pyy * sy * sy, pxy * sx * sy
-                e_xx, e_yy, e_xy = math.exp(-axx), math.exp(-ayy), math.exp(-axy)
+                axx, ayy, axy, e_xx, e_yy, e_xy, k0, k1 = _gaussian(n, means, prec, half, first, step, Z)
                 schur = _schur(pxx, pxy, pxz, pyy, pyz, pzz)
-                k0, k1 = _axis_range(mz, half[n, 2], z0, sz, Z)
                 for k in range(k0, k1 + 1):
-                    j0, j1, i0, i1, q0, safe = _rect(n, k, means, prec, schur, first, step, Y, X, cut2)
+                    j0, j1, i0, i1, safe, dz, dx0, dy0, q0, dqx, dqy = _rect(n, k, means, prec, schur, first, step, Y, X, cut2)
                     if j0 > j1:
                         continue
-                    dz = z0 + k * sz - mz
-                    dx = x0 + i0 * sx - mx
-                    dy = y0 + j0 * sy - my
                     if not safe:  # very elongated: direct exponentials
                         for j in range(j0, j1 + 1):
-                            dyj = y0 + j * sy - my
                             for i in range(i0, i1 + 1):
-                                q = _quad(pxx, pxy, pxz, pyy, pyz, pzz, x0 + i * sx - mx, dyj, dz)
+                                q = _quad(pxx, pxy, pxz, pyy, pyz, pzz, dx0 + (i - i0) * sx, dy0 + (j - j0) * sy, dz)
                                 if q <= cut2:
                                     out[t, k, j, i] += rho * math.exp(-0.5 * q)
                         continue
-                    # q steps along x (row j0) and along y (column i0); the exponentials follow
-                    dqx = pxx * (2.0 * dx * sx) + axx + 2.0 * (pxy * dy + pxz * dz) * sx
-                    dqy = pyy * (2.0 * dy * sy) + ayy + 2.0 * (pxy * dx + pyz * dz) * sy
                     e_row = rho * math.exp(-0.5 * q0)
                     g_row = math.exp(-0.5 * dqy)
                     r_row = math.exp(-0.5 * dqx)
@@ -172,28 +176,19 @@ if AVAILABLE:
         """grad [Z, Y, X] = dL/dvolume -> g_means [N, 3], g_prec [N, 6], g_dens [N] (written)."""
         N = means.shape[0]
         Z, Y, X = grad.shape
-        x0, y0, z0 = first[0], first[1], first[2]
-        sx, sy, sz = step[0], step[1], step[2]
+        sx, sy = step[0], step[1]
         for n in prange(N):
             # sums over the Gaussian's voxels of s0 = g e, s1 = g e dx, s2 = g e dx^2, times
             # powers of dy and dz (per slice: t, per Gaussian: u)
             u0 = u0y = u0yy = u0z = u0zz = u0yz = u1 = u1y = u1z = u2 = 0.0
             if not _degenerate(prec, n):
-                mx, my, mz = means[n, 0], means[n, 1], means[n, 2]
                 pxx, pxy, pxz, pyy, pyz, pzz = prec[n, 0], prec[n, 1], prec[n, 2], prec[n, 3], prec[n, 4], prec[n, 5]
-                axx, ayy, axy = pxx * sx * sx, pyy * sy * sy, pxy * sx * sy
-                e_xx, e_yy, e_xy = math.exp(-axx), math.exp(-ayy), math.exp(-axy)
+                axx, ayy, axy, e_xx, e_yy, e_xy, k0, k1 = _gaussian(n, means, prec, half, first, step, Z)
                 schur = _schur(pxx, pxy, pxz, pyy, pyz, pzz)
-                k0, k1 = _axis_range(mz, half[n, 2], z0, sz, Z)
                 for k in range(k0, k1 + 1):
-                    j0, j1, i0, i1, q0, safe = _rect(n, k, means, prec, schur, first, step, Y, X, cut2)
+                    j0, j1, i0, i1, safe, dz, dx0, dy, q0, dqx, dqy = _rect(n, k, means, prec, schur, first, step, Y, X, cut2)
                     if j0 > j1:
                         continue
-                    dz = z0 + k * sz - mz
-                    dx0 = x0 + i0 * sx - mx
-                    dy = y0 + j0 * sy - my
-                    dqx = pxx * (2.0 * dx0 * sx) + axx + 2.0 * (pxy * dy + pxz * dz) * sx
-                    dqy = pyy * (2.0 * dy * sy) + ayy + 2.0 * (pxy * dx0 + pyz * dz) * sy
                     t0 = t0y = t0yy = t1 = t1y = t2 = 0.0
                     e_row = g_row = r_row = 0.0
                     if safe:

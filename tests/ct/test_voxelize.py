@@ -122,7 +122,7 @@ def test_numba_slabs_both_paths_match_the_twin(dtype, tol):
     first, step = _grid_arrays(grid, np.float64)
     Z, Y, X = grid.shape
     slabs = [(n, _rect(n, k, m, p, _schur(*p[n]), first, step, Y, X, 9.0)) for n in range(8) for k in range(Z)]
-    paths = {(n, bool(r[5])) for n, r in slabs if r[0] <= r[1]}
+    paths = {(n, bool(r[4])) for n, r in slabs if r[0] <= r[1]}
     assert (0, False) in paths, paths  # the needle
     assert all(safe for n, safe in paths if n > 0)
     assert _Q_RECURRENCE > 9.0

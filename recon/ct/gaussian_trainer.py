@@ -184,7 +184,7 @@ class GaussianTrainer(ProjectionTrainer):
             vol, self.geometry, cfg.n_gaussians, threshold=cfg.init_threshold, scale_multiplier=cfg.init_scale,
             support_sigmas=cfg.support_sigmas, seed=cfg.seed, density_unit=self.vol_max,
         )  # fmt: skip
-        self._sort_rows({}, {})
+        self._sort_rows({})
         if cfg.init_fit_steps:
             self._fit_to_volume(vol, cfg.init_fit_steps)
         logger.info("initialised %d Gaussians from %s", self.model.num_gaussians, self.init_description)
@@ -372,15 +372,16 @@ class GaussianTrainer(ProjectionTrainer):
         if n_prune and n_prune < self.model.num_gaussians:
             remove_rows(params, opts, state, prune)
         self.reset_gradient_stats()
-        self._sort_rows(opts, {})  # the gradient stats were just reset: nothing to carry
+        self._sort_rows(opts)  # after reset_gradient_stats: the zeroed stats need no reorder
         logger.debug("density control at step %d: %d cloned, %d split, %d pruned -> %d", self.step, n_clone, n_split, n_prune, self.model.num_gaussians)
 
     @torch.no_grad()
-    def _sort_rows(self, optimizers: dict[str, torch.optim.Adam], state: dict[str, Tensor]) -> None:
-        """Keep the Gaussians in the voxeliser's spatial order (voxel path; after the
-        initialisation and each density control): its gathers and scatters then run sequentially."""
+    def _sort_rows(self, optimizers: dict[str, torch.optim.Adam]) -> None:
+        """Keep the Gaussians (and their Adam moments) in the voxeliser's spatial order (voxel
+        path; after the initialisation and each density control): its gathers and scatters then
+        run sequentially. Checkpoints keep the order, so a resumed run matches an uninterrupted one."""
         if self.config.render == "voxel":
-            reorder_rows(self.model.params, optimizers, state, spatial_order(self.model.params["means"], self.grid))
+            reorder_rows(self.model.params, optimizers, {}, spatial_order(self.model.params["means"], self.grid))
 
     @torch.no_grad()
     def volume(self) -> Tensor:  # [Z, Y, X] attenuation (1/mm)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DensifyStrategy", "duplicate_rows", "remove_rows", "split_rows"]
+__all__ = ["DensifyStrategy", "duplicate_rows", "remove_rows", "reorder_rows", "split_rows"]
 
 logger = logging.getLogger(__name__)
 
